@@ -1,0 +1,142 @@
+"""``fedsparse`` command line: every subcommand builds from one validated config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedsparse.errors import FedsparseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Federated learning simulation for sparse, budget-constrained clients.")
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Federated learning simulation for sparse, budget-constrained clients."""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def _results_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="fedsparse results", show_header=False)
+    acc = summary["accuracy"]
+    rows = [
+        ("method / strategy", f"{summary['method']} / {summary['strategy']}"),
+        ("dataset / model", f"{summary['dataset']} / {summary['model']}"),
+        ("clients (per round)", f"{summary['num_clients']} ({summary['clients_per_round']})"),
+        ("rounds", str(summary["rounds"])),
+        ("accuracy mean", _fmt(acc.get("mean"))),
+        ("accuracy bottom decile", _fmt(acc.get("bottom_decile"))),
+        ("accuracy global model", _fmt(acc.get("global"))),
+        ("clients failed", str(summary["failures"]["clients_failed"])),
+        ("wall time (s)", f"{summary['wall_seconds']:.1f}"),
+        ("run folder", summary["run_dir"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@app.command()
+def simulate(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="experiment YAML "
+                                                "(default: configs/quickstart.yaml)")] = None,
+    clients: Annotated[int | None, typer.Option(help="number of clients")] = None,
+    rounds: Annotated[int | None, typer.Option(help="federated rounds")] = None,
+    fraction: Annotated[float | None, typer.Option(help="share of clients per round")] = None,
+    dataset: Annotated[str | None, typer.Option(help="synthetic, fashion-mnist, mnist, emnist, "
+                                                "cifar10, cifar100, femnist")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="folder with the dataset's files")] = None,
+    partition: Annotated[str | None, typer.Option(help="natural, iid, dirichlet, shards")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp, logreg, leaf-cnn, lenet, cnn-bn, "
+                                              "resnet18, vgg11-bn")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="local epochs per round")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="local batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="local learning rate")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed for data, sampling and init")] = None,
+    out: Annotated[Path | None, typer.Option(help="parent folder of run folders")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (folder prefix)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override any key: "
+                                                   "--set train.momentum=0.9")] = None,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Run a federated simulation and write its run folder."""
+    from fedsparse.config import load_config
+
+    flags = {
+        "num_clients": clients, "rounds": rounds, "fraction": fraction,
+        "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None,
+        "partition.kind": partition, "partition.alpha": alpha, "model.name": model,
+        "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
+        "seed": seed, "output.dir": str(out) if out else None, "output.name": name,
+    }
+    with _user_errors(debug):
+        cfg = load_config(config, set_, flags)
+        _run_with_progress(cfg)
+
+
+def _run_with_progress(cfg: Any) -> None:
+    from fedsparse.simulation.runner import run_experiment
+
+    progress = Progress(TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        console=console, transient=False)
+    task = progress.add_task("rounds", total=cfg.rounds, status="starting Ray...")
+
+    def on_start(run_dir: Path) -> None:
+        console.print(f"run folder: {run_dir}")
+
+    def on_round(record: dict[str, Any]) -> None:
+        status = f"loss {_fmt(record.get('train_loss'))}"
+        if record.get("accuracy_mean") is not None:
+            status += f"  acc {record['accuracy_mean']:.3f}"
+        progress.update(task, completed=record["round"], status=status)
+
+    with progress:
+        result = run_experiment(cfg, on_round=on_round, on_start=on_start)
+    Console().print(_results_table(result.summary))
+
+
+class _user_errors:
+    """Turn FedsparseError into one line and an exit code; ``--debug`` shows the traceback."""
+
+    def __init__(self, debug: bool) -> None:
+        self.debug = debug
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or self.debug:
+            return False
+        if isinstance(exc, FedsparseError):
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code)
+        if isinstance(exc, KeyboardInterrupt):
+            console.print("interrupted: finished rounds stay in the run folder")
+            raise typer.Exit(130)
+        return False
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    app(prog_name="fedsparse")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Experiment configuration: one validated object from which everything is built.
+
+Sources, in increasing priority: the pydantic defaults, a YAML file, ``--set key.path=value``
+overrides and the dedicated CLI flags. Unknown keys are errors, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsparse.errors import ConfigError
+
+DatasetName = Literal[
+    "synthetic", "fashion-mnist", "mnist", "emnist", "cifar10", "cifar100", "femnist"
+]
+ModelName = Literal["mlp", "logreg", "leaf-cnn", "lenet", "cnn-bn", "resnet18", "vgg11-bn"]
+PartitionKind = Literal["natural", "iid", "dirichlet", "shards"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """FedProx Synthetic(alpha, beta): alpha moves models apart, beta moves inputs apart."""
+
+    alpha: float = Field(0.5, ge=0.0)
+    beta: float = Field(0.5, ge=0.0)
+    dim: int = Field(60, ge=1)
+    num_classes: int = Field(10, ge=2)
+    min_samples: int = Field(50, ge=10)
+    max_samples: int = Field(1000, ge=10)
+    iid: bool = False
+
+    @model_validator(mode="after")
+    def _sample_range(self) -> SyntheticConfig:
+        if self.max_samples < self.min_samples:
+            raise ValueError("max_samples must be >= min_samples")
+        return self
+
+
+class DataConfig(_Strict):
+    dataset: DatasetName = "synthetic"
+    data_dir: Path | None = None
+    emnist_split: str = "balanced"
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class PartitionConfig(_Strict):
+    """How the pooled data is divided into clients and each client's data into splits."""
+
+    kind: PartitionKind = "natural"
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration")
+    classes_per_client: int = Field(2, ge=1, description="classes per client for 'shards'")
+    min_size: int = Field(10, ge=1, description="smallest Dirichlet partition accepted")
+    train: float = Field(0.6, gt=0.0, lt=1.0)
+    val: float = Field(0.2, ge=0.0, lt=1.0)
+    test: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions_sum(self) -> PartitionConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: ModelName = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [200])
+
+
+class MethodConfig(_Strict):
+    name: Literal["dense"] = "dense"
+
+
+class StrategyConfig(_Strict):
+    name: str = "fedavg"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class EvalConfig(_Strict):
+    every: int = Field(5, ge=1, description="evaluate all clients every this many rounds")
+    final: bool = True
+    global_model: bool = True
+    batch_size: int = Field(512, ge=1)
+
+
+class SimulationConfig(_Strict):
+    cpus_per_client: float = Field(1.0, gt=0.0)
+    round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
+    node_wait_timeout: float = Field(120.0, gt=0.0)
+    verbose: bool = False
+
+
+class OutputConfig(_Strict):
+    dir: Path = Path("runs")
+    name: str = "quickstart"
+
+
+class ExperimentConfig(_Strict):
+    seed: int = 0
+    num_clients: int = Field(100, ge=1)
+    rounds: int = Field(20, ge=1)
+    fraction: float = Field(0.1, gt=0.0, le=1.0, description="share of clients sampled per round")
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    output: OutputConfig = OutputConfig()
+
+    @property
+    def clients_per_round(self) -> int:
+        """Clients sampled per training round (at least one)."""
+        return max(1, round(self.fraction * self.num_clients))
+
+
+def default_config_text() -> str:
+    """The packaged ``configs/quickstart.yaml``."""
+    return resources.files("fedsparse.configs").joinpath("quickstart.yaml").read_text()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: fix its syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted='a.b'``, creating mappings on the way."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set key '{dotted}' is malformed: use dotted names like train.lr=0.1")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set key '{dotted}': '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``key.path=value``; the value is read as YAML so numbers and lists work."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}' lacks '=': use --set key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set '{text}': value is not valid YAML") from exc
+    return key.strip(), value
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}': remove it or check its spelling"
+    given = first.get("input")
+    given_text = "" if isinstance(given, dict) else f" (got {given!r})"
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{source}: '{loc}' {first['msg'].lower()}{given_text}: fix this value{more}"
+
+
+def validate_tree(tree: dict[str, Any], source: str) -> ExperimentConfig:
+    """Validate a raw mapping, turning pydantic's report into a one-line ConfigError."""
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+
+
+def load_config(
+    path: Path | None = None,
+    assignments: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Build the experiment config from a file (default: quickstart), ``--set`` and flags.
+
+    ``overrides`` maps dotted keys to values for the dedicated CLI flags; ``None`` values are
+    ignored so unset flags do not clobber the file.
+    """
+    if path is None:
+        tree = yaml.safe_load(default_config_text()) or {}
+        source = "configs/quickstart.yaml"
+    else:
+        tree = _read_yaml(path)
+        source = str(path)
+    for text in assignments or []:
+        set_path(tree, *parse_assignment(text))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_path(tree, dotted, value)
+    if assignments or any(v is not None for v in (overrides or {}).values()):
+        source = f"{source} with overrides"
+    return validate_tree(tree, source)
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """Resolved config as YAML (paths as strings), loadable again by ``load_config``."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

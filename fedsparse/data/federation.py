@@ -1,0 +1,72 @@
+"""A federation: the pooled data plus every client's split, built once and shared by file.
+
+The driver partitions once and writes ``partitions.npz`` to the run folder; Ray workers read
+that file and load (or regenerate) the pool themselves, so no dataset travels with each message
+and the heavy partitioning libraries stay out of the workers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsparse.config import ExperimentConfig
+from fedsparse.data.loaders import load_pool
+from fedsparse.data.partition import ClientSplit, partition_indices, split_client
+from fedsparse.data.pool import DataPool
+from fedsparse.errors import DataError
+
+_POOL_CACHE: dict[str, DataPool] = {}
+
+
+@dataclass(frozen=True)
+class Federation:
+    pool: DataPool
+    clients: list[ClientSplit]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    def pooled_test(self) -> np.ndarray:
+        """Indices of every client's test samples together (for the global model's accuracy)."""
+        return np.concatenate([c.test for c in self.clients])
+
+
+def cached_pool(config: ExperimentConfig) -> DataPool:
+    """The experiment's data pool, loaded once per process."""
+    key = json.dumps([config.data.model_dump(mode="json"), config.num_clients, config.seed])
+    if key not in _POOL_CACHE:
+        _POOL_CACHE.clear()  # one experiment per process at a time: do not hoard memory
+        _POOL_CACHE[key] = load_pool(config)
+    return _POOL_CACHE[key]
+
+
+def build_federation(config: ExperimentConfig) -> Federation:
+    """Partition the pool among ``config.num_clients`` clients and split each one."""
+    pool = cached_pool(config)
+    parts = partition_indices(pool, config.partition, config.num_clients, config.seed)
+    splits = [split_client(p, config.partition, config.seed, cid) for cid, p in enumerate(parts)]
+    return Federation(pool=pool, clients=splits)
+
+
+def save_partitions(federation: Federation, path: Path) -> None:
+    arrays = {}
+    for cid, split in enumerate(federation.clients):
+        arrays[f"{cid}/train"] = split.train
+        arrays[f"{cid}/val"] = split.val
+        arrays[f"{cid}/test"] = split.test
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_partitions(path: Path, num_clients: int) -> list[ClientSplit]:
+    if not path.is_file():
+        raise DataError(f"partition file {path} is missing: re-run the experiment")
+    with np.load(path) as data:
+        return [ClientSplit(train=data[f"{c}/train"], val=data[f"{c}/val"], test=data[f"{c}/test"])
+                for c in range(num_clients)]

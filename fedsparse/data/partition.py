@@ -1,0 +1,113 @@
+"""Divide a pooled dataset among clients, then each client's share into train/val/test.
+
+Label-based partitioners come from flwr-datasets (they run offline on an in-memory dataset of
+labels and sample indices); fedsparse only adds seeding, the ``natural`` client pick and the
+per-client split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsparse.config import PartitionConfig
+from fedsparse.data.pool import DataPool
+from fedsparse.errors import DataError
+
+
+@dataclass(frozen=True)
+class ClientSplit:
+    """Indices into the pool of one client's train, validation and test samples."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _index_dataset(pool: DataPool, order: np.ndarray | None = None):  # -> datasets.Dataset
+    from datasets import Dataset  # heavy import, only where partitioning happens
+
+    idx = np.arange(len(pool)) if order is None else order
+    columns = {"idx": idx, "label": pool.y[idx]}
+    if pool.groups is not None:
+        columns["group"] = pool.groups[idx]
+    return Dataset.from_dict(columns)
+
+
+def partition_indices(pool: DataPool, cfg: PartitionConfig, num_clients: int,
+                      seed: int) -> list[np.ndarray]:
+    """Sample indices of every client, deterministic for a given seed."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        NaturalIdPartitioner,
+        PathologicalPartitioner,
+    )
+
+    if num_clients > len(pool):
+        raise DataError(f"{num_clients} clients but only {len(pool)} samples: lower --clients")
+    if cfg.kind == "natural":
+        return _natural(pool, num_clients, seed, NaturalIdPartitioner)
+    if cfg.kind == "iid":
+        order = np.random.default_rng(seed).permutation(len(pool))
+        partitioner = IidPartitioner(num_partitions=num_clients)
+        partitioner.dataset = _index_dataset(pool, order)
+    elif cfg.kind == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions=num_clients, partition_by="label", alpha=cfg.alpha,
+            min_partition_size=cfg.min_size, self_balancing=False, shuffle=True, seed=seed)
+        partitioner.dataset = _index_dataset(pool)
+    else:
+        if cfg.classes_per_client > pool.num_classes:
+            raise DataError(f"partition.classes_per_client={cfg.classes_per_client} exceeds the "
+                            f"{pool.num_classes} classes of {pool.name}: lower it")
+        partitioner = PathologicalPartitioner(
+            num_partitions=num_clients, partition_by="label",
+            num_classes_per_partition=cfg.classes_per_client, class_assignment_mode="random",
+            shuffle=True, seed=seed)
+        partitioner.dataset = _index_dataset(pool)
+    try:
+        parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
+                 for i in range(num_clients)]
+    except ValueError as exc:
+        raise DataError(f"{cfg.kind} partitioning failed ({exc}): raise partition.alpha, lower "
+                        "partition.min_size or use fewer clients") from exc
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise DataError(f"{cfg.kind} partitioning left {len(empty)} clients without data "
+                        f"(e.g. client {empty[0]}): use fewer clients or more classes per client")
+    return parts
+
+
+def _natural(pool: DataPool, num_clients: int, seed: int, partitioner_cls) -> list[np.ndarray]:
+    if pool.groups is None:
+        raise DataError(f"{pool.name} has no natural owners: use --partition iid, dirichlet or shards")
+    partitioner = partitioner_cls(partition_by="group")
+    partitioner.dataset = _index_dataset(pool)
+    available = partitioner.num_partitions
+    if available < num_clients:
+        raise DataError(f"{pool.name} has {available} natural owners but {num_clients} clients were "
+                        f"asked for: use --clients {available} or fewer")
+    chosen = np.sort(np.random.default_rng(seed).choice(available, num_clients, replace=False))
+    if available == num_clients:
+        chosen = np.arange(num_clients)
+    return [np.asarray(partitioner.load_partition(int(c))["idx"], dtype=np.int64) for c in chosen]
+
+
+def split_client(indices: np.ndarray, cfg: PartitionConfig, seed: int, client: int) -> ClientSplit:
+    """Shuffle one client's samples and cut them by the configured fractions.
+
+    Train and test always get at least one sample each; validation may be empty.
+    """
+    rng = np.random.default_rng([seed, 7, client])
+    shuffled = indices[rng.permutation(len(indices))]
+    n = len(shuffled)
+    n_test = max(1, round(cfg.test * n))
+    n_val = round(cfg.val * n) if cfg.val > 0 else 0
+    n_val = min(n_val, max(0, n - n_test - 1))
+    n_train = n - n_test - n_val
+    if n_train < 1:
+        raise DataError(f"client {client} has {n} samples, too few to split: use fewer clients")
+    return ClientSplit(train=shuffled[:n_train], val=shuffled[n_train:n_train + n_val],
+                       test=shuffled[n_train + n_val:])

@@ -1,0 +1,87 @@
+"""The run folder: resolved config, per-round metrics, per-client metrics and ``summary.json``.
+
+Every write is durable as soon as it happens (metrics are appended and flushed per round;
+whole files are written to a temporary name and renamed), so an interrupted run keeps what it
+already computed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedsparse.config import ExperimentConfig, dump_config
+
+CONFIG_FILE = "config.yaml"
+ROUNDS_FILE = "metrics.jsonl"
+CLIENTS_FILE = "clients.csv"
+SUMMARY_FILE = "summary.json"
+PARTITIONS_FILE = "partitions.npz"
+
+
+def new_run_dir(config: ExperimentConfig, now: datetime | None = None) -> Path:
+    """``<output.dir>/<name>-<timestamp>``, made unique if two runs start in the same second."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    base = Path(config.output.dir) / f"{config.output.name}-{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        candidate = base.with_name(f"{base.name}-{n}")
+        n += 1
+    candidate.mkdir(parents=True)
+    return candidate.resolve()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def bottom_decile(values: Sequence[float]) -> float:
+    """The floor(n/10)-th worst value (the worst one when n < 10)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(len(ordered) // 10, 1) - 1]
+
+
+class RunRecorder:
+    """Writes one run's results as they arrive."""
+
+    def __init__(self, run_dir: Path, config: ExperimentConfig) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        write_atomic(run_dir / CONFIG_FILE, dump_config(config))
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / ROUNDS_FILE).open("a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_clients(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        fields = list(rows[0])
+        tmp = self.run_dir / f".{CLIENTS_FILE}.tmp"
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.run_dir / CLIENTS_FILE)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=False))
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / ROUNDS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,1 @@
+"""Flower glue: the ServerApp round loop, the ClientApp and the Ray-backed runner."""

@@ -1,0 +1,107 @@
+"""Flower ClientApp: unpack a Message, call the method's local training, pack the reply.
+
+The app closes over the config as JSON and the path of the run's partition file only, so a
+message carries no data; each worker process loads its data once and caches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsparse.clients import METHODS
+from fedsparse.clients.dense import LocalData
+from fedsparse.config import ExperimentConfig
+from fedsparse.data.federation import cached_pool, load_partitions
+from fedsparse.models import build_model
+
+
+@dataclass(frozen=True)
+class ClientRuntime:
+    """What a worker needs to serve any client of one experiment."""
+
+    config: ExperimentConfig
+    partitions_path: Path
+
+    def data(self, partition_id: int) -> LocalData:
+        pool = cached_pool(self.config)
+        split = _partitions(str(self.partitions_path), self.config.num_clients)[partition_id]
+        x_tr, y_tr = pool.tensors(split.train)
+        x_va, y_va = pool.tensors(split.val)
+        x_te, y_te = pool.tensors(split.test)
+        return LocalData(x_tr, y_tr, x_va, y_va, x_te, y_te)
+
+    def model(self, arrays: ArrayRecord) -> torch.nn.Module:
+        pool = cached_pool(self.config)
+        model = build_model(self.config.model, pool.input_shape, pool.num_classes)
+        model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        return model
+
+
+@lru_cache(maxsize=2)
+def _partitions(path: str, num_clients: int):  # -> list[ClientSplit]
+    return load_partitions(Path(path), num_clients)
+
+
+@lru_cache(maxsize=2)
+def _runtime(config_json: str, partitions_path: str) -> ClientRuntime:
+    return ClientRuntime(ExperimentConfig.model_validate_json(config_json), Path(partitions_path))
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
+    """Build the ClientApp for one experiment."""
+    app = ClientApp()
+
+    def setup() -> tuple[ClientRuntime, object]:
+        runtime = _runtime(config_json, partitions_path)
+        torch.set_num_threads(max(1, int(runtime.config.simulation.cpus_per_client)))
+        return runtime, METHODS[runtime.config.method.name](runtime.config)
+
+    @app.query()
+    def handshake(msg: Message, context: Context) -> Message:
+        """Tell the server which partition this node serves and how much data it holds."""
+        runtime, _ = setup()
+        pid = _partition_id(context)
+        split = _partitions(str(runtime.partitions_path), runtime.config.num_clients)[pid]
+        metrics = MetricRecord({"partition-id": pid, "num-train": len(split.train),
+                                "num-test": len(split.test)})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        runtime, method = setup()
+        pid = _partition_id(context)
+        server_round = int(msg.content["config"]["server-round"])
+        model = runtime.model(msg.content["arrays"])
+        generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
+        torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
+        metrics = method.fit(model, runtime.data(pid), generator)
+        metrics["partition-id"] = pid
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                              "metrics": MetricRecord(metrics)})
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        runtime, method = setup()
+        pid = _partition_id(context)
+        result = method.evaluate(runtime.model(msg.content["arrays"]), runtime.data(pid))
+        metrics = MetricRecord({"partition-id": pid, "accuracy": result.accuracy,
+                                "loss": result.loss, "num-examples": result.num_examples})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def _stream_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """An independent, reproducible seed for one client in one round."""
+    return (seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**63)

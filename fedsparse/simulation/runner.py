@@ -1,0 +1,148 @@
+"""Run one experiment on Flower's Simulation Runtime with its Ray backend.
+
+Ray needs short socket paths, so its session lives in a short temporary folder; its logs are
+moved into the run folder when the run ends and the folder removed, and ``ray.shutdown()``
+always runs so no Ray process outlives the experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsparse.config import ExperimentConfig
+from fedsparse.data.federation import build_federation, save_partitions
+from fedsparse.errors import SimulationError
+from fedsparse.results import PARTITIONS_FILE, RunRecorder, new_run_dir
+from fedsparse.simulation.server_app import RoundCallback, ServerLoop
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_DISABLE_IMPORT_WARNING": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "TQDM_DISABLE": "1",  # flwr-datasets' partitioners print progress bars otherwise
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def prepare_environment(run_dir: Path) -> None:
+    """Telemetry off, no network use by Ray, Flower's files inside the run folder."""
+    os.environ.update(QUIET_ENV)
+    os.environ["FLWR_HOME"] = str(run_dir / "flwr")
+
+
+def backend_config(config: ExperimentConfig, ray_tmp: Path) -> dict[str, Any]:
+    sim = config.simulation
+    return {
+        "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "num_gpus": 0,
+            "_temp_dir": str(ray_tmp),
+            "logging_level": "INFO" if sim.verbose else "ERROR",
+            "log_to_driver": sim.verbose,
+            "object_store_memory": 256 * 1024**2,
+        },
+    }
+
+
+def _quiet_flower(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.ERROR
+    logging.getLogger("flwr").setLevel(level)
+
+
+def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
+                   on_round: RoundCallback | None = None,
+                   on_start: Any = None) -> RunResult:
+    """Run ``config`` end to end and return the run folder and its summary."""
+    started = time.perf_counter()
+    run_dir = run_dir or new_run_dir(config)
+    prepare_environment(run_dir)
+    recorder = RunRecorder(run_dir, config)
+    federation = build_federation(config)
+    partitions_path = run_dir / PARTITIONS_FILE
+    save_partitions(federation, partitions_path)
+
+    from fedsparse.simulation.client_app import make_client_app
+    from fedsparse.strategies import build_strategy
+
+    loop = ServerLoop(config, federation, build_strategy(config), recorder, on_round)
+    client_app = make_client_app(config.model_dump_json(), str(partitions_path))
+    if on_start is not None:
+        on_start(run_dir)
+    _simulate(config, loop, client_app, run_dir)
+    if loop.outcome.rounds_done < config.rounds:
+        raise SimulationError(f"the simulation stopped after round {loop.outcome.rounds_done} of "
+                              f"{config.rounds}; finished rounds are in {run_dir}")
+    summary = build_summary(config, loop, time.perf_counter() - started, run_dir)
+    recorder.write_summary(summary)
+    return RunResult(run_dir=run_dir, summary=summary)
+
+
+def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path) -> None:
+    import ray
+    from flwr.simulation import run_simulation
+
+    from fedsparse.simulation.server_app import make_server_app
+
+    _quiet_flower(config.simulation.verbose)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))
+    try:
+        run_simulation(server_app=make_server_app(loop), client_app=client_app,
+                       num_supernodes=config.num_clients,
+                       backend_config=backend_config(config, ray_tmp),
+                       verbose_logging=config.simulation.verbose)
+    except SimulationError:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise SimulationError(f"simulation failed: {type(cause).__name__}: {cause}; finished "
+                              f"rounds are in {run_dir}") from exc
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        _keep_ray_logs(ray_tmp, run_dir)
+
+
+def _keep_ray_logs(ray_tmp: Path, run_dir: Path) -> None:
+    logs = ray_tmp / "session_latest" / "logs"
+    if logs.is_dir():
+        shutil.copytree(logs, run_dir / "ray-logs", dirs_exist_ok=True, symlinks=False,
+                        ignore_dangling_symlinks=True)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
+                  run_dir: Path) -> dict[str, Any]:
+    """``summary.json``: the stable, machine-readable contract of a run."""
+    outcome = loop.outcome
+    return {
+        "method": config.method.name,
+        "strategy": config.strategy.name,
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "partition": config.partition.kind,
+        "num_clients": config.num_clients,
+        "clients_per_round": config.clients_per_round,
+        "rounds": config.rounds,
+        "seed": config.seed,
+        "wall_seconds": round(wall, 3),
+        "accuracy": outcome.accuracy,
+        "evaluated_round": outcome.evaluated_round,
+        "failures": {"clients_failed": outcome.clients_failed},
+        "run_dir": str(run_dir),
+    }

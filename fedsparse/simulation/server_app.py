@@ -1,0 +1,176 @@
+"""Flower ServerApp: handshake, then the round loop around a Flower strategy.
+
+fedsparse owns the loop (instead of ``Strategy.start``) to add what an experiment needs and
+Flower's loop lacks: waiting for every node, a seeded partition-to-node map, an evaluation
+cadence, per-round records written as they happen, failure counts and progress callbacks.
+The strategy's own ``configure_*`` / ``aggregate_*`` methods still do the federated work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedsparse.config import ExperimentConfig
+from fedsparse.data.federation import Federation
+from fedsparse.errors import SimulationError
+from fedsparse.models import build_model
+from fedsparse.results import RunRecorder, bottom_decile
+from fedsparse.strategies import SeededFedAvg
+from fedsparse.strategies.fedavg import reply_partition
+from fedsparse.training import evaluate
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    """What the server loop hands back to the runner once it finishes."""
+
+    rounds_done: int = 0
+    clients_failed: int = 0
+    accuracy: dict[str, float] = field(default_factory=dict)
+    evaluated_round: int = 0
+    client_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Block until ``expected`` nodes are registered (Flower samples too early otherwise)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise SimulationError(f"only {len(nodes)} of {expected} nodes connected within "
+                                  f"{timeout:.0f}s: raise simulation.node_wait_timeout")
+        time.sleep(0.05)
+    return nodes
+
+
+def handshake(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
+    """Ask every node which partition it serves; return partition id -> node id."""
+    messages = [Message(RecordDict({"config": ConfigRecord({"hello": 1})}),
+                        message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    node_of: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise SimulationError(f"node {reply.metadata.src_node_id} failed the handshake: "
+                                  f"{reply.error.reason}")
+        node_of[reply_partition(reply)] = reply.metadata.src_node_id
+    missing = sorted(set(range(len(nodes))) - set(node_of))
+    if missing:
+        raise SimulationError(f"partitions {missing[:5]} did not answer the handshake")
+    return node_of
+
+
+class ServerLoop:
+    """The experiment's round loop; one instance per run."""
+
+    def __init__(self, config: ExperimentConfig, federation: Federation, strategy: SeededFedAvg,
+                 recorder: RunRecorder, on_round: RoundCallback | None = None) -> None:
+        self.config = config
+        self.federation = federation
+        self.strategy = strategy
+        self.recorder = recorder
+        self.on_round = on_round
+        self.outcome = Outcome()
+        self._global_test = federation.pool.tensors(federation.pooled_test())
+
+    def initial_arrays(self) -> ArrayRecord:
+        torch.manual_seed(self.config.seed)
+        pool = self.federation.pool
+        return ArrayRecord(build_model(self.config.model, pool.input_shape,
+                                       pool.num_classes).state_dict())
+
+    def is_eval_round(self, server_round: int) -> bool:
+        last = server_round == self.config.rounds and self.config.eval.final
+        return last or server_round % self.config.eval.every == 0
+
+    def run(self, grid: Grid) -> Outcome:
+        sim = self.config.simulation
+        nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
+        self.strategy.bind_nodes(handshake(grid, nodes, sim.round_timeout))
+        arrays = self.initial_arrays()
+        for server_round in range(1, self.config.rounds + 1):
+            started = time.perf_counter()
+            record, arrays = self.train_round(grid, server_round, arrays)
+            if self.is_eval_round(server_round):
+                record.update(self.evaluate_round(grid, server_round, arrays))
+            record["seconds"] = round(time.perf_counter() - started, 4)
+            self.recorder.log_round(record)
+            self.outcome.rounds_done = server_round
+            if self.on_round is not None:
+                self.on_round(record)
+        return self.outcome
+
+    def train_round(self, grid: Grid, server_round: int,
+                    arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
+        messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = list(grid.send_and_receive(messages, timeout=self.config.simulation.round_timeout))
+        failed = sum(r.has_error() for r in replies) + len(messages) - len(replies)
+        for reply in replies:
+            if reply.has_error():
+                log(WARNING, "round %d: node %d failed: %s", server_round,
+                    reply.metadata.src_node_id, reply.error.reason)
+        self.outcome.clients_failed += failed
+        new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        record: dict[str, Any] = {
+            "round": server_round,
+            "clients_sampled": len(messages),
+            "clients_failed": failed,
+            "train_loss": float(metrics["train-loss"]) if metrics else None,
+        }
+        return record, new_arrays if new_arrays is not None else arrays
+
+    def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
+        """Every client evaluates its deployed model; the server scores the global model."""
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        replies = grid.send_and_receive(messages, timeout=self.config.simulation.round_timeout)
+        rows = []
+        for reply in replies:
+            if reply.has_error():
+                continue
+            metrics = reply.content["metrics"]
+            pid = int(metrics["partition-id"])
+            split = self.federation.clients[pid]
+            rows.append({"partition_id": pid, "num_train": len(split.train),
+                         "num_test": len(split.test), "accuracy": float(metrics["accuracy"]),
+                         "loss": float(metrics["loss"])})
+        rows.sort(key=lambda row: row["partition_id"])
+        accuracies = [row["accuracy"] for row in rows]
+        accuracy = {
+            "mean": sum(accuracies) / len(accuracies) if accuracies else float("nan"),
+            "bottom_decile": bottom_decile(accuracies),
+            "global": self.global_accuracy(arrays) if self.config.eval.global_model else None,
+        }
+        self.outcome.accuracy = accuracy
+        self.outcome.evaluated_round = server_round
+        self.outcome.client_rows = rows
+        self.recorder.write_clients(rows)
+        return {"accuracy_mean": accuracy["mean"], "accuracy_bottom_decile": accuracy["bottom_decile"],
+                "accuracy_global": accuracy["global"], "clients_evaluated": len(rows),
+                "eval_failed": len(messages) - len(rows)}
+
+    def global_accuracy(self, arrays: ArrayRecord) -> float:
+        pool = self.federation.pool
+        model = build_model(self.config.model, pool.input_shape, pool.num_classes)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        x, y = self._global_test
+        return evaluate(model, x, y, self.config.eval.batch_size).accuracy
+
+
+def make_server_app(loop: ServerLoop) -> ServerApp:
+    """Wrap the loop in a Flower ServerApp."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        loop.run(grid)
+
+    return app

@@ -1,0 +1,59 @@
+"""Plain-torch local training and evaluation shared by every method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedsparse.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                generator: torch.Generator) -> float:
+    """Run ``cfg.local_epochs`` epochs of minibatch SGD; return the mean training loss."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    total, seen = 0.0, 0
+    n = len(y)
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.batch_size):
+            batch = order[start:start + cfg.batch_size]
+            if len(batch) < 2 and n >= 2 and _has_batchnorm(model):
+                continue  # BatchNorm cannot train on a single sample
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(batch)
+            seen += len(batch)
+    return total / max(seen, 1)
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> EvalResult:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    n = len(y)
+    return EvalResult(loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)
