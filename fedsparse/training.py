@@ -36,7 +36,7 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
             seen += len(batch)
     return total / max(seen, 1)
 

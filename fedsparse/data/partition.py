@@ -64,7 +64,7 @@ def partition_indices(pool: DataPool, cfg: PartitionConfig, num_clients: int,
                             f"{pool.num_classes} classes of {pool.name}: lower it")
         partitioner = PathologicalPartitioner(
             num_partitions=num_clients, partition_by="label",
-            num_classes_per_partition=cfg.classes_per_client, class_assignment_mode="random",
+            num_classes_per_partition=cfg.classes_per_client, class_assignment_mode="first-deterministic",
             shuffle=True, seed=seed)
         partitioner.dataset = _index_dataset(pool)
     try:

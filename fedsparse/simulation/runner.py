@@ -70,17 +70,18 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
                    on_start: Any = None) -> RunResult:
     """Run ``config`` end to end and return the run folder and its summary."""
     started = time.perf_counter()
-    run_dir = run_dir or new_run_dir(config)
-    prepare_environment(run_dir)
-    recorder = RunRecorder(run_dir, config)
-    federation = build_federation(config)
-    partitions_path = run_dir / PARTITIONS_FILE
-    save_partitions(federation, partitions_path)
-
     from fedsparse.simulation.client_app import make_client_app
     from fedsparse.strategies import build_strategy
 
-    loop = ServerLoop(config, federation, build_strategy(config), recorder, on_round)
+    os.environ.update(QUIET_ENV)
+    strategy = build_strategy(config)  # bad input fails here, before any folder or process exists
+    federation = build_federation(config)
+    run_dir = run_dir or new_run_dir(config)
+    prepare_environment(run_dir)
+    recorder = RunRecorder(run_dir, config)
+    partitions_path = run_dir / PARTITIONS_FILE
+    save_partitions(federation, partitions_path)
+    loop = ServerLoop(config, federation, strategy, recorder, on_round)
     client_app = make_client_app(config.model_dump_json(), str(partitions_path))
     if on_start is not None:
         on_start(run_dir)

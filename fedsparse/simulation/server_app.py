@@ -81,8 +81,9 @@ class ServerLoop:
         self.on_round = on_round
         self.outcome = Outcome()
         self._global_test = federation.pool.tensors(federation.pooled_test())
+        self.initial_arrays = self._initial_arrays()  # also rejects a model unfit for the data
 
-    def initial_arrays(self) -> ArrayRecord:
+    def _initial_arrays(self) -> ArrayRecord:
         torch.manual_seed(self.config.seed)
         pool = self.federation.pool
         return ArrayRecord(build_model(self.config.model, pool.input_shape,
@@ -96,7 +97,7 @@ class ServerLoop:
         sim = self.config.simulation
         nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
         self.strategy.bind_nodes(handshake(grid, nodes, sim.round_timeout))
-        arrays = self.initial_arrays()
+        arrays = self.initial_arrays
         for server_round in range(1, self.config.rounds + 1):
             started = time.perf_counter()
             record, arrays = self.train_round(grid, server_round, arrays)

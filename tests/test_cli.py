@@ -1,0 +1,50 @@
+"""The console script's error contract: one line naming the problem, exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedsparse.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "roundz=3"], "unknown key 'roundz'"),
+        (["--fraction", "1.5"], "'fraction'"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "does not exist"),
+        (["--model", "lenet"], "needs image inputs"),
+        (["--config", "/nonexistent.yaml"], "not found"),
+        (["--set", "strategy.name=nope"], "unknown strategy 'nope'"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, args, needle):
+    result = run_cli("simulate", "--out", str(tmp_path), *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_type_is_a_usage_error(tmp_path):
+    result = run_cli("simulate", "--clients", "many")
+    assert result.returncode == 2 and "many" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("simulate", "--out", str(tmp_path), "--set", "roundz=3", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_help_lists_the_flags():
+    result = run_cli("simulate", "--help")
+    assert result.returncode == 0
+    for flag in ("--clients", "--rounds", "--fraction", "--dataset", "--data-dir", "--partition",
+                 "--alpha", "--model", "--local-epochs", "--batch-size", "--lr", "--seed", "--out",
+                 "--name", "--set", "--config"):
+        assert flag in result.stdout

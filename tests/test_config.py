@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedsparse.config import ExperimentConfig, dump_config, load_config, parse_assignment
+from fedsparse.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_quickstart_is_the_default_and_valid():
+    cfg = load_config()
+    assert cfg == load_config(CONFIGS / "quickstart.yaml")
+    assert cfg.num_clients == 100 and cfg.data.dataset == "synthetic"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_flags_override_file_and_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rounds: 7\ntrain: {lr: 0.3}\n")
+    cfg = load_config(path, ["train.lr=0.01", "model.hidden=[8, 4]"], {"rounds": 3, "seed": None})
+    assert cfg.rounds == 3  # flag beats file
+    assert cfg.seed == 0  # unset flag leaves the default
+    assert cfg.train.lr == 0.01 and cfg.model.hidden == [8, 4]
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["partition.kind=dirichlet", "data.data_dir=/x"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("roundz: 3\n", "unknown key 'roundz'"),
+        ("train: {lrr: 0.1}\n", "unknown key 'train.lrr'"),
+        ("fraction: 1.5\n", "'fraction'"),
+        ("num_clients: 0\n", "'num_clients'"),
+        ("partition: {train: 0.5, val: 0.2, test: 0.2}\n", "sum to 1"),
+        ("model: {name: transformer}\n", "'model.name'"),
+        ("data: {dataset: imagenet}\n", "'data.dataset'"),
+        ("- just\n- a list\n", "mapping"),
+        ("rounds: [1\n", "not valid YAML"),
+    ],
+)
+def test_bad_files_give_one_line_errors(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+
+
+def test_missing_file_and_bad_set():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Path("/nonexistent/x.yaml"))
+    with pytest.raises(ConfigError, match="lacks '='"):
+        load_config(None, ["train.lr"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(None, ["seed.x=1"])
+
+
+def test_set_values_are_parsed_as_yaml():
+    assert parse_assignment("a.b=0.5") == ("a.b", 0.5)
+    assert parse_assignment("a=[1, 2]") == ("a", [1, 2])
+    assert parse_assignment("a=true") == ("a", True)
+    assert parse_assignment("a=text") == ("a", "text")
+
+
+def test_clients_per_round():
+    assert load_config(None, ["fraction=0.1", "num_clients=100"]).clients_per_round == 10
+    assert load_config(None, ["fraction=0.01", "num_clients=10"]).clients_per_round == 1
+
+
+def test_dump_is_plain_yaml():
+    assert yaml.safe_load(dump_config(load_config()))["data"]["dataset"] == "synthetic"
