@@ -1,7 +1,8 @@
 """Client-side training logic, one module per method (plain torch, free of Flower)."""
 
-from fedsparse.clients.dense import DenseClient
+from fedsparse.clients.dense import DenseClient, LocalData
+from fedsparse.clients.magnitude import MagnitudeClient
 
-METHODS = {"dense": DenseClient}
+METHODS: dict[str, type[DenseClient]] = {"dense": DenseClient, "magnitude": MagnitudeClient}
 
-__all__ = ["METHODS", "DenseClient"]
+__all__ = ["METHODS", "DenseClient", "LocalData", "MagnitudeClient"]

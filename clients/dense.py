@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from fedsparse.budgets import Budget
 from fedsparse.config import ExperimentConfig
+from fedsparse.errors import ConfigError
+from fedsparse.masks import Masks
 from fedsparse.training import EvalResult, evaluate, train_local
 
 
@@ -24,15 +28,30 @@ class LocalData:
 
 
 class DenseClient:
-    """FedAvg client: local SGD on every weight of the shared model."""
+    """FedAvg client: local SGD on every weight it holds (all of them, for this method)."""
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
 
-    def fit(self, model: nn.Module, data: LocalData, generator: torch.Generator) -> dict[str, float]:
-        loss = train_local(model, data.x_train, data.y_train, self.config.train, generator)
-        return {"train-loss": loss, "num-examples": float(len(data.y_train))}
+    @staticmethod
+    def server_masks(params: Mapping[str, torch.Tensor], budget: Budget) -> Masks | None:
+        """The submodel a client with ``budget`` receives; the dense method sends everything."""
+        return None
+
+    @classmethod
+    def check_budgets(cls, budgets: list[Budget], params: Mapping[str, torch.Tensor]) -> None:
+        low = [b.density for b in budgets if b.density < 1.0]
+        if low:
+            raise ConfigError(f"method 'dense' trains every weight but {len(low)} clients declare "
+                              f"density {min(low):g}: declare density 1 or use --method magnitude")
+
+    def fit(self, model: nn.Module, masks: Masks | None, data: LocalData,
+            generator: torch.Generator) -> dict[str, float]:
+        loss, seen = train_local(model, data.x_train, data.y_train, self.config.train, generator,
+                                 masks)
+        return {"train-loss": loss, "num-examples": float(len(data.y_train)),
+                "samples-seen": float(seen)}
 
     def evaluate(self, model: nn.Module, data: LocalData) -> EvalResult:
-        """The model this client would deploy is the global one, evaluated on its own test split."""
+        """The deployed model (what the server sent) on the client's own test split."""
         return evaluate(model, data.x_test, data.y_test, self.config.eval.batch_size)

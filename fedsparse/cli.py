@@ -66,6 +66,10 @@ def simulate(
     local_epochs: Annotated[int | None, typer.Option(help="local epochs per round")] = None,
     batch_size: Annotated[int | None, typer.Option(help="local batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="local learning rate")] = None,
+    method: Annotated[str | None, typer.Option(help="dense or magnitude")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fedavg or masked-fedavg")] = None,
+    budgets: Annotated[str | None, typer.Option(help="budget tiers as density:share pairs, "
+                                                "e.g. 0.1:0.5,0.3:0.3,1.0:0.2")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for data, sampling and init")] = None,
     out: Annotated[Path | None, typer.Option(help="parent folder of run folders")] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder prefix)")] = None,
@@ -74,6 +78,7 @@ def simulate(
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Run a federated simulation and write its run folder."""
+    from fedsparse.budgets import parse_budget_shorthand
     from fedsparse.config import load_config
 
     flags = {
@@ -81,9 +86,12 @@ def simulate(
         "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None,
         "partition.kind": partition, "partition.alpha": alpha, "model.name": model,
         "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
+        "method.name": method, "strategy.name": strategy,
         "seed": seed, "output.dir": str(out) if out else None, "output.name": name,
     }
     with _user_errors(debug):
+        if budgets is not None:
+            flags["budgets.tiers"] = [t.model_dump() for t in parse_budget_shorthand(budgets)]
         cfg = load_config(config, set_, flags)
         _run_with_progress(cfg)
 

@@ -77,7 +77,33 @@ class ModelConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    name: Literal["dense"] = "dense"
+    """``dense`` trains every weight; ``magnitude`` trains each client's magnitude submodel."""
+
+    name: Literal["dense", "magnitude"] = "dense"
+
+
+class BudgetTier(_Strict):
+    """A share of the population declaring the same budget (``None``: no limit on that cost)."""
+
+    density: float = Field(1.0, gt=0.0, le=1.0, description="fraction of parameters held and trained")
+    share: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients in this tier")
+    train_flops: float | None = Field(None, gt=0.0, description="training FLOPs per round")
+    memory_bytes: float | None = Field(None, gt=0.0, description="peak training memory")
+    upload_bytes: float | None = Field(None, gt=0.0, description="bytes uploaded per round")
+
+
+class BudgetsConfig(_Strict):
+    """Declared client budgets: tiers with population shares, or one row per client from a file."""
+
+    tiers: list[BudgetTier] = Field(default_factory=lambda: [BudgetTier()])
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _shares_sum(self) -> BudgetsConfig:
+        total = sum(t.share for t in self.tiers)
+        if self.file is None and abs(total - 1.0) > 1e-6:
+            raise ValueError(f"tier shares must sum to 1 (got {total:g})")
+        return self
 
 
 class StrategyConfig(_Strict):
@@ -121,6 +147,7 @@ class ExperimentConfig(_Strict):
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()
     method: MethodConfig = MethodConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     strategy: StrategyConfig = StrategyConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fedsparse.config import TrainConfig
+from fedsparse.masks import Masks, apply_masks, mask_gradients
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,15 @@ class EvalResult:
 
 
 def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                generator: torch.Generator) -> float:
-    """Run ``cfg.local_epochs`` epochs of minibatch SGD; return the mean training loss."""
+                generator: torch.Generator, masks: Masks | None = None) -> tuple[float, int]:
+    """Run ``cfg.local_epochs`` epochs of minibatch SGD; return (mean loss, samples seen).
+
+    With ``masks``, masked-out weights stay exactly zero: their gradients are zeroed before
+    each step and the weights re-masked after it (momentum and weight decay would move them).
+    """
     model.train()
+    if masks:
+        apply_masks(model, masks)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -35,10 +42,14 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()
+            if masks:
+                mask_gradients(model, masks)
             optimizer.step()
+            if masks:
+                apply_masks(model, masks)
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
-    return total / max(seen, 1)
+    return total / max(seen, 1), seen
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

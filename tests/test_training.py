@@ -17,8 +17,9 @@ def test_local_training_learns_a_separable_problem():
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp", hidden=[16]), (2,), 3)
     before = evaluate(model, x, y)
-    loss = train_local(model, x, y, TrainConfig(local_epochs=3, lr=0.1),
-                       torch.Generator().manual_seed(1))
+    loss, seen = train_local(model, x, y, TrainConfig(local_epochs=3, lr=0.1),
+                             torch.Generator().manual_seed(1))
+    assert seen == 1200
     after = evaluate(model, x, y)
     assert after.accuracy > 0.95 > before.accuracy
     assert after.loss < before.loss and loss < before.loss

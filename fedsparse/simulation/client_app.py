@@ -18,7 +18,9 @@ from fedsparse.clients import METHODS
 from fedsparse.clients.dense import LocalData
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import cached_pool, load_partitions
+from fedsparse.masks import Masks
 from fedsparse.models import build_model
+from fedsparse.wire import decode, encode, template_of
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,15 @@ class ClientRuntime:
         x_te, y_te = pool.tensors(split.test)
         return LocalData(x_tr, y_tr, x_va, y_va, x_te, y_te)
 
-    def model(self, arrays: ArrayRecord) -> torch.nn.Module:
+    def model(self, arrays: ArrayRecord) -> tuple[torch.nn.Module, Masks | None]:
+        """The model the server sent, and the masks of the weights this client does not hold."""
         pool = cached_pool(self.config)
         model = build_model(self.config.model, pool.input_shape, pool.num_classes)
-        model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-        return model
+        template = template_of(model.state_dict())
+        update = decode(arrays, template)
+        model.load_state_dict(update.to_state(template), strict=True)
+        masks = update.partial_masks(template, {n for n, _ in model.named_parameters()})
+        return model, masks or None
 
 
 @lru_cache(maxsize=2)
@@ -81,12 +87,12 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         runtime, method = setup()
         pid = _partition_id(context)
         server_round = int(msg.content["config"]["server-round"])
-        model = runtime.model(msg.content["arrays"])
+        model, masks = runtime.model(msg.content["arrays"])
         generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
         torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
-        metrics = method.fit(model, runtime.data(pid), generator)
+        metrics = method.fit(model, masks, runtime.data(pid), generator)
         metrics["partition-id"] = pid
-        content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+        content = RecordDict({"arrays": encode(model.state_dict(), masks),
                               "metrics": MetricRecord(metrics)})
         return Message(content, reply_to=msg)
 
@@ -94,7 +100,8 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         runtime, method = setup()
         pid = _partition_id(context)
-        result = method.evaluate(runtime.model(msg.content["arrays"]), runtime.data(pid))
+        model, _ = runtime.model(msg.content["arrays"])
+        result = method.evaluate(model, runtime.data(pid))
         metrics = MetricRecord({"partition-id": pid, "accuracy": result.accuracy,
                                 "loss": result.loss, "num-examples": result.num_examples})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -16,11 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsparse.budgets import assign_budgets
+from fedsparse.clients import METHODS
 from fedsparse.config import ExperimentConfig
-from fedsparse.data.federation import build_federation, save_partitions
+from fedsparse.costs import CostModel
+from fedsparse.data.federation import Federation, build_federation, save_partitions
 from fedsparse.errors import SimulationError
+from fedsparse.models import build_model
 from fedsparse.results import PARTITIONS_FILE, RunRecorder, new_run_dir
-from fedsparse.simulation.server_app import RoundCallback, ServerLoop
+from fedsparse.simulation.server_app import RoundCallback, ServerLoop, mean_costs
+from fedsparse.strategies import StrategyContext, build_strategy, check_strategy
+from fedsparse.wire import template_of
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -71,11 +77,11 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     """Run ``config`` end to end and return the run folder and its summary."""
     started = time.perf_counter()
     from fedsparse.simulation.client_app import make_client_app
-    from fedsparse.strategies import build_strategy
 
     os.environ.update(QUIET_ENV)
-    strategy = build_strategy(config)  # bad input fails here, before any folder or process exists
+    check_strategy(config)  # bad input fails here, before any folder or process exists
     federation = build_federation(config)
+    strategy = build_strategy(config, strategy_context(config, federation))
     run_dir = run_dir or new_run_dir(config)
     prepare_environment(run_dir)
     recorder = RunRecorder(run_dir, config)
@@ -92,6 +98,20 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     summary = build_summary(config, loop, time.perf_counter() - started, run_dir)
     recorder.write_summary(summary)
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def strategy_context(config: ExperimentConfig, federation: Federation) -> StrategyContext:
+    """Budgets, the cost model and the method's mask choice, checked before anything starts."""
+    pool = federation.pool
+    model = build_model(config.model, pool.input_shape, pool.num_classes)
+    budgets = assign_budgets(config.budgets, config.num_clients, config.seed)
+    method = METHODS[config.method.name]
+    method.check_budgets(budgets, dict(model.named_parameters()))
+    return StrategyContext(
+        seed=config.seed, clients_per_round=config.clients_per_round, budgets=budgets,
+        cost_model=CostModel(model, pool.input_shape), template=template_of(model.state_dict()),
+        batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
+        mask_fn=None if config.method.name == "dense" else method.server_masks)
 
 
 def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path) -> None:
@@ -144,6 +164,11 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "wall_seconds": round(wall, 3),
         "accuracy": outcome.accuracy,
         "evaluated_round": outcome.evaluated_round,
-        "failures": {"clients_failed": outcome.clients_failed},
+        "failures": {"clients_failed": outcome.clients_failed,
+                     "updates_rejected": outcome.updates_rejected},
+        "cost": {k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},
+        "budget": {"violations": outcome.budget_violations,
+                   "tiers": [t.model_dump() for t in config.budgets.tiers]
+                   if config.budgets.file is None else str(config.budgets.file)},
         "run_dir": str(run_dir),
     }

@@ -24,8 +24,8 @@ from fedsparse.data.federation import Federation
 from fedsparse.errors import SimulationError
 from fedsparse.models import build_model
 from fedsparse.results import RunRecorder, bottom_decile
-from fedsparse.strategies import SeededFedAvg
-from fedsparse.strategies.fedavg import reply_partition
+from fedsparse.strategies import MaskAwareStrategy
+from fedsparse.strategies.base import ClientRoundCost, reply_partition
 from fedsparse.training import evaluate
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -37,6 +37,9 @@ class Outcome:
 
     rounds_done: int = 0
     clients_failed: int = 0
+    updates_rejected: int = 0
+    budget_violations: int = 0
+    costs: list[ClientRoundCost] = field(default_factory=list)
     accuracy: dict[str, float] = field(default_factory=dict)
     evaluated_round: int = 0
     client_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -72,7 +75,7 @@ def handshake(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
 class ServerLoop:
     """The experiment's round loop; one instance per run."""
 
-    def __init__(self, config: ExperimentConfig, federation: Federation, strategy: SeededFedAvg,
+    def __init__(self, config: ExperimentConfig, federation: Federation, strategy: MaskAwareStrategy,
                  recorder: RunRecorder, on_round: RoundCallback | None = None) -> None:
         self.config = config
         self.federation = federation
@@ -119,13 +122,20 @@ class ServerLoop:
             if reply.has_error():
                 log(WARNING, "round %d: node %d failed: %s", server_round,
                     reply.metadata.src_node_id, reply.error.reason)
-        self.outcome.clients_failed += failed
         new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        report = self.strategy.report
+        self.outcome.clients_failed += failed
+        self.outcome.updates_rejected += len(report.rejected)
+        self.outcome.budget_violations += len(report.violations)
+        self.outcome.costs.extend(report.costs)
         record: dict[str, Any] = {
             "round": server_round,
             "clients_sampled": len(messages),
             "clients_failed": failed,
+            "updates_rejected": len(report.rejected),
+            "budget_violations": len(report.violations),
             "train_loss": float(metrics["train-loss"]) if metrics else None,
+            **mean_costs(report.costs),
         }
         return record, new_arrays if new_arrays is not None else arrays
 
@@ -142,7 +152,7 @@ class ServerLoop:
             split = self.federation.clients[pid]
             rows.append({"partition_id": pid, "num_train": len(split.train),
                          "num_test": len(split.test), "accuracy": float(metrics["accuracy"]),
-                         "loss": float(metrics["loss"])})
+                         "loss": float(metrics["loss"]), **self.client_costs(pid)})
         rows.sort(key=lambda row: row["partition_id"])
         accuracies = [row["accuracy"] for row in rows]
         accuracy = {
@@ -158,12 +168,42 @@ class ServerLoop:
                 "accuracy_global": accuracy["global"], "clients_evaluated": len(rows),
                 "eval_failed": len(messages) - len(rows)}
 
+    def client_costs(self, pid: int) -> dict[str, Any]:
+        """The client's declared budget and its mean costs over the rounds it trained."""
+        budget = self.strategy.context.budgets[pid]
+        mine = [c for c in self.outcome.costs if c.partition_id == pid]
+        row: dict[str, Any] = {f"budget_{k}": v for k, v in budget.as_dict().items()}
+        row["rounds_trained"] = len(mine)
+        row.update(mean_costs(mine, prefix=""))
+        return row
+
     def global_accuracy(self, arrays: ArrayRecord) -> float:
         pool = self.federation.pool
         model = build_model(self.config.model, pool.input_shape, pool.num_classes)
         model.load_state_dict(arrays.to_torch_state_dict())
         x, y = self._global_test
         return evaluate(model, x, y, self.config.eval.batch_size).accuracy
+
+
+COST_FIELDS = ("density", "train_flops", "memory_bytes", "activation_bytes", "upload_bytes",
+               "download_bytes")
+RATIO_FIELDS = ("train_flops", "memory_bytes", "upload_bytes", "download_bytes")
+
+
+def mean_costs(costs: list[ClientRoundCost], prefix: str = "cost_") -> dict[str, float | None]:
+    """Mean over (client, round) of each cost, and each cost's ratio to dense doing the same work.
+
+    Ratios are ratios of means (total sparse cost / total dense cost), so big clients weigh more.
+    """
+    out: dict[str, float | None] = {}
+    for name in COST_FIELDS:
+        values = [getattr(c, name) for c in costs]
+        out[f"{prefix}{name}"] = float(sum(values) / len(values)) if values else None
+    for name in RATIO_FIELDS:
+        dense = sum(getattr(c, f"dense_{name}") for c in costs)
+        out[f"{prefix}{name}_ratio"] = float(sum(getattr(c, name) for c in costs) / dense) \
+            if costs and dense else None
+    return out
 
 
 def make_server_app(loop: ServerLoop) -> ServerApp:

@@ -41,7 +41,11 @@ def check_run_folder(run: Path, clients: int, rounds: int) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
     assert summary["num_clients"] == clients and summary["rounds"] == rounds
-    assert summary["failures"] == {"clients_failed": 0}
+    assert summary["failures"] == {"clients_failed": 0, "updates_rejected": 0}
+    assert summary["budget"]["violations"] == 0
+    cost = summary["cost"]
+    for key in ("train_flops", "memory_bytes", "upload_bytes", "download_bytes"):
+        assert cost[key] > 0 and cost[f"{key}_ratio"] > 0
     acc = summary["accuracy"]
     assert set(acc) == {"mean", "bottom_decile", "global"}
     assert all(0.0 <= acc[k] <= 1.0 for k in acc)

@@ -1,0 +1,119 @@
+"""Declared client budgets: parsing, per-client files and seeded assignment to clients."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsparse.config import BudgetsConfig, BudgetTier
+from fedsparse.errors import ConfigError
+
+BUDGET_FIELDS = ("density", "train_flops", "memory_bytes", "upload_bytes")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one client may spend per round; ``None`` means no limit on that cost."""
+
+    density: float = 1.0
+    train_flops: float | None = None
+    memory_bytes: float | None = None
+    upload_bytes: float | None = None
+    tier: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_budget_shorthand(text: str) -> list[BudgetTier]:
+    """``0.1:0.5,0.3:0.3,1.0:0.2`` -> tiers of (density, share)."""
+    tiers = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            density, share = (float(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"--budgets item '{item}' is not density:share: write e.g. "
+                              "--budgets 0.1:0.5,1.0:0.5") from None
+        tiers.append({"density": density, "share": share})
+    try:
+        return BudgetsConfig.model_validate({"tiers": tiers}).tiers
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        reason = first[2].strip() if len(first) > 2 else str(exc)
+        raise ConfigError(f"--budgets {text}: {reason}: densities in (0, 1], shares summing to 1") \
+            from None
+
+
+def tier_counts(shares: list[float], n: int) -> list[int]:
+    """Clients per tier by largest remainder, so counts sum to ``n`` and match shares best."""
+    raw = [s * n for s in shares]
+    counts = [math.floor(r) for r in raw]
+    by_remainder = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def assign_budgets(cfg: BudgetsConfig, num_clients: int, seed: int) -> list[Budget]:
+    """One budget per client: from the file if given, else tiers shuffled by the seed."""
+    if cfg.file is not None:
+        return load_budget_file(Path(cfg.file), num_clients)
+    counts = tier_counts([t.share for t in cfg.tiers], num_clients)
+    tier_of = np.repeat(np.arange(len(cfg.tiers)), counts)
+    tier_of = tier_of[np.random.default_rng([seed, 13]).permutation(num_clients)]
+    return [_from_tier(cfg.tiers[t], int(t)) for t in tier_of]
+
+
+def _from_tier(tier: BudgetTier, index: int) -> Budget:
+    return Budget(density=tier.density, train_flops=tier.train_flops,
+                  memory_bytes=tier.memory_bytes, upload_bytes=tier.upload_bytes, tier=index)
+
+
+def load_budget_file(path: Path, num_clients: int) -> list[Budget]:
+    """Per-client budgets from CSV (header ``client,density,...``) or JSON (list of objects)."""
+    if not path.is_file():
+        raise ConfigError(f"budget file {path} not found: pass an existing CSV or JSON file")
+    try:
+        if path.suffix.lower() == ".json":
+            rows = json.loads(path.read_text())
+            if isinstance(rows, dict):
+                rows = [{"client": k, **v} for k, v in rows.items()]
+        else:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+    except (json.JSONDecodeError, csv.Error, TypeError) as exc:
+        raise ConfigError(f"budget file {path} is malformed ({exc}): fix its syntax") from exc
+    budgets: dict[int, Budget] = {}
+    for line, row in enumerate(rows, start=1):
+        budgets.update([_parse_row(row, path, line)])
+    missing = sorted(set(range(num_clients)) - set(budgets))
+    if missing:
+        raise ConfigError(f"budget file {path} has no row for client {missing[0]} "
+                          f"({len(missing)} missing): give one row per client 0..{num_clients - 1}")
+    return [budgets[c] for c in range(num_clients)]
+
+
+def _parse_row(row: Any, path: Path, line: int) -> tuple[int, Budget]:
+    if not isinstance(row, dict) or "client" not in row or "density" not in row:
+        raise ConfigError(f"budget file {path} row {line} lacks 'client' or 'density': "
+                          "columns are client,density[,train_flops,memory_bytes,upload_bytes]")
+    unknown = set(row) - {"client", "tier", *BUDGET_FIELDS}
+    if unknown:
+        raise ConfigError(f"budget file {path} row {line} has unknown column {sorted(unknown)[0]!r}: "
+                          f"use client and {', '.join(BUDGET_FIELDS)}")
+    try:
+        client = int(row["client"])
+        values = {k: (None if row.get(k) in (None, "") else float(row[k])) for k in BUDGET_FIELDS}
+        tier = BudgetTier(density=values["density"], train_flops=values["train_flops"],
+                          memory_bytes=values["memory_bytes"], upload_bytes=values["upload_bytes"])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"budget file {path} row {line} has a bad value: densities in (0, 1], "
+                          "limits positive numbers") from exc
+    return client, _from_tier(tier, int(row.get("tier") or 0))

@@ -1,0 +1,135 @@
+"""Cost accounting: training FLOPs over non-zero weights, peak training memory, message bytes.
+
+Conventions (stated so the numbers can be checked by hand):
+
+- A multiply-accumulate is 2 FLOPs. Per sample, a Linear layer's forward costs 2·nnz(W) + nnz(b);
+  a Conv2d's forward costs (2·nnz(W) + nnz(b)) · H_out · W_out (only kept weights compute).
+- A normalisation layer (BatchNorm, LayerNorm, GroupNorm) costs 5 FLOPs per output element in
+  training forward (mean, variance, normalise, scale, shift).
+- Backward costs 2x forward (gradients with respect to inputs and to the kept weights), the
+  usual convention of the sparse-training literature (e.g. RigL, FedTiny).
+- Training memory = 4 bytes x (kept weights + their gradients + optimizer state per kept
+  weight: 1 for SGD with momentum, 0 without). Activations (outputs of every counted layer,
+  kept for backward, at the training batch size) are reported separately.
+- Message bytes are measured, not estimated: the sum of the serialized sizes of every object of
+  the Message as Flower's transport pushes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from torch import nn
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+BYTES_PER_VALUE = 4
+NORM_FLOPS_PER_ELEMENT = 5
+BACKWARD_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One compute layer: its weight/bias names, outputs per sample and spatial positions."""
+
+    kind: str
+    weight: str | None
+    bias: str | None
+    positions: int
+    out_elements: int
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    flops: float
+    memory_bytes: float
+    activation_bytes: float
+
+
+class CostModel:
+    """Per-layer shapes of one architecture, measured once by a forward pass with hooks."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        self.layers: list[LayerCost] = []
+        self.param_sizes = {n: p.numel() for n, p in model.named_parameters()}
+        names = {m: n for n, m in model.named_modules()}
+        hooks = []
+
+        def record(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            prefix = names[module]
+            weight = f"{prefix}.weight" if getattr(module, "weight", None) is not None else None
+            bias = f"{prefix}.bias" if getattr(module, "bias", None) is not None else None
+            per_sample = output[0]
+            positions = per_sample[0].numel() if isinstance(module, nn.Conv2d) else 1
+            kind = "norm" if isinstance(module, NORM_TYPES) else type(module).__name__.lower()
+            self.layers.append(LayerCost(kind, weight, bias, positions, per_sample.numel()))
+
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, *NORM_TYPES)):
+                hooks.append(module.register_forward_hook(record))
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+
+    def forward_flops_per_sample(self, kept: Mapping[str, int]) -> float:
+        """Forward FLOPs of one sample; ``kept`` maps parameter name -> non-zero count."""
+        total = 0.0
+        for layer in self.layers:
+            if layer.kind == "norm":
+                total += NORM_FLOPS_PER_ELEMENT * layer.out_elements
+                continue
+            w = kept.get(layer.weight, 0) if layer.weight else 0
+            b = kept.get(layer.bias, 0) if layer.bias else 0
+            total += (2 * w + b) * layer.positions
+        return total
+
+    def training_cost(self, kept: Mapping[str, int], samples: int, batch_size: int,
+                      momentum: bool) -> TrainingCost:
+        """Cost of training on ``samples`` samples with the given non-zero counts."""
+        flops = samples * (1 + BACKWARD_FACTOR) * self.forward_flops_per_sample(kept)
+        weights = sum(kept.get(n, 0) for n in self.param_sizes)
+        copies = 2 + (1 if momentum else 0)
+        activations = sum(layer.out_elements for layer in self.layers) * min(batch_size, max(samples, 1))
+        return TrainingCost(flops=flops, memory_bytes=copies * weights * BYTES_PER_VALUE,
+                            activation_bytes=activations * BYTES_PER_VALUE)
+
+    def dense_counts(self) -> dict[str, int]:
+        return dict(self.param_sizes)
+
+
+def kept_counts(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    return {n: int(m.sum()) for n, m in masks.items()}
+
+
+def serialized_bytes(obj: Message | RecordDict | ArrayRecord) -> int:
+    """Exact bytes of a Message (or record) as serialized for Flower's transport."""
+    return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())
+
+
+class ByteCounter:
+    """``serialized_bytes`` with sizes remembered by object id.
+
+    Flower objects are content-addressed, so a model broadcast to many clients is serialized
+    once here instead of once per message.
+    """
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+
+    def __call__(self, obj: Message | RecordDict | ArrayRecord) -> int:
+        total = 0
+        for object_id, nested in get_all_nested_objects(obj).items():
+            if object_id not in self._sizes:
+                self._sizes[object_id] = len(nested.deflate())
+            total += self._sizes[object_id]
+        return total
+
+    def forget(self) -> None:
+        self._sizes.clear()

@@ -1,0 +1,104 @@
+"""Mask algebra: one boolean mask per parameter tensor (plain torch, no Flower).
+
+A ``Masks`` mapping holds masks for parameters only; a parameter without an entry is dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+
+
+def ones_like_params(model: nn.Module) -> Masks:
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
+
+
+def tensor_density(mask: torch.Tensor) -> float:
+    return float(mask.sum()) / max(mask.numel(), 1)
+
+
+def kept(masks: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> int:
+    """Number of kept parameters; tensors in ``sizes`` without a mask count as fully kept."""
+    return sum(int(masks[n].sum()) if n in masks else size for n, size in sizes.items())
+
+
+def overall_density(masks: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> float:
+    """Fraction of all parameters (named in ``sizes``) that the masks keep."""
+    total = sum(sizes.values())
+    return kept(masks, sizes) / max(total, 1)
+
+
+def param_sizes(model: nn.Module) -> dict[str, int]:
+    return {name: p.numel() for name, p in model.named_parameters()}
+
+
+def union(a: Masks, b: Masks) -> Masks:
+    return {n: a[n] | b[n] for n in _same_keys(a, b)}
+
+
+def intersection(a: Masks, b: Masks) -> Masks:
+    return {n: a[n] & b[n] for n in _same_keys(a, b)}
+
+
+def _same_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Iterable[str]:
+    if set(a) != set(b):
+        raise ValueError(f"masks cover different tensors: {sorted(set(a) ^ set(b))[:3]}")
+    for n in a:
+        if a[n].shape != b[n].shape:
+            raise ValueError(f"mask shapes differ for {n}: {tuple(a[n].shape)} vs {tuple(b[n].shape)}")
+    return a
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero every masked-out weight in place."""
+    for name, param in model.named_parameters():
+        if name in masks:
+            param.mul_(masks[name].to(param.dtype))
+
+
+def mask_gradients(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero gradients at masked-out positions so the optimizer never updates them."""
+    for name, param in model.named_parameters():
+        if name in masks and param.grad is not None:
+            param.grad.mul_(masks[name].to(param.grad.dtype))
+
+
+def is_prunable(name: str, tensor: torch.Tensor) -> bool:
+    """Weights of conv and linear layers; biases and normalisation parameters stay dense."""
+    return tensor.dim() >= 2 and name.endswith("weight")
+
+
+def layerwise_magnitude_masks(params: Mapping[str, torch.Tensor], density: float) -> Masks:
+    """Keep the largest-magnitude weights so that the *overall* density is at most ``density``.
+
+    Non-prunable tensors are kept whole, so prunable tensors get a uniform per-layer density
+    (d * total - fixed) / prunable. Raises ``ValueError`` when the fixed tensors alone exceed
+    the budget. Ties are broken by position, so the result is deterministic.
+    """
+    prunable = {n: t for n, t in params.items() if is_prunable(n, t)}
+    fixed = sum(t.numel() for n, t in params.items() if n not in prunable)
+    total = fixed + sum(t.numel() for t in prunable.values())
+    allowed = int(density * total + 1e-9)
+    if allowed < fixed:
+        raise ValueError(f"density {density:g} allows {allowed} parameters but biases and norm "
+                         f"layers alone need {fixed}")
+    prunable_total = sum(t.numel() for t in prunable.values())
+    layer_density = min(1.0, (allowed - fixed) / max(prunable_total, 1))
+    masks: Masks = {}
+    for name, tensor in params.items():
+        if name not in prunable:
+            masks[name] = torch.ones_like(tensor, dtype=torch.bool)
+            continue
+        k = int(layer_density * tensor.numel())
+        flat = torch.zeros(tensor.numel(), dtype=torch.bool)
+        if k > 0:
+            # stable sort on -|w| keeps the lowest index among equal magnitudes
+            order = torch.sort(tensor.detach().abs().flatten(), descending=True, stable=True).indices
+            flat[order[:k]] = True
+        masks[name] = flat.view_as(tensor)
+    return masks

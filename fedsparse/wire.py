@@ -1,0 +1,197 @@
+"""Compact wire format for sparse model tensors, carried in Flower ArrayRecords.
+
+Each tensor travels as exactly one Flower ``Array`` (Flower adds a fixed header per Array, so
+one Array per tensor keeps sparse messages smaller than dense ones even for tiny tensors):
+
+- ``name``: dense values (all kept, or a buffer such as BatchNorm statistics);
+- ``name#bits``: uint8 bytes = the mask bit-packed (1 bit per coordinate, numpy bit order
+  "big", ceil(n/8) bytes), then the kept values (the tensor's dtype, little-endian, row-major);
+- ``name#index``: uint8 bytes = nnz int32 flat indices (strictly increasing), then the nnz kept
+  values. Cheaper than bits when density < 1/32.
+
+A tensor may be absent (nothing of it sent). ``decode`` validates everything a receiver relies
+on: known keys, shapes, dtypes, lengths, index range and order, bit padding, finite values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+SEP = "#"
+BITS, INDEX = "bits", "index"
+
+
+class UpdateRejected(ValueError):
+    """A received update that must not be aggregated; the message says why."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+Template = dict[str, TensorSpec]
+
+
+def template_of(state: Mapping[str, torch.Tensor]) -> Template:
+    """Names, shapes and dtypes a valid update must match."""
+    return {n: TensorSpec(tuple(t.shape), torch.empty(0, dtype=t.dtype).numpy().dtype)
+            for n, t in state.items()}
+
+
+@dataclass(frozen=True)
+class TensorUpdate:
+    """One received tensor: ``index`` (flat, increasing) is None when the tensor came dense."""
+
+    values: np.ndarray
+    index: np.ndarray | None
+    numel: int
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.size)
+
+    def mask(self) -> np.ndarray:
+        """Flat boolean mask of the kept coordinates."""
+        if self.index is None:
+            return np.ones(self.numel, dtype=bool)
+        flat = np.zeros(self.numel, dtype=bool)
+        flat[self.index] = True
+        return flat
+
+
+@dataclass(frozen=True)
+class SparseUpdate:
+    tensors: dict[str, TensorUpdate]
+
+    def kept(self, names: Mapping[str, int]) -> int:
+        """Kept coordinates among the tensors named in ``names`` (name -> numel)."""
+        return sum(self.tensors[n].nnz for n in names if n in self.tensors)
+
+    def density(self, sizes: Mapping[str, int]) -> float:
+        return self.kept(sizes) / max(sum(sizes.values()), 1)
+
+    def masks(self, template: Template) -> dict[str, torch.Tensor]:
+        """Boolean masks of the tensors in ``template`` (all-False for tensors not sent)."""
+        out = {}
+        for name, spec in template.items():
+            tensor = self.tensors.get(name)
+            flat = np.zeros(spec.numel, dtype=bool) if tensor is None else tensor.mask()
+            out[name] = torch.from_numpy(flat.reshape(spec.shape).copy())
+        return out
+
+    def partial_masks(self, template: Template, names: set[str]) -> dict[str, torch.Tensor]:
+        """Masks of the tensors in ``names`` that did not arrive whole (sparse or absent)."""
+        full = self.masks({n: template[n] for n in names if n in template})
+        return {n: m for n, m in full.items()
+                if n not in self.tensors or self.tensors[n].index is not None}
+
+    def to_state(self, template: Template) -> dict[str, torch.Tensor]:
+        """Dense tensors with zeros wherever nothing was sent."""
+        state = {}
+        for name, spec in template.items():
+            flat = np.zeros(spec.numel, dtype=spec.dtype)
+            tensor = self.tensors.get(name)
+            if tensor is not None:
+                if tensor.index is None:
+                    flat[:] = tensor.values
+                else:
+                    flat[tensor.index] = tensor.values
+            state[name] = torch.from_numpy(flat.reshape(spec.shape))
+        return state
+
+
+def encode(state: Mapping[str, torch.Tensor],
+           masks: Mapping[str, torch.Tensor] | None = None) -> ArrayRecord:
+    """Encode tensors, each masked by ``masks[name]`` if present, in its smallest form."""
+    arrays: dict[str, Array] = {}
+    for name, tensor in state.items():
+        array = tensor.detach().cpu().numpy()
+        mask = None if masks is None or name not in masks else masks[name].cpu().numpy().reshape(-1)
+        if mask is None or mask.all():
+            arrays[name] = Array(np.array(array, order="C", copy=True))  # keeps 0-d shapes
+            continue
+        kept = np.flatnonzero(mask)
+        values = array.reshape(-1)[kept].astype(array.dtype.newbyteorder("<")).tobytes()
+        if kept.size * 4 < (mask.size + 7) // 8:
+            head, kind = kept.astype("<i4").tobytes(), INDEX
+        else:
+            head, kind = np.packbits(mask).tobytes(), BITS
+        arrays[f"{name}{SEP}{kind}"] = Array(np.frombuffer(head + values, dtype=np.uint8))
+    return ArrayRecord(array_dict=arrays)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    base, sep, part = key.rpartition(SEP)
+    return (base, part) if sep and part in (BITS, INDEX) else (key, "")
+
+
+def decode(record: ArrayRecord, template: Template) -> SparseUpdate:
+    """Parse and validate an encoded update; raise ``UpdateRejected`` naming the first problem."""
+    tensors: dict[str, TensorUpdate] = {}
+    for key, array in record.items():
+        base, kind = _split_key(key)
+        if base not in template:
+            raise UpdateRejected(f"unknown tensor '{base}'")
+        if base in tensors:
+            raise UpdateRejected(f"tensor '{base}' is sent twice")
+        try:
+            data = array.numpy()
+        except Exception as exc:  # unreadable payload
+            raise UpdateRejected(f"tensor '{key}' cannot be read: {exc}") from exc
+        tensors[base] = _decode_tensor(base, kind, data, template[base])
+    return SparseUpdate(tensors)
+
+
+def _decode_tensor(name: str, kind: str, data: np.ndarray, spec: TensorSpec) -> TensorUpdate:
+    if not kind:
+        if tuple(data.shape) != spec.shape:
+            raise UpdateRejected(f"'{name}' has shape {tuple(data.shape)}, expected {spec.shape}")
+        _check_values(name, data, spec)
+        return TensorUpdate(values=data.reshape(-1), index=None, numel=spec.numel)
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise UpdateRejected(f"'{name}#{kind}' must be 1-D uint8 bytes, got {data.dtype} {data.shape}")
+    itemsize = spec.dtype.itemsize
+    if kind == BITS:
+        head = (spec.numel + 7) // 8
+        if data.size < head:
+            raise UpdateRejected(f"'{name}#bits' is shorter than its {head}-byte mask")
+        unpacked = np.unpackbits(data[:head])
+        if unpacked[spec.numel:].any():
+            raise UpdateRejected(f"'{name}#bits' sets padding bits beyond {spec.numel} coordinates")
+        index = np.flatnonzero(unpacked)
+    else:
+        nnz, rest = divmod(data.size, 4 + itemsize)
+        if rest:
+            raise UpdateRejected(f"'{name}#index' length {data.size} is not a whole number of "
+                                 f"(int32 index, value) pairs")
+        head = 4 * nnz
+        index = data[:head].view("<i4").astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= spec.numel):
+            raise UpdateRejected(f"'{name}#index' has indices outside [0, {spec.numel})")
+        if index.size > 1 and not (np.diff(index) > 0).all():
+            raise UpdateRejected(f"'{name}#index' must be strictly increasing (no duplicates)")
+    body = data[head:]
+    if body.size != index.size * itemsize:
+        raise UpdateRejected(f"'{name}' keeps {index.size} coordinates but sends "
+                             f"{body.size // itemsize} values")
+    values = body.view(spec.dtype.newbyteorder("<")).astype(spec.dtype)
+    _check_values(name, values, spec)
+    return TensorUpdate(values=values, index=index, numel=spec.numel)
+
+
+def _check_values(name: str, values: np.ndarray, spec: TensorSpec) -> None:
+    if values.dtype != spec.dtype:
+        raise UpdateRejected(f"'{name}' has dtype {values.dtype}, expected {spec.dtype}")
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise UpdateRejected(f"'{name}' holds NaN or Inf values")

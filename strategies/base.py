@@ -1,0 +1,270 @@
+"""The mask-aware base strategy: a Flower ``FedAvg`` subclass that owns everything but the math.
+
+Sampling (seeded by round, over partitions), per-client message building (each client gets its
+own submodel and budget), decoding and validation of replies, budget enforcement and cost
+accounting all live here. A subclass overrides one method, ``aggregate_updates``, which gets the
+current global arrays and the round's accepted updates and returns the new global arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from logging import WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.supercore import log
+
+from fedsparse.budgets import Budget
+from fedsparse.costs import ByteCounter, CostModel
+from fedsparse.masks import Masks
+from fedsparse.wire import SparseUpdate, Template, UpdateRejected, decode, encode
+
+PARTITION_KEY = "partition-id"
+MaskFn = Callable[[Mapping[str, torch.Tensor], Budget], Masks | None]
+
+
+def reply_partition(msg: Message) -> int:
+    """The partition id a client reported in its reply (first MetricRecord)."""
+    metrics = next(iter(msg.content.metric_records.values()))
+    return int(metrics[PARTITION_KEY])
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One accepted, validated reply, as ``aggregate_updates`` receives it."""
+
+    partition_id: int
+    update: SparseUpdate
+    num_examples: int
+    budget: Budget
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ClientRoundCost:
+    """What one client spent in one round, beside the dense model doing the same work."""
+
+    partition_id: int
+    density: float
+    train_flops: float
+    memory_bytes: float
+    activation_bytes: float
+    upload_bytes: int
+    download_bytes: int
+    dense_train_flops: float
+    dense_memory_bytes: float
+    dense_upload_bytes: int
+    dense_download_bytes: int
+
+
+@dataclass
+class RoundReport:
+    """The base strategy's account of the last training round."""
+
+    costs: list[ClientRoundCost] = field(default_factory=list)
+    violations: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What the base needs to know about the experiment."""
+
+    seed: int
+    clients_per_round: int
+    budgets: list[Budget]
+    cost_model: CostModel
+    template: Template
+    batch_size: int
+    momentum: bool
+    mask_fn: MaskFn | None = None
+
+
+class MaskAwareStrategy(FlowerFedAvg):
+    """Base for strategies that aggregate updates whose masks and key sets differ."""
+
+    #: whether ``aggregate_updates`` can handle updates that are not fully dense
+    accepts_sparse = True
+
+    def __init__(self, context: StrategyContext) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
+                         min_evaluate_nodes=1, min_available_nodes=1)
+        self.context = context
+        self.node_of: dict[int, int] = {}
+        self.report = RoundReport()
+        self._global: dict[str, np.ndarray] = {}
+        self._download: dict[int, tuple[int, int]] = {}
+        self._dense_array_bytes: int | None = None
+        self.count_bytes = ByteCounter()
+
+    # --- the one method a plug-in overrides -------------------------------------------------
+    @abstractmethod
+    def aggregate_updates(self, global_arrays: Mapping[str, np.ndarray],
+                          updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
+        """Return the new global arrays from the current ones and the accepted updates."""
+
+    # --- sampling and messages ----------------------------------------------------------------
+    def bind_nodes(self, node_of_partition: dict[int, int]) -> None:
+        """Tell the strategy which node serves each partition (learned from the handshake)."""
+        self.node_of = dict(sorted(node_of_partition.items()))
+
+    def sample_partitions(self, server_round: int) -> list[int]:
+        partitions = np.fromiter(self.node_of, dtype=np.int64)
+        k = min(self.context.clients_per_round, len(partitions))
+        rng = np.random.default_rng([self.context.seed, 11, server_round])
+        return sorted(int(p) for p in rng.choice(partitions, size=k, replace=False))
+
+    def client_masks(self, partition_id: int) -> Masks | None:
+        """The submodel this client holds this round (None: the whole model)."""
+        if self.context.mask_fn is None:
+            return None
+        params = {n: torch.from_numpy(self._global[n]) for n in self.context.cost_model.param_sizes}
+        return self.context.mask_fn(params, self.context.budgets[partition_id])
+
+    def _messages(self, partitions: list[int], arrays: ArrayRecord, config: ConfigRecord,
+                  server_round: int, message_type: str) -> list[Message]:
+        self._global = {k: v.numpy() for k, v in arrays.items()}
+        config["server-round"] = server_round
+        messages = []
+        for pid in partitions:
+            masks = self.client_masks(pid)
+            if masks is None:
+                payload = arrays
+            else:
+                state = {k: torch.from_numpy(v) for k, v in self._global.items()}
+                payload = encode(state, masks)
+            budget = self.context.budgets[pid]
+            client_config = ConfigRecord({**config, "budget-density": budget.density})
+            record = RecordDict({self.arrayrecord_key: payload,
+                                 self.configrecord_key: client_config})
+            messages.append(Message(content=record, message_type=message_type,
+                                    dst_node_id=self.node_of[pid]))
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        partitions = self.sample_partitions(server_round)
+        messages = self._messages(partitions, arrays, config, server_round, MessageType.TRAIN)
+        self.count_bytes.forget()
+        self._dense_array_bytes = self.count_bytes(arrays)
+        self._download = {}
+        for pid, msg in zip(partitions, messages, strict=True):
+            sent = self.count_bytes(msg)
+            arrays_sent = self.count_bytes(msg.content[self.arrayrecord_key])
+            self._download[pid] = (sent, sent - arrays_sent + self._dense_array_bytes)
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Every client evaluates the model it would deploy; none is skipped."""
+        return self._messages(list(self.node_of), arrays, config, server_round, MessageType.EVALUATE)
+
+    # --- replies --------------------------------------------------------------------------------
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        report = RoundReport()
+        accepted: list[ClientUpdate] = []
+        losses: list[tuple[float, int]] = []
+        for reply in replies:
+            if reply.has_error():
+                report.failed += 1
+                continue
+            try:
+                client, cost = self._check_reply(reply)
+            except UpdateRejected as exc:
+                pid = _safe_partition(reply)
+                report.rejected.append((pid, str(exc)))
+                log(WARNING, "round %d: update of client %s rejected: %s", server_round, pid, exc)
+                continue
+            problem = self._over_budget(client.budget, cost)
+            if problem:
+                report.violations.append((client.partition_id, problem))
+                log(WARNING, "round %d: client %d over budget: %s", server_round,
+                    client.partition_id, problem)
+                continue
+            accepted.append(client)
+            report.costs.append(cost)
+            losses.append((client.metrics.get("train-loss", math.nan), client.num_examples))
+        self.report = report
+        if not accepted:
+            return None, None
+        accepted.sort(key=lambda c: c.partition_id)  # reproducible float sums
+        new_state = self.aggregate_updates(self._global, accepted)
+        total = sum(n for _, n in losses)
+        metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
+                                "num-examples": total})
+        return ArrayRecord(array_dict=_as_arrays(new_state)), metrics
+
+    def _check_reply(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
+        content = reply.content
+        if self.arrayrecord_key not in content.array_records or "metrics" not in content.metric_records:
+            raise UpdateRejected("reply lacks its arrays or metrics record")
+        metrics = {k: float(v) for k, v in content["metrics"].items()
+                   if isinstance(v, (int, float))}
+        pid = int(metrics.get(PARTITION_KEY, -1))
+        if pid not in self.node_of or self.node_of[pid] != reply.metadata.src_node_id:
+            raise UpdateRejected(f"reply names partition {pid}, which its node does not serve")
+        num_examples = metrics.get("num-examples", -1)
+        samples = metrics.get("samples-seen", -1)
+        if not (num_examples > 0 and samples >= 0 and math.isfinite(num_examples + samples)):
+            raise UpdateRejected(f"absurd sample counts (num-examples={num_examples}, "
+                                 f"samples-seen={samples})")
+        update = decode(content[self.arrayrecord_key], self.context.template)
+        if not self.accepts_sparse and (
+                any(t.index is not None for t in update.tensors.values())
+                or set(update.tensors) != set(self.context.template)):
+            raise UpdateRejected(f"{type(self).__name__} cannot aggregate sparse updates: "
+                                 "use strategy masked-fedavg")
+        client = ClientUpdate(pid, update, int(num_examples), self.context.budgets[pid], metrics)
+        return client, self._cost(client, reply, int(samples))
+
+    def _cost(self, client: ClientUpdate, reply: Message, samples: int) -> ClientRoundCost:
+        model = self.context.cost_model
+        kept = {n: client.update.tensors[n].nnz if n in client.update.tensors else 0
+                for n in model.param_sizes}
+        sparse = model.training_cost(kept, samples, self.context.batch_size, self.context.momentum)
+        dense = model.training_cost(model.dense_counts(), samples, self.context.batch_size,
+                                    self.context.momentum)
+        upload = self.count_bytes(reply)
+        arrays_up = self.count_bytes(reply.content[self.arrayrecord_key])
+        down, dense_down = self._download.get(client.partition_id, (0, 0))
+        dense_arrays = self._dense_array_bytes or arrays_up
+        return ClientRoundCost(
+            partition_id=client.partition_id, density=client.update.density(model.param_sizes),
+            train_flops=sparse.flops, memory_bytes=sparse.memory_bytes,
+            activation_bytes=sparse.activation_bytes, upload_bytes=upload,
+            download_bytes=down, dense_train_flops=dense.flops,
+            dense_memory_bytes=dense.memory_bytes,
+            dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down)
+
+    @staticmethod
+    def _over_budget(budget: Budget, cost: ClientRoundCost) -> str | None:
+        checks = [("density", cost.density, budget.density),
+                  ("train_flops", cost.train_flops, budget.train_flops),
+                  ("memory_bytes", cost.memory_bytes, budget.memory_bytes),
+                  ("upload_bytes", cost.upload_bytes, budget.upload_bytes)]
+        for name, spent, limit in checks:
+            if limit is not None and spent > limit * (1 + 1e-9):
+                return f"{name} {spent:.6g} exceeds its declared {limit:.6g}"
+        return None
+
+
+def _safe_partition(reply: Message) -> int:
+    try:
+        return reply_partition(reply)
+    except Exception:
+        return -1
+
+
+def _as_arrays(state: Mapping[str, np.ndarray]):  # -> dict[str, Array]
+    from flwr.app import Array
+
+    return {k: Array(np.array(v, order="C", copy=True)) for k, v in state.items()}

@@ -1,0 +1,123 @@
+"""The mask-aware base strategy on real Flower Messages: validation, budgets, costs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from fedsparse.clients.magnitude import MagnitudeClient
+from fedsparse.strategies import FedAvg, MaskedFedAvg, StrategyContext
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedsparse.budgets import Budget
+from fedsparse.config import ModelConfig
+from fedsparse.costs import CostModel
+from fedsparse.models import build_model
+from fedsparse.wire import decode, encode, template_of
+
+BUDGETS = [Budget(density=0.2), Budget(density=0.5, upload_bytes=1e9), Budget(density=1.0),
+           Budget(density=0.5, upload_bytes=100.0)]
+
+
+def make(cls, mask_fn=MagnitudeClient.server_masks):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mlp", hidden=[16]), (6,), 3)
+    ctx = StrategyContext(seed=0, clients_per_round=4, budgets=BUDGETS,
+                          cost_model=CostModel(model, (6,)), template=template_of(model.state_dict()),
+                          batch_size=8, momentum=False, mask_fn=mask_fn)
+    strategy = cls(ctx)
+    strategy.bind_nodes({p: 100 + p for p in range(4)})
+    return strategy, ArrayRecord(model.state_dict())
+
+
+def reply_to(msg, pid, arrays, **metrics):
+    values = {"partition-id": pid, "num-examples": 10, "samples-seen": 10, "train-loss": 0.5}
+    values.update(metrics)
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(values)}), reply_to=msg)
+
+
+def trained_reply(strategy, msg, pid, shift=1.0, **metrics):
+    """What a client sends back: the submodel it received, moved by ``shift`` where it holds it."""
+    update = decode(msg.content["arrays"], strategy.context.template)
+    state = update.to_state(strategy.context.template)
+    masks = update.partial_masks(strategy.context.template, set(strategy.context.cost_model.param_sizes))
+    moved = {k: (v + shift) * masks[k] if k in masks else v + shift for k, v in state.items()}
+    return reply_to(msg, pid, encode(moved, masks), **metrics)
+
+
+def test_each_client_gets_its_own_submodel_and_costs_are_counted(task_identity):
+    strategy, arrays = make(MaskedFedAvg)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    assert [m.metadata.dst_node_id for m in messages] == [100, 101, 102, 103]
+    sizes = strategy.context.cost_model.param_sizes
+    densities = [decode(m.content["arrays"], strategy.context.template).density(sizes) for m in messages]
+    assert densities[0] <= 0.2 and densities[2] == 1.0 and densities[0] < densities[1] < densities[2]
+    replies = [trained_reply(strategy, m, p) for p, m in enumerate(messages[:3])]
+    new, metrics = strategy.aggregate_train(1, replies)
+    report = strategy.report
+    assert not report.violations and not report.rejected and len(report.costs) == 3
+    by_pid = {c.partition_id: c for c in report.costs}
+    assert by_pid[2].train_flops == by_pid[2].dense_train_flops
+    assert by_pid[0].train_flops < 0.3 * by_pid[0].dense_train_flops
+    assert by_pid[0].upload_bytes < by_pid[0].dense_upload_bytes
+    assert by_pid[0].download_bytes < by_pid[2].download_bytes == by_pid[2].dense_download_bytes
+    assert math.isclose(metrics["train-loss"], 0.5)
+    # coordinates held by the dense client moved by exactly +1 (every holder moved them by +1)
+    old = arrays["net.1.weight"].numpy()
+    got = new["net.1.weight"].numpy()
+    np.testing.assert_allclose(got, old + 1, rtol=1e-6)
+
+
+def test_reply_over_budget_is_rejected_and_counted(task_identity):
+    strategy, arrays = make(MaskedFedAvg)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    dense_from_0 = reply_to(messages[0], 0, ArrayRecord(build_model(
+        ModelConfig(name="mlp", hidden=[16]), (6,), 3).state_dict()))  # density 1 > 0.2
+    too_big_upload = trained_reply(strategy, messages[3], 3)  # 100-byte upload limit
+    ok = trained_reply(strategy, messages[2], 2)
+    new, _ = strategy.aggregate_train(1, [dense_from_0, too_big_upload, ok])
+    assert sorted(p for p, _ in strategy.report.violations) == [0, 3]
+    assert "density" in dict(strategy.report.violations)[0]
+    assert "upload_bytes" in dict(strategy.report.violations)[3]
+    assert new is not None and len(strategy.report.costs) == 1
+
+
+def test_malformed_and_lying_replies_are_rejected(task_identity):
+    strategy, arrays = make(MaskedFedAvg)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    nan = ArrayRecord(array_dict={"net.1.bias": Array(np.full(16, np.nan, np.float32))})
+    bad = [reply_to(messages[0], 0, nan),
+           reply_to(messages[1], 2, arrays),  # claims another node's partition
+           reply_to(messages[2], 2, arrays, **{"num-examples": -5})]
+    new, metrics = strategy.aggregate_train(1, bad)
+    assert new is None and metrics is None
+    reasons = [r for _, r in strategy.report.rejected]
+    assert "NaN" in reasons[0] and "does not serve" in reasons[1] and "absurd" in reasons[2]
+
+
+def test_fedavg_refuses_sparse_updates(task_identity):
+    strategy, arrays = make(FedAvg)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    strategy.aggregate_train(1, [trained_reply(strategy, messages[1], 1)])
+    assert "use strategy masked-fedavg" in strategy.report.rejected[0][1]
+
+
+def test_sampling_is_seeded_and_bounded():
+    strategy, _ = make(MaskedFedAvg)
+    strategy.context = StrategyContext(**{**strategy.context.__dict__, "clients_per_round": 2})
+    picks = [strategy.sample_partitions(r) for r in range(1, 6)]
+    assert picks == [strategy.sample_partitions(r) for r in range(1, 6)]
+    assert all(len(p) == 2 and len(set(p)) == 2 for p in picks)
+    assert len({tuple(p) for p in picks}) > 1
+
+
+@pytest.mark.parametrize("cls", [MaskedFedAvg, FedAvg])
+def test_dense_runs_cost_exactly_dense(task_identity, cls):
+    strategy, arrays = make(cls, mask_fn=None)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    replies = [reply_to(m, p, m.content["arrays"]) for p, m in enumerate(messages)]
+    strategy.aggregate_train(1, replies)
+    for cost in strategy.report.costs:
+        assert cost.train_flops == cost.dense_train_flops
+        assert cost.upload_bytes == cost.dense_upload_bytes
+        assert cost.download_bytes == cost.dense_download_bytes
