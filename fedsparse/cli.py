@@ -40,10 +40,21 @@ def _results_table(summary: dict[str, Any]) -> Table:
         ("accuracy mean", _fmt(acc.get("mean"))),
         ("accuracy bottom decile", _fmt(acc.get("bottom_decile"))),
         ("accuracy global model", _fmt(acc.get("global"))),
-        ("clients failed", str(summary["failures"]["clients_failed"])),
+        ("clients failed / updates rejected",
+         f"{summary['failures']['clients_failed']} / {summary['failures'].get('updates_rejected', 0)}"),
         ("wall time (s)", f"{summary['wall_seconds']:.1f}"),
         ("run folder", summary["run_dir"]),
     ]
+    cost = summary.get("cost") or {}
+    if cost.get("density") is not None:
+        rows[-2:-2] = [
+            ("density (mean)", _fmt(cost["density"])),
+            ("FLOPs / memory vs dense", f"{_fmt(cost['train_flops_ratio'])} / "
+                                        f"{_fmt(cost['memory_bytes_ratio'])}"),
+            ("upload / download vs dense", f"{_fmt(cost['upload_bytes_ratio'])} / "
+                                           f"{_fmt(cost['download_bytes_ratio'])}"),
+            ("budget violations", str(summary.get("budget", {}).get("violations", 0))),
+        ]
     for key, value in rows:
         table.add_row(key, value)
     return table

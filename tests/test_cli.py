@@ -20,6 +20,11 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--model", "lenet"], "needs image inputs"),
         (["--config", "/nonexistent.yaml"], "not found"),
         (["--set", "strategy.name=nope"], "unknown strategy 'nope'"),
+        (["--budgets", "0.1:0.5,1.0:0.5"], "method 'dense' trains every weight"),
+        (["--budgets", "0.1:0.7,1.0:0.2"], "--budgets"),
+        (["--method", "magnitude", "--budgets", "0.3:1"], "cannot aggregate the sparse updates"),
+        (["--method", "magnitude", "--strategy", "masked-fedavg", "--budgets", "0.001:1"],
+         "biases and norm layers alone"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
@@ -46,5 +51,5 @@ def test_help_lists_the_flags():
     assert result.returncode == 0
     for flag in ("--clients", "--rounds", "--fraction", "--dataset", "--data-dir", "--partition",
                  "--alpha", "--model", "--local-epochs", "--batch-size", "--lr", "--seed", "--out",
-                 "--name", "--set", "--config"):
+                 "--name", "--set", "--config", "--budgets", "--method", "--strategy"):
         assert flag in result.stdout

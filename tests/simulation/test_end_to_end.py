@@ -102,3 +102,24 @@ def test_idx_images_with_a_cnn_and_dirichlet(tmp_path):
     summary = check_run_folder(run, clients=5, rounds=2)
     assert summary["accuracy"]["global"] > 0.5  # chance is 0.1
     assert not ray_processes_of()
+
+
+def test_heterogeneous_budgets_with_magnitude_submodels(tmp_path):
+    """Three budget tiers train different masks in the same rounds; masked FedAvg merges them."""
+    run = simulate(tmp_path, "--clients", "6", "--rounds", "2", "--fraction", "1",
+                   "--method", "magnitude", "--strategy", "masked-fedavg",
+                   "--budgets", "0.2:0.5,0.5:0.34,1.0:0.16", "--set", "data.synthetic.iid=true")
+    summary = check_run_folder(run, clients=6, rounds=2)
+    cost = summary["cost"]
+    assert 0.2 < cost["density"] < 0.6
+    for key in ("train_flops", "memory_bytes", "upload_bytes", "download_bytes"):
+        assert cost[f"{key}_ratio"] < 0.75, key
+    with (run / "clients.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    by_budget: dict[float, list[float]] = {}
+    for row in rows:
+        assert int(row["rounds_trained"]) == 2
+        assert float(row["density"]) <= float(row["budget_density"]) + 1e-9
+        by_budget.setdefault(float(row["budget_density"]), []).append(float(row["upload_bytes"]))
+    assert sorted(by_budget) == [0.2, 0.5, 1.0] and [len(v) for _, v in sorted(by_budget.items())] == [3, 2, 1]
+    assert max(by_budget[0.2]) < min(by_budget[0.5]) < min(by_budget[1.0])
