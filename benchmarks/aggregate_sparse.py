@@ -14,7 +14,6 @@ import json
 import platform
 import time
 
-import numpy as np
 import torch
 
 from fedsparse.aggregation import masked_fedavg
