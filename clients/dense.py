@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,9 +47,11 @@ class DenseClient:
                               f"density {min(low):g}: declare density 1 or use --method magnitude")
 
     def fit(self, model: nn.Module, masks: Masks | None, data: LocalData,
-            generator: torch.Generator) -> dict[str, float]:
+            generator: torch.Generator, server_config: Mapping[str, Any]) -> dict[str, float]:
+        """Local training; honours FedProx's ``proximal-mu`` when the strategy sends it."""
+        mu = float(server_config.get("proximal-mu", 0.0))
         loss, seen = train_local(model, data.x_train, data.y_train, self.config.train, generator,
-                                 masks)
+                                 masks, proximal_mu=mu)
         return {"train-loss": loss, "num-examples": float(len(data.y_train)),
                 "samples-seen": float(seen)}
 

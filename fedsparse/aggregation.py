@@ -12,6 +12,32 @@ import numpy as np
 from fedsparse.wire import SparseUpdate
 
 
+def holder_average(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
+                   weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coordinate weighted mean over the clients that sent tensor ``name``.
+
+    Returns the flat float64 result (``old`` where nobody sent) and the boolean 'sent' mask.
+    """
+    if len(updates) != len(weights):
+        raise ValueError("one weight per update is required")
+    num = np.zeros(old.size, dtype=np.float64)
+    den = np.zeros(old.size, dtype=np.float64)
+    for update, weight in zip(updates, weights, strict=True):
+        tensor = update.tensors.get(name)
+        if tensor is None or weight <= 0:
+            continue
+        if tensor.index is None:
+            num += weight * tensor.values.astype(np.float64)
+            den += weight
+        else:
+            num[tensor.index] += weight * tensor.values.astype(np.float64)
+            den[tensor.index] += weight
+    sent = den > 0
+    mean = old.reshape(-1).astype(np.float64, copy=True)
+    mean[sent] = num[sent] / den[sent]
+    return mean, sent
+
+
 def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[SparseUpdate],
                   weights: Sequence[float]) -> dict[str, np.ndarray]:
     """Average each coordinate over the clients that sent it, weighted by ``weights``.
@@ -26,20 +52,6 @@ def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[Spar
         if not np.issubdtype(old.dtype, np.floating):
             new_state[name] = old.copy()
             continue
-        num = np.zeros(old.size, dtype=np.float64)
-        den = np.zeros(old.size, dtype=np.float64)
-        for update, weight in zip(updates, weights, strict=True):
-            tensor = update.tensors.get(name)
-            if tensor is None or weight <= 0:
-                continue
-            if tensor.index is None:
-                num += weight * tensor.values.astype(np.float64)
-                den += weight
-            else:
-                num[tensor.index] += weight * tensor.values.astype(np.float64)
-                den[tensor.index] += weight
-        flat = old.reshape(-1).astype(np.float64, copy=True)
-        sent = den > 0
-        flat[sent] = num[sent] / den[sent]
-        new_state[name] = flat.astype(old.dtype).reshape(old.shape)
+        mean, _ = holder_average(old, name, updates, weights)
+        new_state[name] = mean.astype(old.dtype).reshape(old.shape)
     return new_state

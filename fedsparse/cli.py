@@ -78,7 +78,8 @@ def simulate(
     batch_size: Annotated[int | None, typer.Option(help="local batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="local learning rate")] = None,
     method: Annotated[str | None, typer.Option(help="dense or magnitude")] = None,
-    strategy: Annotated[str | None, typer.Option(help="fedavg or masked-fedavg")] = None,
+    strategy: Annotated[str | None, typer.Option(help="a name from 'fedsparse strategies', "
+                                                 "module:Class or file.py:Class")] = None,
     budgets: Annotated[str | None, typer.Option(help="budget tiers as density:share pairs, "
                                                 "e.g. 0.1:0.5,0.3:0.3,1.0:0.2")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for data, sampling and init")] = None,
@@ -105,6 +106,20 @@ def simulate(
             flags["budgets.tiers"] = [t.model_dump() for t in parse_budget_shorthand(budgets)]
         cfg = load_config(config, set_, flags)
         _run_with_progress(cfg)
+
+
+@app.command("strategies")
+def list_strategies() -> None:
+    """List the strategies --strategy accepts, one line each."""
+    from fedsparse.strategies import available
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("name")
+    table.add_column("what it does")
+    for name, line in available():
+        table.add_row(name, line)
+    Console().print(table)
+    Console().print("Also: --strategy package.module:Class or --strategy path/to/file.py:Class")
 
 
 def _run_with_progress(cfg: Any) -> None:

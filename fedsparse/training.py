@@ -19,13 +19,16 @@ class EvalResult:
 
 
 def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                generator: torch.Generator, masks: Masks | None = None) -> tuple[float, int]:
+                generator: torch.Generator, masks: Masks | None = None,
+                proximal_mu: float = 0.0) -> tuple[float, int]:
     """Run ``cfg.local_epochs`` epochs of minibatch SGD; return (mean loss, samples seen).
 
     With ``masks``, masked-out weights stay exactly zero: their gradients are zeroed before
     each step and the weights re-masked after it (momentum and weight decay would move them).
+    ``proximal_mu`` > 0 adds FedProx's term mu/2 * ||w - w_received||^2 (Li et al. 2020).
     """
     model.train()
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     if masks:
         apply_masks(model, masks)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -41,7 +44,11 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
                 continue  # BatchNorm cannot train on a single sample
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[batch]), y[batch])
-            loss.backward()
+            objective = loss
+            if anchor:
+                drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                objective = loss + 0.5 * proximal_mu * drift
+            objective.backward()
             if masks:
                 mask_gradients(model, masks)
             optimizer.step()

@@ -45,6 +45,7 @@ class ClientUpdate:
     num_examples: int
     budget: Budget
     metrics: dict[str, float]
+    reply: Message
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=1)
         self.context = context
+        self.server_round = 0
         self.node_of: dict[int, int] = {}
         self.report = RoundReport()
         self._global: dict[str, np.ndarray] = {}
@@ -109,7 +111,16 @@ class MaskAwareStrategy(FlowerFedAvg):
     @abstractmethod
     def aggregate_updates(self, global_arrays: Mapping[str, np.ndarray],
                           updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
-        """Return the new global arrays from the current ones and the accepted updates."""
+        """Return the new global arrays from the current ones and the accepted updates.
+
+        ``global_arrays`` maps every tensor name to its current value; each update's
+        ``update.tensors[name]`` holds the values a client sent (``index`` None: the whole
+        tensor, else the flat positions) and may lack tensors the client did not send. Updates
+        arrive validated, within budget, ordered by partition id. ``self.server_round`` is set.
+        """
+
+    def summary(self) -> None:
+        """Flower's hook for logging the configuration; the run's config.yaml records it."""
 
     # --- sampling and messages ----------------------------------------------------------------
     def bind_nodes(self, node_of_partition: dict[int, int]) -> None:
@@ -170,6 +181,7 @@ class MaskAwareStrategy(FlowerFedAvg):
     # --- replies --------------------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.server_round = server_round
         report = RoundReport()
         accepted: list[ClientUpdate] = []
         losses: list[tuple[float, int]] = []
@@ -223,7 +235,8 @@ class MaskAwareStrategy(FlowerFedAvg):
                 or set(update.tensors) != set(self.context.template)):
             raise UpdateRejected(f"{type(self).__name__} cannot aggregate sparse updates: "
                                  "use strategy masked-fedavg")
-        client = ClientUpdate(pid, update, int(num_examples), self.context.budgets[pid], metrics)
+        client = ClientUpdate(pid, update, int(num_examples), self.context.budgets[pid], metrics,
+                              reply)
         return client, self._cost(client, reply, int(samples))
 
     def _cost(self, client: ClientUpdate, reply: Message, samples: int) -> ClientRoundCost:

@@ -25,6 +25,14 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--method", "magnitude", "--budgets", "0.3:1"], "cannot aggregate the sparse updates"),
         (["--method", "magnitude", "--strategy", "masked-fedavg", "--budgets", "0.001:1"],
          "biases and norm layers alone"),
+        (["--strategy", "no.such.module:Strategy"], "importing no.such.module failed"),
+        (["--strategy", "json:dumps"], "not a subclass"),
+        (["--strategy", "fedprox", "--method", "magnitude", "--budgets", "0.5:1"],
+         "cannot aggregate the sparse updates"),
+        (["--strategy", "masked-fedadam", "--set", "strategy.options.lr=0.1"],
+         "rejected strategy.options ['lr']"),
+        (["--strategy", "masked-trimmed-mean", "--set", "strategy.options.trim=0.7"],
+         "trim must be in"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):

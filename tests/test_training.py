@@ -42,3 +42,17 @@ def test_batchnorm_model_skips_single_sample_tail_batch():
     x, y = torch.randn(33, 1, 28, 28), torch.randint(0, 10, (33,))
     model = build_model(ModelConfig(name="cnn-bn"), (1, 28, 28), 10)
     train_local(model, x, y, TrainConfig(batch_size=32), torch.Generator().manual_seed(0))
+
+
+def test_proximal_term_keeps_weights_near_the_received_model():
+    x, y = _blobs()
+    drifts = []
+    for mu in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name="mlp", hidden=[16]), (2,), 3)
+        start = [p.detach().clone() for p in model.parameters()]
+        train_local(model, x, y, TrainConfig(local_epochs=2, lr=0.1), torch.Generator().manual_seed(1),
+                    proximal_mu=mu)
+        drifts.append(sum(float(((p - s) ** 2).sum()) for p, s in zip(model.parameters(), start,
+                                                                       strict=True)))
+    assert drifts[1] < 0.5 * drifts[0]

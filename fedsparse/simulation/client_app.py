@@ -90,7 +90,7 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         model, masks = runtime.model(msg.content["arrays"])
         generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
         torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
-        metrics = method.fit(model, masks, runtime.data(pid), generator)
+        metrics = method.fit(model, masks, runtime.data(pid), generator, dict(msg.content["config"]))
         metrics["partition-id"] = pid
         content = RecordDict({"arrays": encode(model.state_dict(), masks),
                               "metrics": MetricRecord(metrics)})

@@ -121,3 +121,21 @@ def test_dense_runs_cost_exactly_dense(task_identity, cls):
         assert cost.train_flops == cost.dense_train_flops
         assert cost.upload_bytes == cost.dense_upload_bytes
         assert cost.download_bytes == cost.dense_download_bytes
+
+
+def test_flower_fedprox_adapter_sends_mu_and_aggregates_like_fedavg(task_identity):
+    from fedsparse.strategies.flower_adapter import FlowerStrategy
+    from flwr.serverapp.strategy import FedProx
+
+    _, arrays = make(MaskedFedAvg, mask_fn=None)
+    base, _ = make(MaskedFedAvg, mask_fn=None)
+    dense_budgets = StrategyContext(**{**base.context.__dict__, "budgets": [Budget()] * 4})
+    strategy = FlowerStrategy(dense_budgets, FedProx(proximal_mu=0.3))
+    strategy.bind_nodes(base.node_of)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    assert all(m.content["config"]["proximal-mu"] == 0.3 for m in messages)
+    replies = [trained_reply(strategy, m, p, shift=float(p)) for p, m in enumerate(messages)]
+    new, _ = strategy.aggregate_train(1, replies)
+    old = arrays["net.1.weight"].numpy()
+    np.testing.assert_allclose(new["net.1.weight"].numpy(), old + 1.5, rtol=1e-5)  # mean shift
+    assert new["net.1.weight"].numpy().dtype == old.dtype

@@ -1,0 +1,47 @@
+"""Strategies from outside the package, and Flower's own, through the real CLI, Flower and Ray."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.strategies.test_registry import EXAMPLE, write_dist_info
+
+pytestmark = pytest.mark.e2e
+SMALL = ["--clients", "4", "--rounds", "2", "--fraction", "1", "--set", "data.synthetic.iid=true",
+         "--set", "eval.every=2"]
+
+
+def simulate(out: Path, *args: str, env: dict | None = None) -> dict:
+    result = subprocess.run([sys.executable, "-m", "fedsparse.cli", "simulate", "--out", str(out),
+                             *SMALL, *args], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = out.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["failures"] == {"clients_failed": 0, "updates_rejected": 0}
+    assert 0.0 < summary["accuracy"]["global"] <= 1.0
+    return summary
+
+
+def test_example_plugin_by_path_with_sparse_budgets(tmp_path):
+    summary = simulate(tmp_path, "--strategy", f"{EXAMPLE / 'norm_clipped_fedavg.py'}:NormClippedFedAvg",
+                       "--set", "strategy.options.max_norm=0.5", "--method", "magnitude",
+                       "--budgets", "0.3:0.5,1.0:0.5")
+    assert summary["cost"]["density"] < 1.0
+
+
+def test_example_plugin_by_entry_point(tmp_path):
+    site = tmp_path / "site"
+    write_dist_info(site)
+    path = os.pathsep.join([str(site), str(EXAMPLE), os.environ.get("PYTHONPATH", "")])
+    summary = simulate(tmp_path / "runs", "--strategy", "norm-clipped", env={"PYTHONPATH": path})
+    assert summary["strategy"] == "norm-clipped"
+
+
+def test_flower_fedprox_runs_a_dense_simulation_by_name(tmp_path):
+    summary = simulate(tmp_path, "--strategy", "fedprox", "--set", "strategy.options.proximal_mu=0.1")
+    assert summary["strategy"] == "fedprox" and summary["cost"]["upload_bytes_ratio"] == 1.0

@@ -1,0 +1,69 @@
+"""Finding strategies by name, entry point and module:Class, and the errors when that fails."""
+
+from pathlib import Path
+
+import pytest
+from fedsparse.strategies import check_strategy
+from fedsparse.strategies.registry import available, resolve
+from flwr.serverapp.strategy import FedProx
+
+from fedsparse.config import load_config
+from fedsparse.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_strategy"
+
+
+def write_dist_info(root: Path) -> None:
+    """What `pip install examples/custom_strategy` leaves on sys.path, written by hand."""
+    info = root / "fedsparse_norm_clip-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fedsparse-norm-clip\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[fedsparse.strategies]\nnorm-clipped = norm_clipped_fedavg:NormClippedFedAvg\n")
+
+
+def test_builtin_and_flower_names():
+    assert resolve("masked-fedavg").accepts_sparse
+    spec = resolve("fedprox")
+    assert spec.flower and spec.cls is FedProx and not spec.accepts_sparse
+    names = [name for name, _ in available()]
+    assert {"fedavg", "masked-fedavg", "masked-fedadam", "masked-median", "fedprox", "krum"} <= set(names)
+
+
+def test_module_path_and_entry_point(tmp_path, monkeypatch):
+    by_path = resolve(f"{EXAMPLE / 'norm_clipped_fedavg.py'}:NormClippedFedAvg")
+    assert by_path.cls.__name__ == "NormClippedFedAvg" and by_path.accepts_sparse
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    assert resolve("norm_clipped_fedavg:NormClippedFedAvg").cls.__name__ == "NormClippedFedAvg"
+    write_dist_info(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve("norm-clipped").cls.__name__ == "NormClippedFedAvg"
+    assert any(name == "norm-clipped" for name, _ in available())
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("nope", "unknown strategy 'nope'"),
+        ("no_such_module_xyz:Thing", "importing no_such_module_xyz failed"),
+        ("json:nothing_here", "has no attribute 'nothing_here'"),
+        ("json:dumps", "not a subclass"),
+        ("/nonexistent/plugin.py:X", "not found"),
+    ],
+)
+def test_resolution_errors(name, needle):
+    with pytest.raises(ConfigError, match=needle):
+        resolve(name)
+
+
+def test_broken_plugin_file(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ConfigError, match="RuntimeError: boom"):
+        resolve(f"{bad}:X")
+
+
+def test_flower_strategy_refuses_sparse_methods():
+    cfg = load_config(None, ["strategy.name=fedprox", "method.name=magnitude"])
+    with pytest.raises(ConfigError, match="cannot aggregate the sparse updates"):
+        check_strategy(cfg)
