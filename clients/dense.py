@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from flwr.app import RecordDict
 from torch import nn
 
 from fedsparse.budgets import Budget
 from fedsparse.config import ExperimentConfig
 from fedsparse.errors import ConfigError
 from fedsparse.masks import Masks
-from fedsparse.training import EvalResult, evaluate, train_local
+from fedsparse.training import evaluate, train_local
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,15 @@ class LocalData:
 
 
 class DenseClient:
-    """FedAvg client: local SGD on every weight it holds (all of them, for this method)."""
+    """FedAvg client: local SGD on every weight it holds (all of them, for this method).
+
+    The method interface every client method implements:
+    ``fit`` trains and returns (metrics, masks of what to upload), ``evaluate`` scores the model
+    the client would deploy. ``state`` is the node's private, persistent Flower RecordDict.
+    """
+
+    #: True when the client, not the server, measures FLOPs, memory and compute density
+    reported_costs = False
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
@@ -43,18 +52,27 @@ class DenseClient:
     def check_budgets(cls, budgets: list[Budget], params: Mapping[str, torch.Tensor]) -> None:
         low = [b.density for b in budgets if b.density < 1.0]
         if low:
-            raise ConfigError(f"method 'dense' trains every weight but {len(low)} clients declare "
-                              f"density {min(low):g}: declare density 1 or use --method magnitude")
+            raise ConfigError(f"method '{cls.name()}' trains every weight but {len(low)} clients "
+                              f"declare density {min(low):g}: declare density 1 or use a sparse "
+                              "method (magnitude, pfedgate)")
 
-    def fit(self, model: nn.Module, masks: Masks | None, data: LocalData,
-            generator: torch.Generator, server_config: Mapping[str, Any]) -> dict[str, float]:
+    @classmethod
+    def name(cls) -> str:
+        return "dense"
+
+    def fit(self, model: nn.Module, masks: Masks | None, data: LocalData, generator: torch.Generator,
+            server_config: Mapping[str, Any], state: RecordDict) -> tuple[dict[str, float], Masks | None]:
         """Local training; honours FedProx's ``proximal-mu`` when the strategy sends it."""
         mu = float(server_config.get("proximal-mu", 0.0))
         loss, seen = train_local(model, data.x_train, data.y_train, self.config.train, generator,
                                  masks, proximal_mu=mu)
         return {"train-loss": loss, "num-examples": float(len(data.y_train)),
-                "samples-seen": float(seen)}
+                "samples-seen": float(seen)}, masks
 
-    def evaluate(self, model: nn.Module, data: LocalData) -> EvalResult:
+    def evaluate(self, model: nn.Module, masks: Masks | None, data: LocalData,
+                 generator: torch.Generator, server_config: Mapping[str, Any],
+                 state: RecordDict) -> dict[str, float]:
         """The deployed model (what the server sent) on the client's own test split."""
-        return evaluate(model, data.x_test, data.y_test, self.config.eval.batch_size)
+        result = evaluate(model, data.x_test, data.y_test, self.config.eval.batch_size)
+        return {"accuracy": result.accuracy, "loss": result.loss,
+                "num-examples": float(result.num_examples)}

@@ -23,6 +23,10 @@ from fedsparse.masks import Masks, layerwise_magnitude_masks
 class MagnitudeClient(DenseClient):
     """Trains the magnitude submodel the server selected for its budget."""
 
+    @classmethod
+    def name(cls) -> str:
+        return "magnitude"
+
     @staticmethod
     def server_masks(params: Mapping[str, torch.Tensor], budget: Budget) -> Masks | None:
         return layerwise_magnitude_masks(params, budget.density)

@@ -167,6 +167,7 @@ class _user_errors:
 
 def main() -> None:
     """Console-script entry point."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # before any import of tqdm reads it
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     app(prog_name="fedsparse")

@@ -76,10 +76,28 @@ class ModelConfig(_Strict):
     hidden: list[int] = Field(default_factory=lambda: [200])
 
 
-class MethodConfig(_Strict):
-    """``dense`` trains every weight; ``magnitude`` trains each client's magnitude submodel."""
+class PFedGateConfig(_Strict):
+    """pFedGate knobs (Chen et al. 2023); the budget s comes from each client's declared density."""
 
-    name: Literal["dense", "magnitude"] = "dense"
+    split: int = Field(5, ge=1, description="gated blocks per tensor (split factor B)")
+    sub0_fraction: float = Field(0.5, ge=0.0, le=1.0,
+                                 description="share of the budget always kept as each tensor's sub0")
+    gate_lr: float = Field(0.1, gt=0.0, description="learning rate of the private gate")
+    weight_head: bool = Field(False, description="separate head for block weights (else M = G)")
+    eval_gating: Literal["batch", "sample"] = "batch"
+    grad_clip: float = Field(10.0, gt=0.0)
+    novel_share: float = Field(0.0, ge=0.0, lt=1.0,
+                               description="share of clients that never train the global model")
+    novel_fit_epochs: int = Field(1, ge=1, description="epochs a novel client fits its gate")
+
+
+class MethodConfig(_Strict):
+    """``dense`` trains every weight; ``fedavg-ft`` also fine-tunes before evaluating;
+    ``magnitude`` trains each client's magnitude submodel; ``pfedgate`` gates blocks per batch."""
+
+    name: Literal["dense", "fedavg-ft", "magnitude", "pfedgate"] = "dense"
+    finetune_epochs: int = Field(1, ge=1, description="fedavg-ft: local epochs before evaluation")
+    pfedgate: PFedGateConfig = PFedGateConfig()
 
 
 class BudgetTier(_Strict):

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
 from fedsparse.budgets import Budget
-from fedsparse.costs import ByteCounter, CostModel
+from fedsparse.costs import ByteCounter, CostModel, TrainingCost
 from fedsparse.masks import Masks
 from fedsparse.wire import SparseUpdate, Template, UpdateRejected, decode, encode
 
@@ -87,6 +87,10 @@ class StrategyContext:
     batch_size: int
     momentum: bool
     mask_fn: MaskFn | None = None
+    #: clients that never train the global model (they only evaluate, e.g. pFedGate's novel)
+    novel: frozenset[int] = frozenset()
+    #: the method measures FLOPs, memory and compute density on the client (they are reported)
+    reported_costs: bool = False
 
 
 class MaskAwareStrategy(FlowerFedAvg):
@@ -128,7 +132,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.node_of = dict(sorted(node_of_partition.items()))
 
     def sample_partitions(self, server_round: int) -> list[int]:
-        partitions = np.fromiter(self.node_of, dtype=np.int64)
+        partitions = np.array([p for p in self.node_of if p not in self.context.novel], dtype=np.int64)
         k = min(self.context.clients_per_round, len(partitions))
         rng = np.random.default_rng([self.context.seed, 11, server_round])
         return sorted(int(p) for p in rng.choice(partitions, size=k, replace=False))
@@ -153,7 +157,8 @@ class MaskAwareStrategy(FlowerFedAvg):
                 state = {k: torch.from_numpy(v) for k, v in self._global.items()}
                 payload = encode(state, masks)
             budget = self.context.budgets[pid]
-            client_config = ConfigRecord({**config, "budget-density": budget.density})
+            client_config = ConfigRecord({**config, "budget-density": budget.density,
+                                          "novel": int(pid in self.context.novel)})
             record = RecordDict({self.arrayrecord_key: payload,
                                  self.configrecord_key: client_config})
             messages.append(Message(content=record, message_type=message_type,
@@ -246,17 +251,35 @@ class MaskAwareStrategy(FlowerFedAvg):
         sparse = model.training_cost(kept, samples, self.context.batch_size, self.context.momentum)
         dense = model.training_cost(model.dense_counts(), samples, self.context.batch_size,
                                     self.context.momentum)
+        density = client.update.density(model.param_sizes)
+        if self.context.reported_costs:
+            sparse, density = self._reported(client.metrics, sparse, dense)
         upload = self.count_bytes(reply)
         arrays_up = self.count_bytes(reply.content[self.arrayrecord_key])
         down, dense_down = self._download.get(client.partition_id, (0, 0))
         dense_arrays = self._dense_array_bytes or arrays_up
         return ClientRoundCost(
-            partition_id=client.partition_id, density=client.update.density(model.param_sizes),
+            partition_id=client.partition_id, density=density,
             train_flops=sparse.flops, memory_bytes=sparse.memory_bytes,
             activation_bytes=sparse.activation_bytes, upload_bytes=upload,
             download_bytes=down, dense_train_flops=dense.flops,
             dense_memory_bytes=dense.memory_bytes,
             dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down)
+
+    @staticmethod
+    def _reported(metrics: Mapping[str, float], computed: TrainingCost,
+                  dense: TrainingCost) -> tuple[TrainingCost, float]:
+        """Client-measured costs, refused when absent or implausible."""
+        try:
+            flops, memory = metrics["train-flops"], metrics["memory-bytes"]
+            density = metrics["compute-density"]
+        except KeyError as exc:
+            raise UpdateRejected(f"reply lacks the cost metric {exc}") from None
+        if not (0 <= density <= 1 and flops >= 0 and memory > 0 and math.isfinite(flops + memory)):
+            raise UpdateRejected(f"implausible reported costs (train-flops={flops}, "
+                                 f"memory-bytes={memory}, compute-density={density})")
+        return TrainingCost(flops=flops, memory_bytes=memory,
+                            activation_bytes=computed.activation_bytes), density
 
     @staticmethod
     def _over_budget(budget: Budget, cost: ClientRoundCost) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 from fedsparse.strategies.base import MaskAwareStrategy, StrategyContext
 from fedsparse.strategies.fedavg import FedAvg
 from fedsparse.strategies.flower_adapter import FlowerStrategy
-from fedsparse.strategies.masked_fedavg import MaskedFedAvg
+from fedsparse.strategies.masked_fedavg import DenseZeroFillAvg, MaskedFedAvg
 from fedsparse.strategies.server_optimizers import (
     MaskedFedAdam,
     MaskedFedAvgM,
@@ -47,6 +47,7 @@ BUILTIN: dict[str, type[MaskAwareStrategy]] = {
     "masked-fedyogi": MaskedFedYogi,
     "masked-median": MaskedMedian,
     "masked-trimmed-mean": MaskedTrimmedMean,
+    "pfedgate-dense-avg": DenseZeroFillAvg,
 }
 
 FLOWER: dict[str, str] = {

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsparse.clients import METHODS
-from fedsparse.clients.dense import LocalData
+from fedsparse.clients.dense import DenseClient, LocalData
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import cached_pool, load_partitions
 from fedsparse.masks import Masks
@@ -59,6 +59,17 @@ def _runtime(config_json: str, partitions_path: str) -> ClientRuntime:
     return ClientRuntime(ExperimentConfig.model_validate_json(config_json), Path(partitions_path))
 
 
+@lru_cache(maxsize=2)
+def _method(config_json: str) -> DenseClient:
+    """One method object per worker and experiment (it may cache per-model helpers)."""
+    config = _runtime_config(config_json)
+    return METHODS[config.method.name](config)
+
+
+def _runtime_config(config_json: str) -> ExperimentConfig:
+    return ExperimentConfig.model_validate_json(config_json)
+
+
 def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
@@ -67,10 +78,10 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
     """Build the ClientApp for one experiment."""
     app = ClientApp()
 
-    def setup() -> tuple[ClientRuntime, object]:
+    def setup() -> tuple[ClientRuntime, DenseClient]:
         runtime = _runtime(config_json, partitions_path)
         torch.set_num_threads(max(1, int(runtime.config.simulation.cpus_per_client)))
-        return runtime, METHODS[runtime.config.method.name](runtime.config)
+        return runtime, _method(config_json)
 
     @app.query()
     def handshake(msg: Message, context: Context) -> Message:
@@ -90,9 +101,11 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         model, masks = runtime.model(msg.content["arrays"])
         generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
         torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
-        metrics = method.fit(model, masks, runtime.data(pid), generator, dict(msg.content["config"]))
+        server_config = {**dict(msg.content["config"]), "partition-id": pid}
+        metrics, upload = method.fit(model, masks, runtime.data(pid), generator, server_config,
+                                     context.state)
         metrics["partition-id"] = pid
-        content = RecordDict({"arrays": encode(model.state_dict(), masks),
+        content = RecordDict({"arrays": encode(model.state_dict(), upload),
                               "metrics": MetricRecord(metrics)})
         return Message(content, reply_to=msg)
 
@@ -100,11 +113,14 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         runtime, method = setup()
         pid = _partition_id(context)
-        model, _ = runtime.model(msg.content["arrays"])
-        result = method.evaluate(model, runtime.data(pid))
-        metrics = MetricRecord({"partition-id": pid, "accuracy": result.accuracy,
-                                "loss": result.loss, "num-examples": result.num_examples})
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+        model, masks = runtime.model(msg.content["arrays"])
+        server_round = int(msg.content["config"]["server-round"])
+        generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, -server_round, pid))
+        server_config = {**dict(msg.content["config"]), "partition-id": pid}
+        metrics = method.evaluate(model, masks, runtime.data(pid), generator, server_config,
+                                  context.state)
+        metrics["partition-id"] = pid
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app
 

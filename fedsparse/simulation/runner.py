@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedsparse.budgets import assign_budgets
 from fedsparse.clients import METHODS
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
 from fedsparse.data.federation import Federation, build_federation, save_partitions
-from fedsparse.errors import SimulationError
+from fedsparse.errors import ConfigError, SimulationError
 from fedsparse.models import build_model
 from fedsparse.results import PARTITIONS_FILE, RunRecorder, new_run_dir
 from fedsparse.simulation.server_app import RoundCallback, ServerLoop, mean_costs
@@ -111,7 +113,20 @@ def strategy_context(config: ExperimentConfig, federation: Federation) -> Strate
         seed=config.seed, clients_per_round=config.clients_per_round, budgets=budgets,
         cost_model=CostModel(model, pool.input_shape), template=template_of(model.state_dict()),
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
-        mask_fn=None if config.method.name == "dense" else method.server_masks)
+        mask_fn=method.server_masks if method.server_masks(
+            dict(model.named_parameters()), budgets[0]) is not None else None,
+        novel=novel_clients(config), reported_costs=method.reported_costs)
+
+
+def novel_clients(config: ExperimentConfig) -> frozenset[int]:
+    """pFedGate's novel clients: a seeded share that never trains the global model."""
+    if config.method.name != "pfedgate" or config.method.pfedgate.novel_share == 0:
+        return frozenset()
+    count = round(config.method.pfedgate.novel_share * config.num_clients)
+    if count >= config.num_clients:
+        raise ConfigError("method.pfedgate.novel_share leaves no client to train: lower it")
+    rng = np.random.default_rng([config.seed, 17])
+    return frozenset(int(c) for c in rng.choice(config.num_clients, size=count, replace=False))
 
 
 def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path) -> None:
@@ -164,6 +179,9 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "wall_seconds": round(wall, 3),
         "accuracy": outcome.accuracy,
         "evaluated_round": outcome.evaluated_round,
+        "eval_gating": config.method.pfedgate.eval_gating if config.method.name == "pfedgate"
+        else None,
+        "novel_clients": len(loop.strategy.context.novel),
         "failures": {"clients_failed": outcome.clients_failed,
                      "updates_rejected": outcome.updates_rejected},
         "cost": {k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},

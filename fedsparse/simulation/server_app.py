@@ -150,16 +150,22 @@ class ServerLoop:
             metrics = reply.content["metrics"]
             pid = int(metrics["partition-id"])
             split = self.federation.clients[pid]
+            extra = {k.replace("-", "_"): float(v) for k, v in metrics.items()
+                     if k not in ("partition-id", "accuracy", "loss", "num-examples")}
             rows.append({"partition_id": pid, "num_train": len(split.train),
-                         "num_test": len(split.test), "accuracy": float(metrics["accuracy"]),
-                         "loss": float(metrics["loss"]), **self.client_costs(pid)})
+                         "num_test": len(split.test), "novel": int(pid in self.strategy.context.novel),
+                         "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"]),
+                         **extra, **self.client_costs(pid)})
         rows.sort(key=lambda row: row["partition_id"])
         accuracies = [row["accuracy"] for row in rows]
         accuracy = {
-            "mean": sum(accuracies) / len(accuracies) if accuracies else float("nan"),
+            "mean": _mean(accuracies),
             "bottom_decile": bottom_decile(accuracies),
             "global": self.global_accuracy(arrays) if self.config.eval.global_model else None,
         }
+        if self.strategy.context.novel:
+            accuracy["seen"] = _mean([r["accuracy"] for r in rows if not r["novel"]])
+            accuracy["novel"] = _mean([r["accuracy"] for r in rows if r["novel"]])
         self.outcome.accuracy = accuracy
         self.outcome.evaluated_round = server_round
         self.outcome.client_rows = rows
@@ -183,6 +189,10 @@ class ServerLoop:
         model.load_state_dict(arrays.to_torch_state_dict())
         x, y = self._global_test
         return evaluate(model, x, y, self.config.eval.batch_size).accuracy
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 COST_FIELDS = ("density", "train_flops", "memory_bytes", "activation_bytes", "upload_bytes",

@@ -1,0 +1,174 @@
+"""pFedGate's building blocks (Chen et al., ICML 2023), plain torch: blocks, gate, knapsack, STE.
+
+- ``BlockLayout`` cuts every parameter tensor (flattened) into an always-kept ``sub0`` chunk and
+  B gated chunks. Unlike the authors' code, sub0 shrinks with the client's budget s (it holds
+  ``sub0_fraction * s`` of each tensor), so the declared density is a hard limit for every s.
+- ``GateNet`` scores the L = B x tensors gated blocks from an input batch: pre-norm, flatten,
+  Linear, BatchNorm1d, sigmoid, mean over the batch (or per sample); optional separate head for
+  the block weights.
+- ``knapsack`` picks blocks maximising the summed scores under the budget: exact dynamic
+  programming when the table is small, greedy by score per parameter otherwise.
+- ``gated_scales`` turns scores and picks into per-parameter scale tensors with the
+  straight-through estimator, so the forward pass uses binary picks and the gate still learns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+EXACT_TABLE_LIMIT = 2_000_000  # cells of the DP table (items x capacity units) solved exactly
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where each tensor's sub0 ends and its gated chunks lie (flat offsets)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    sub0: tuple[int, ...]
+    bounds: tuple[tuple[int, ...], ...]  # per tensor: B + 1 offsets from sub0 to numel
+    capacity: int  # parameters the knapsack may add on top of every sub0
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(len(b) - 1 for b in self.bounds)
+
+    @property
+    def total(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    def block_sizes(self) -> np.ndarray:
+        return np.concatenate([np.diff(np.asarray(b)) for b in self.bounds]).astype(np.int64)
+
+
+def make_layout(params: Mapping[str, torch.Tensor], density: float, split: int = 5,
+                sub0_fraction: float = 0.5) -> BlockLayout:
+    """Blocks for a client with budget ``density``: sub0 = floor(sub0_fraction * s * n) per tensor."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    if split < 1 or not 0 <= sub0_fraction <= 1:
+        raise ValueError("split must be >= 1 and sub0_fraction in [0, 1]")
+    names, shapes, sub0s, bounds = [], [], [], []
+    for name, tensor in params.items():
+        n = tensor.numel()
+        sub0 = math.floor(sub0_fraction * density * n)
+        edges = np.linspace(sub0, n, split + 1).round().astype(int)
+        names.append(name)
+        shapes.append(tuple(tensor.shape))
+        sub0s.append(sub0)
+        bounds.append(tuple(int(e) for e in edges))
+    total = sum(t.numel() for t in params.values())
+    capacity = math.floor(density * total + 1e-9) - sum(sub0s)
+    return BlockLayout(tuple(names), tuple(shapes), tuple(sub0s), tuple(bounds), max(capacity, 0))
+
+
+def knapsack(scores: np.ndarray, sizes: np.ndarray, capacity: int,
+             exact_limit: int = EXACT_TABLE_LIMIT) -> np.ndarray:
+    """0/1 knapsack: maximise sum(scores[picked]) with sum(sizes[picked]) <= capacity.
+
+    Exact DP over capacity (in units of the sizes' gcd) when items x units <= ``exact_limit``;
+    otherwise greedy by score per parameter, then the best single item if that beats it
+    (the classic 1/2-approximation). Either way the capacity is never exceeded.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    picked = (sizes == 0) & (scores > 0)  # free items cost nothing
+    items = np.flatnonzero((sizes > 0) & (sizes <= capacity) & (scores > 0))
+    if items.size == 0:
+        return picked
+    unit = int(np.gcd.reduce(sizes[items]))
+    units, cap = sizes[items] // unit, capacity // unit
+    if items.size * (cap + 1) <= exact_limit:
+        picked[items[_knapsack_dp(scores[items], units, int(cap))]] = True
+        return picked
+    order = items[np.argsort(-scores[items] / sizes[items], kind="stable")]
+    used = 0
+    greedy = np.zeros(len(scores), dtype=bool)
+    for i in order:
+        if used + sizes[i] <= capacity:
+            greedy[i] = True
+            used += int(sizes[i])
+    best_single = items[np.argmax(scores[items])]
+    if scores[best_single] > scores[greedy].sum():
+        greedy[:] = False
+        greedy[best_single] = True
+    return picked | greedy
+
+
+def _knapsack_dp(values: np.ndarray, weights: np.ndarray, capacity: int) -> np.ndarray:
+    """Exact 0/1 knapsack, vectorised over capacity; returns a boolean pick per item."""
+    n = len(values)
+    best = np.zeros(capacity + 1)
+    take = np.zeros((n, capacity + 1), dtype=bool)
+    for i in range(n):
+        w = int(weights[i])
+        if w > capacity:
+            continue
+        candidate = best[: capacity + 1 - w] + values[i]
+        better = candidate > best[w:]
+        take[i, w:] = better
+        best[w:] = np.where(better, candidate, best[w:])
+    picked = np.zeros(n, dtype=bool)
+    c = capacity
+    for i in range(n - 1, -1, -1):
+        if take[i, c]:
+            picked[i] = True
+            c -= int(weights[i])
+    return picked
+
+
+class GateNet(nn.Module):
+    """Client-private gate: x -> pre-norm -> flatten -> Linear -> BN1d -> sigmoid (per sample)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_blocks: int, weight_head: bool = False) -> None:
+        super().__init__()
+        channels = input_shape[0]
+        self.pre_norm = nn.BatchNorm2d(channels) if len(input_shape) == 3 else nn.BatchNorm1d(channels)
+        width = math.prod(input_shape)
+        self.score = nn.Sequential(nn.Linear(width, num_blocks), nn.BatchNorm1d(num_blocks))
+        self.weight = nn.Sequential(nn.Linear(width, num_blocks), nn.BatchNorm1d(num_blocks)) \
+            if weight_head else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample block scores G and block weights M (M = G without a weight head)."""
+        h = torch.flatten(self.pre_norm(x), 1)
+        g = torch.sigmoid(self.score(h))
+        m = torch.sigmoid(self.weight(h)) if self.weight is not None else g
+        return g, m
+
+
+def pick_blocks(scores: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Binary picks I for one score vector under the layout's capacity (no gradient)."""
+    chosen = knapsack(scores.detach().cpu().numpy(), layout.block_sizes(), layout.capacity)
+    return torch.from_numpy(chosen).to(scores.dtype)
+
+
+def gated_scales(g: torch.Tensor, m: torch.Tensor, layout: BlockLayout) -> dict[str, torch.Tensor]:
+    """Per-parameter scale tensors: 1 on sub0, M'_k = M_k * I_ST_k on gated block k.
+
+    I_ST = I - G.detach() + G: the forward value is the binary pick I, while gradients reach G.
+    """
+    picks = pick_blocks(g, layout)
+    block_weight = m * (picks - g.detach() + g)
+    scales = {}
+    offset = 0
+    for name, shape, sub0, bounds in zip(layout.names, layout.shapes, layout.sub0, layout.bounds,
+                                         strict=True):
+        k = len(bounds) - 1
+        sizes = torch.as_tensor(np.diff(np.asarray(bounds)))
+        per_coord = torch.repeat_interleave(block_weight[offset:offset + k], sizes)
+        flat = torch.cat([torch.ones(sub0, dtype=g.dtype), per_coord])
+        scales[name] = flat.view(shape)
+        offset += k
+    return scales
+
+
+def kept_from_scales(scales: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Non-zero coordinates per tensor under these scales."""
+    return {n: int((s.detach() != 0).sum()) for n, s in scales.items()}
