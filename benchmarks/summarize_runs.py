@@ -1,0 +1,33 @@
+"""Print a markdown table of the runs under a folder, costs relative to the first FedAvg run.
+
+    python benchmarks/summarize_runs.py runs/pfedgate-fmnist
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    root = Path(sys.argv[1])
+    summaries = [json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))]
+    base = next((s for s in summaries if s["method"] == "dense"), summaries[0])
+    print("| run | method | budgets | acc mean | bottom decile | FLOPs vs FedAvg | upload vs FedAvg "
+          "| density | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in summaries:
+        tiers = s["budget"]["tiers"]
+        budgets = ",".join(f"{t['density']:g}:{t['share']:g}" for t in tiers) \
+            if isinstance(tiers, list) else tiers
+        flops = s["cost"]["train_flops"] / base["cost"]["train_flops"]
+        upload = s["cost"]["upload_bytes"] / base["cost"]["upload_bytes"]
+        name = Path(s["run_dir"]).name.rsplit("-", 2)[0]
+        print(f"| {name} | {s['method']} | {budgets} | {s['accuracy']['mean']:.4f} | "
+              f"{s['accuracy']['bottom_decile']:.4f} | {flops:.3f} | {upload:.3f} | "
+              f"{s['cost']['density']:.3f} | {s['wall_seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
