@@ -87,6 +87,8 @@ def simulate(
     name: Annotated[str | None, typer.Option(help="run name (folder prefix)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any key: "
                                                    "--set train.momentum=0.9")] = None,
+    tensorboard: Annotated[bool, typer.Option(help="also write TensorBoard scalars "
+                                              "(needs the tensorboard package)")] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Run a federated simulation and write its run folder."""
@@ -105,7 +107,57 @@ def simulate(
         if budgets is not None:
             flags["budgets.tiers"] = [t.model_dump() for t in parse_budget_shorthand(budgets)]
         cfg = load_config(config, set_, flags)
-        _run_with_progress(cfg)
+        writer_cls = _tensorboard_writer() if tensorboard else None
+        _run_with_progress(cfg, writer_cls)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by fedsparse simulate")],
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Print a run's summary and (re)draw its plots."""
+    from fedsparse.report import draw_plots, load_run
+
+    with _user_errors(debug):
+        run = load_run(run_dir)
+        if run.summary:
+            Console().print(_results_table({**_SUMMARY_DEFAULTS, **run.summary,
+                                            "run_dir": str(run.path)}))
+        drawn, skipped = draw_plots(run)
+        for name in drawn:
+            Console().print(f"plot: {run.path / 'plots' / name}")
+        for line in [*(f"missing: {m}" for m in run.missing), *(f"skipped: {s}" for s in skipped)]:
+            console.print(line)
+
+
+_SUMMARY_DEFAULTS: dict[str, Any] = {
+    "method": "?", "strategy": "?", "dataset": "?", "model": "?", "num_clients": "?",
+    "clients_per_round": "?", "rounds": "?", "accuracy": {}, "failures": {"clients_failed": 0},
+    "wall_seconds": 0.0,
+}
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="two or more run folders")],
+    out: Annotated[Path, typer.Option(help="folder for compare.md and the overlaid curves")] = Path(
+        "compare"),
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Put runs side by side: one table, a markdown copy, and overlaid accuracy curves."""
+    from fedsparse.report import COMPARE_COLUMNS, compare_rows, load_run, write_comparison
+
+    with _user_errors(debug):
+        runs = [load_run(path) for path in run_dirs]
+        table = Table(show_header=True, header_style="bold")
+        for name in ("run", *(n for n, _ in COMPARE_COLUMNS)):
+            table.add_column(name)
+        for row in compare_rows(runs):
+            table.add_row(*row)
+        Console().print(table)
+        md, png = write_comparison(runs, out)
+        Console().print(f"markdown: {md}\nplot: {png}")
 
 
 @app.command("strategies")
@@ -122,8 +174,20 @@ def list_strategies() -> None:
     Console().print("Also: --strategy package.module:Class or --strategy path/to/file.py:Class")
 
 
-def _run_with_progress(cfg: Any) -> None:
+def _tensorboard_writer() -> Any:
+    """torch's SummaryWriter, or a one-line error saying how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FedsparseError("--tensorboard needs the tensorboard package: run "
+                             "'pip install tensorboard' or drop --tensorboard") from None
+    return SummaryWriter
+
+
+def _run_with_progress(cfg: Any, writer_cls: Any = None) -> None:
     from fedsparse.simulation.runner import run_experiment
+
+    writer = None
 
     progress = Progress(TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -131,17 +195,30 @@ def _run_with_progress(cfg: Any) -> None:
     task = progress.add_task("rounds", total=cfg.rounds, status="starting Ray...")
 
     def on_start(run_dir: Path) -> None:
+        nonlocal writer
         console.print(f"run folder: {run_dir}")
+        if writer_cls is not None:
+            writer = writer_cls(log_dir=str(run_dir / "tensorboard"))
 
     def on_round(record: dict[str, Any]) -> None:
+        if writer is not None:
+            for key, value in record.items():
+                if key != "round" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, record["round"])
+            writer.flush()
         status = f"loss {_fmt(record.get('train_loss'))}"
         if record.get("accuracy_mean") is not None:
             status += f"  acc {record['accuracy_mean']:.3f}"
         progress.update(task, completed=record["round"], status=status)
 
-    with progress:
-        result = run_experiment(cfg, on_round=on_round, on_start=on_start)
+    try:
+        with progress:
+            result = run_experiment(cfg, on_round=on_round, on_start=on_start)
+    finally:
+        if writer is not None:
+            writer.close()
     Console().print(_results_table(result.summary))
+    Console().print(f"plots: {result.run_dir / 'plots'}")
 
 
 class _user_errors:

@@ -23,6 +23,7 @@ ROUNDS_FILE = "metrics.jsonl"
 CLIENTS_FILE = "clients.csv"
 SUMMARY_FILE = "summary.json"
 PARTITIONS_FILE = "partitions.npz"
+LAYERS_FILE = "layers.json"
 
 
 def new_run_dir(config: ExperimentConfig, now: datetime | None = None) -> Path:
@@ -75,6 +76,9 @@ class RunRecorder:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.run_dir / CLIENTS_FILE)
+
+    def write_layers(self, layers: dict[str, dict[str, float]]) -> None:
+        write_atomic(self.run_dir / LAYERS_FILE, json.dumps(layers, indent=1))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=False))

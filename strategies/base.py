@@ -73,6 +73,8 @@ class RoundReport:
     violations: list[tuple[int, str]] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     failed: int = 0
+    #: per accepted update: parameter name -> coordinates sent
+    layer_kept: list[dict[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class MaskAwareStrategy(FlowerFedAvg):
                 continue
             accepted.append(client)
             report.costs.append(cost)
+            report.layer_kept.append({n: t.nnz for n, t in client.update.tensors.items()
+                                      if n in self.context.cost_model.param_sizes})
             losses.append((client.metrics.get("train-loss", math.nan), client.num_examples))
         self.report = report
         if not accepted:

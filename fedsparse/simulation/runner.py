@@ -99,6 +99,9 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
                               f"{config.rounds}; finished rounds are in {run_dir}")
     summary = build_summary(config, loop, time.perf_counter() - started, run_dir)
     recorder.write_summary(summary)
+    from fedsparse.report import draw_plots, load_run
+
+    draw_plots(load_run(run_dir))
     return RunResult(run_dir=run_dir, summary=summary)
 
 

@@ -40,6 +40,8 @@ class Outcome:
     updates_rejected: int = 0
     budget_violations: int = 0
     costs: list[ClientRoundCost] = field(default_factory=list)
+    layer_sent: dict[str, int] = field(default_factory=dict)
+    updates_accepted: int = 0
     accuracy: dict[str, float] = field(default_factory=dict)
     evaluated_round: int = 0
     client_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -128,6 +130,10 @@ class ServerLoop:
         self.outcome.updates_rejected += len(report.rejected)
         self.outcome.budget_violations += len(report.violations)
         self.outcome.costs.extend(report.costs)
+        for kept in report.layer_kept:
+            self.outcome.updates_accepted += 1
+            for name, nnz in kept.items():
+                self.outcome.layer_sent[name] = self.outcome.layer_sent.get(name, 0) + nnz
         record: dict[str, Any] = {
             "round": server_round,
             "clients_sampled": len(messages),
@@ -170,9 +176,18 @@ class ServerLoop:
         self.outcome.evaluated_round = server_round
         self.outcome.client_rows = rows
         self.recorder.write_clients(rows)
+        self.recorder.write_layers(self.layer_densities())
         return {"accuracy_mean": accuracy["mean"], "accuracy_bottom_decile": accuracy["bottom_decile"],
                 "accuracy_global": accuracy["global"], "clients_evaluated": len(rows),
                 "eval_failed": len(messages) - len(rows)}
+
+    def layer_densities(self) -> dict[str, dict[str, float]]:
+        """Mean share of each parameter tensor that accepted updates carried."""
+        sizes = self.strategy.context.cost_model.param_sizes
+        count = max(self.outcome.updates_accepted, 1)
+        return {name: {"numel": numel,
+                       "density": self.outcome.layer_sent.get(name, 0) / (numel * count)}
+                for name, numel in sizes.items()}
 
     def client_costs(self, pid: int) -> dict[str, Any]:
         """The client's declared budget and its mean costs over the rounds it trained."""

@@ -1,0 +1,134 @@
+"""Pictures of a run (PNG, matplotlib's headless Agg backend), drawn from the run folder's files.
+
+Each function returns the number of data series it drew, so callers and tests can check what a
+figure holds without parsing pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+PLOTS_DIR = "plots"
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _series(rounds: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["round"], r[key]) for r in rounds
+              if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def accuracy_curves(rounds: Sequence[dict[str, Any]], path: Path, title: str = "") -> int:
+    """Mean and bottom-decile client accuracy (and the global model's) per evaluated round."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = 0
+    for key, label, style in (("accuracy_mean", "mean over clients", "-o"),
+                              ("accuracy_bottom_decile", "bottom decile", "-s"),
+                              ("accuracy_global", "global model, pooled test", "--^")):
+        x, y = _series(rounds, key)
+        if x:
+            ax.plot(x, y, style, label=label, markersize=4)
+            drawn += 1
+    ax.set(xlabel="round", ylabel="accuracy", title=title or "accuracy per round", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend()
+    _save(fig, path)
+    return drawn
+
+
+def accuracy_vs_budget(clients: Sequence[dict[str, Any]], path: Path) -> int:
+    """One marker per client: final accuracy against declared density, coloured by tier."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    tiers: dict[str, list[tuple[float, float]]] = {}
+    for row in clients:
+        tier = str(row.get("budget_tier", "0"))
+        tiers.setdefault(tier, []).append((float(row.get("budget_density") or 1.0),
+                                           float(row["accuracy"])))
+    jitter = np.random.default_rng(0)  # spread equal budgets sideways so markers stay visible
+    for tier, points in sorted(tiers.items()):
+        xs, ys = (np.asarray(v) for v in zip(*points, strict=True))
+        xs = xs * (1 + jitter.uniform(-0.03, 0.03, len(xs)))
+        ax.scatter(xs, ys, s=18, alpha=0.75, label=f"tier {tier} (n={len(points)})")
+    ax.set(xlabel="declared density", ylabel="final accuracy on own test split",
+           title="per-client accuracy vs budget", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    if tiers:
+        ax.legend()
+    _save(fig, path)
+    return len(tiers)
+
+
+def costs_per_round(rounds: Sequence[dict[str, Any]], path: Path) -> int:
+    """Mean training FLOPs, upload and download bytes per client per round, with dense beside."""
+    keys = (("cost_train_flops", "training FLOPs"), ("cost_upload_bytes", "upload bytes"),
+            ("cost_download_bytes", "download bytes"))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    drawn = 0
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        x, y = _series(rounds, key)
+        _, ratio = _series(rounds, f"{key}_ratio")
+        if x:
+            ax.plot(x, y, "-o", markersize=3, label="this run")
+            drawn += 1
+            if len(ratio) == len(y):
+                ax.plot(x, [v / r for v, r in zip(y, ratio, strict=True)], "--", color="gray",
+                        label="dense, same work")
+                drawn += 1
+        ax.set(xlabel="round", title=f"{label} per client")
+        ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    return drawn
+
+
+def layer_density(layers: dict[str, dict[str, float]], path: Path) -> int:
+    """Mean density of the uploaded updates per parameter tensor."""
+    names = list(layers)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    ax.bar(range(len(names)), [layers[n]["density"] for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+    ax.set(ylabel="mean density of uploads", ylim=(0, 1.02), title="mask density per layer")
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+    return 1 if names else 0
+
+
+def overlaid_accuracy(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> int:
+    """Mean (solid) and bottom-decile (dashed) accuracy of several runs on one chart."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for i, (name, rounds) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        x, y = _series(rounds, "accuracy_mean")
+        if x:
+            ax.plot(x, y, "-o", color=color, markersize=3, label=f"{name} mean")
+            drawn += 1
+        x, y = _series(rounds, "accuracy_bottom_decile")
+        if x:
+            ax.plot(x, y, "--", color=color, label=f"{name} bottom decile")
+            drawn += 1
+    ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="accuracy per round")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7)
+    _save(fig, path)
+    return drawn

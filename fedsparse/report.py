@@ -1,0 +1,127 @@
+"""Read run folders back: summaries, plots, and side-by-side comparisons of several runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsparse import plots
+from fedsparse.errors import FedsparseError
+from fedsparse.results import CLIENTS_FILE, LAYERS_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
+
+DENSE_METHODS = {"dense", "fedavg-ft"}
+
+
+@dataclass
+class RunData:
+    """What a run folder holds; ``missing`` names files an older or interrupted run lacks."""
+
+    path: Path
+    summary: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    clients: list[dict[str, Any]]
+    layers: dict[str, dict[str, float]]
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def sparse(self) -> bool:
+        return self.summary.get("method", "dense") not in DENSE_METHODS
+
+
+def load_run(path: Path) -> RunData:
+    """Load a run folder; a folder without summary.json and metrics.jsonl is not a run."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FedsparseError(f"{path} is not a folder: pass a run folder such as runs/quickstart-*")
+    has_summary, has_rounds = (path / SUMMARY_FILE).is_file(), (path / ROUNDS_FILE).is_file()
+    if not has_summary and not has_rounds:
+        raise FedsparseError(f"{path} is not a fedsparse run folder (no {SUMMARY_FILE} or "
+                             f"{ROUNDS_FILE}): pass a folder written by 'fedsparse simulate'")
+    missing = [name for name in (SUMMARY_FILE, ROUNDS_FILE, CLIENTS_FILE, LAYERS_FILE)
+               if not (path / name).is_file()]
+    try:
+        summary = json.loads((path / SUMMARY_FILE).read_text()) if has_summary else {}
+        rounds = read_rounds(path)
+    except json.JSONDecodeError as exc:
+        raise FedsparseError(f"{path}: a results file is not valid JSON ({exc}): the run folder "
+                             "is damaged") from exc
+    clients: list[dict[str, Any]] = []
+    if (path / CLIENTS_FILE).is_file():
+        with (path / CLIENTS_FILE).open(newline="") as handle:
+            clients = list(csv.DictReader(handle))
+    layers = json.loads((path / LAYERS_FILE).read_text()) if (path / LAYERS_FILE).is_file() else {}
+    return RunData(path, summary, rounds, clients, layers, missing)
+
+
+def draw_plots(run: RunData) -> tuple[dict[str, int], list[str]]:
+    """(Re)draw every plot the run's files allow; return {png: series} and what was skipped."""
+    out = run.path / plots.PLOTS_DIR
+    drawn: dict[str, int] = {}
+    skipped: list[str] = []
+    title = f"{run.summary.get('method', '?')} / {run.summary.get('strategy', '?')}"
+    if run.rounds:
+        drawn["accuracy.png"] = plots.accuracy_curves(run.rounds, out / "accuracy.png", title)
+    else:
+        skipped.append(f"accuracy.png (no {ROUNDS_FILE})")
+    if run.clients and "accuracy" in run.clients[0]:
+        drawn["clients_vs_budget.png"] = plots.accuracy_vs_budget(run.clients,
+                                                                  out / "clients_vs_budget.png")
+    else:
+        skipped.append(f"clients_vs_budget.png (no {CLIENTS_FILE})")
+    if run.sparse:
+        if any("cost_train_flops" in r for r in run.rounds):
+            drawn["costs.png"] = plots.costs_per_round(run.rounds, out / "costs.png")
+        else:
+            skipped.append("costs.png (rounds carry no costs: written before cost accounting)")
+        if run.layers:
+            drawn["layer_density.png"] = plots.layer_density(run.layers, out / "layer_density.png")
+        else:
+            skipped.append(f"layer_density.png (no {LAYERS_FILE})")
+    return drawn, skipped
+
+
+COMPARE_COLUMNS = (
+    ("method", lambda s: s.get("method")), ("strategy", lambda s: s.get("strategy")),
+    ("acc mean", lambda s: s.get("accuracy", {}).get("mean")),
+    ("acc bottom decile", lambda s: s.get("accuracy", {}).get("bottom_decile")),
+    ("acc global", lambda s: s.get("accuracy", {}).get("global")),
+    ("FLOPs ratio", lambda s: (s.get("cost") or {}).get("train_flops_ratio")),
+    ("memory ratio", lambda s: (s.get("cost") or {}).get("memory_bytes_ratio")),
+    ("upload ratio", lambda s: (s.get("cost") or {}).get("upload_bytes_ratio")),
+    ("download ratio", lambda s: (s.get("cost") or {}).get("download_bytes_ratio")),
+    ("wall s", lambda s: s.get("wall_seconds")),
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def compare_rows(runs: list[RunData]) -> list[list[str]]:
+    return [[run.name, *(_cell(get(run.summary)) for _, get in COMPARE_COLUMNS)] for run in runs]
+
+
+def compare_markdown(runs: list[RunData]) -> str:
+    header = ["run", *(name for name, _ in COMPARE_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in compare_rows(runs)]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(runs: list[RunData], out: Path) -> tuple[Path, Path]:
+    """compare.md and compare_accuracy.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "compare.md"
+    table.write_text(compare_markdown(runs))
+    figure = out / "compare_accuracy.png"
+    plots.overlaid_accuracy({run.name: run.rounds for run in runs}, figure)
+    return table, figure
