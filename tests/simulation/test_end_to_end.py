@@ -55,6 +55,10 @@ def check_run_folder(run: Path, clients: int, rounds: int) -> dict:
     with (run / "clients.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(int(r["partition_id"]) for r in rows) == list(range(clients))
+    expected = {"accuracy.png", "clients_vs_budget.png"}
+    if summary["method"] not in ("dense", "fedavg-ft"):
+        expected |= {"costs.png", "layer_density.png"}
+    assert {p.name for p in (run / "plots").glob("*.png")} == expected
     return summary
 
 

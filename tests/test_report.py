@@ -1,0 +1,93 @@
+"""Report and compare on run folders, including ones written by earlier versions."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fedsparse.errors import FedsparseError
+from fedsparse.report import compare_markdown, draw_plots, load_run, write_comparison
+
+from .test_plots import CLIENTS, ROUNDS
+
+
+def write_run(folder, method="magnitude", with_costs=True, old=False):
+    folder.mkdir(parents=True)
+    rounds = ROUNDS if with_costs else [
+        {k: v for k, v in r.items() if not k.startswith("cost_")} for r in ROUNDS]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    summary = {"method": method, "strategy": "masked-fedavg", "dataset": "synthetic", "model": "mlp",
+               "num_clients": 5, "clients_per_round": 2, "rounds": 6, "seed": 0, "wall_seconds": 3.5,
+               "accuracy": {"mean": 0.6, "bottom_decile": 0.3, "global": 0.7},
+               "failures": {"clients_failed": 0}}
+    if not old:
+        summary["cost"] = {"train_flops_ratio": 0.5, "memory_bytes_ratio": 0.4,
+                           "upload_bytes_ratio": 0.25, "download_bytes_ratio": 1.0}
+        header = ",".join(CLIENTS[0])
+        lines = [",".join(str(v) for v in row.values()) for row in CLIENTS]
+        (folder / "clients.csv").write_text("\n".join([header, *lines]) + "\n")
+        (folder / "layers.json").write_text(json.dumps({"w": {"numel": 4, "density": 0.5}}))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_full_run_draws_every_plot(tmp_path):
+    run = load_run(write_run(tmp_path / "r"))
+    drawn, skipped = draw_plots(run)
+    assert drawn == {"accuracy.png": 3, "clients_vs_budget.png": 3, "costs.png": 6,
+                     "layer_density.png": 1}
+    assert not skipped and not run.missing
+    assert all((run.path / "plots" / name).is_file() for name in drawn)
+
+
+def test_old_run_still_reports_and_says_what_is_missing(tmp_path):
+    run = load_run(write_run(tmp_path / "old", with_costs=False, old=True))
+    drawn, skipped = draw_plots(run)
+    assert set(drawn) == {"accuracy.png"}
+    assert set(run.missing) == {"clients.csv", "layers.json"}
+    assert any("no costs" in s for s in skipped)
+    result = subprocess.run([sys.executable, "-m", "fedsparse.cli", "report", str(run.path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "missing: clients.csv" in result.stderr and "accuracy mean" in result.stdout
+
+
+def test_dense_runs_skip_sparse_plots(tmp_path):
+    drawn, _ = draw_plots(load_run(write_run(tmp_path / "d", method="dense")))
+    assert "costs.png" not in drawn and "layer_density.png" not in drawn
+
+
+def test_compare_table_markdown_and_curves(tmp_path):
+    runs = [load_run(write_run(tmp_path / n)) for n in ("a", "b")]
+    md = compare_markdown(runs)
+    lines = md.strip().splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| a | magnitude | masked-fedavg | 0.6000")
+    table, figure = write_comparison(runs, tmp_path / "cmp")
+    assert table.read_text() == md and figure.is_file()
+
+
+def test_compare_rejects_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(FedsparseError, match="not a fedsparse run folder"):
+        load_run(tmp_path)
+    write_run(tmp_path / "ok")
+    (tmp_path / "junk").mkdir()
+    result = subprocess.run([sys.executable, "-m", "fedsparse.cli", "compare", str(tmp_path / "ok"),
+                             str(tmp_path / "junk"), "--out", str(tmp_path / "cmp")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "junk is not a fedsparse run folder" in errors[0]
+
+
+def test_tensorboard_flag_says_what_it_needs(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        result = subprocess.run([sys.executable, "-m", "fedsparse.cli", "simulate", "--tensorboard",
+                                 "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "pip install tensorboard" in result.stderr
+    else:
+        from fedsparse.cli import _tensorboard_writer
+
+        assert _tensorboard_writer().__name__ == "SummaryWriter"
