@@ -39,6 +39,8 @@ class DenseClient:
 
     #: True when the client, not the server, measures FLOPs, memory and compute density
     reported_costs = False
+    #: True when uploads may be sparse (then the strategy must be mask-aware)
+    sparse_updates = False
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config

@@ -23,6 +23,8 @@ from fedsparse.masks import Masks, layerwise_magnitude_masks
 class MagnitudeClient(DenseClient):
     """Trains the magnitude submodel the server selected for its budget."""
 
+    sparse_updates = True
+
     @classmethod
     def name(cls) -> str:
         return "magnitude"

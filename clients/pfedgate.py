@@ -43,6 +43,8 @@ class PFedGateClient(DenseClient):
         self.options = config.method.pfedgate
         self._cost_models: dict[int, CostModel] = {}
 
+    sparse_updates = True
+
     @classmethod
     def name(cls) -> str:
         return "pfedgate"

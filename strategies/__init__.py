@@ -17,8 +17,10 @@ from fedsparse.errors import ConfigError
 
 def check_strategy(config: ExperimentConfig) -> StrategySpec:
     """Resolve the configured strategy, refusing combinations that cannot work."""
+    from fedsparse.clients import METHODS
+
     spec = resolve(config.strategy.name)
-    if config.method.name != "dense" and not spec.accepts_sparse:
+    if METHODS[config.method.name].sparse_updates and not spec.accepts_sparse:
         raise ConfigError(f"strategy '{spec.name}' cannot aggregate the sparse updates of method "
                           f"'{config.method.name}': use --strategy masked-fedavg")
     return spec
