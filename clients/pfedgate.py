@@ -15,6 +15,7 @@ shared model to use under the client's declared density; model and gate train jo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -193,10 +194,12 @@ class PFedGateClient(DenseClient):
     def evaluate(self, model: nn.Module, masks: Masks | None, data: LocalData,
                  generator: torch.Generator, server_config: Mapping[str, Any],
                  state: RecordDict) -> dict[str, float]:
-        """The personalised sparse model: the received global model gated by the private gate.
+        """The personalised sparse model: the global model gated by the private gate.
 
-        A novel client (one that never trains the global model) first fits only its gate on
-        its own training data.
+        As in the paper, a seen client evaluates theta_g after its local joint training (on
+        copies, so evaluation leaves the model and the stored gate unchanged;
+        ``eval_after_local_training: false`` evaluates the received model as is). A novel
+        client (one that never trains the global model) fits only its gate, and keeps it.
         """
         pid = int(server_config["partition-id"])
         layout = self._layout(model, server_config)
@@ -205,6 +208,10 @@ class PFedGateClient(DenseClient):
             self._train(model, gate, layout, data, generator, train_model=False,
                         epochs=self.options.novel_fit_epochs)
             self._save_gate(state, gate)
+        elif self.options.eval_after_local_training:
+            model = copy.deepcopy(model)  # the paper's protocol: personalise, then evaluate
+            self._train(model, gate, layout, data, generator, train_model=True,
+                        epochs=self.config.train.local_epochs)
         model.eval()
         gate.eval()
         loss = correct = density = 0.0

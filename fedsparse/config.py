@@ -85,6 +85,9 @@ class PFedGateConfig(_Strict):
     gate_lr: float = Field(0.1, gt=0.0, description="learning rate of the private gate")
     weight_head: bool = Field(False, description="separate head for block weights (else M = G)")
     eval_gating: Literal["batch", "sample"] = "batch"
+    eval_after_local_training: bool = Field(
+        True, description="evaluate theta_g after one round of local joint training, as the paper "
+                          "does (on a copy: evaluation changes no state)")
     grad_clip: float = Field(10.0, gt=0.0)
     novel_share: float = Field(0.0, ge=0.0, lt=1.0,
                                description="share of clients that never train the global model")
