@@ -90,10 +90,21 @@ def test_per_sample_gating_option():
 
 
 def test_joint_training_learns():
-    client, model, conf = setup(0.5)
+    client, model, conf = setup(0.5, eval_after_local_training="false")
     state, data = RecordDict(), make_data(0, n=300)
     acc0 = client.evaluate(model, None, data, torch.Generator(), conf, state)["accuracy"]
     for r in range(6):
         client.fit(model, None, data, torch.Generator().manual_seed(r), conf, state)
     acc = client.evaluate(model, None, data, torch.Generator(), conf, state)["accuracy"]
     assert acc > max(0.6, acc0 + 0.2)
+
+
+def test_evaluation_after_local_training_changes_no_state():
+    client, model, conf = setup(0.5)
+    state = RecordDict()
+    client.fit(model, None, make_data(0), torch.Generator().manual_seed(0), conf, state)
+    saved = {k: v.numpy().copy() for k, v in state[GATE_KEY].items()}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    client.evaluate(model, None, make_data(0), torch.Generator().manual_seed(1), conf, state)
+    assert all(np.array_equal(saved[k], v.numpy()) for k, v in state[GATE_KEY].items())
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
