@@ -64,6 +64,7 @@ def check_run_folder(run: Path, clients: int, rounds: int) -> dict:
 
 def test_synthetic_simulation_learns(tmp_path):
     run = simulate(tmp_path, "--clients", "4", "--rounds", "4", "--fraction", "0.5",
+                   "--method", "dense", "--strategy", "fedavg", "--budgets", "1.0:1",
                    "--local-epochs", "3", "--lr", "0.1", "--set", "data.synthetic.iid=true",
                    "--set", "eval.every=2", "--name", "e2e")
     summary = check_run_folder(run, clients=4, rounds=4)
@@ -102,7 +103,8 @@ def test_idx_images_with_a_cnn_and_dirichlet(tmp_path):
         _write_idx(data / f"{split}-labels-idx1-ubyte.gz", labels)
     run = simulate(tmp_path / "runs", "--dataset", "mnist", "--data-dir", str(data), "--clients", "5",
                    "--rounds", "2", "--fraction", "1", "--partition", "dirichlet", "--alpha", "0.5",
-                   "--model", "cnn-bn", "--lr", "0.05")
+                   "--model", "cnn-bn", "--lr", "0.05", "--method", "dense", "--strategy", "fedavg",
+                   "--budgets", "1.0:1")
     summary = check_run_folder(run, clients=5, rounds=2)
     assert summary["accuracy"]["global"] > 0.5  # chance is 0.1
     assert not ray_processes_of()

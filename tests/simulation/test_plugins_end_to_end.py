@@ -43,5 +43,6 @@ def test_example_plugin_by_entry_point(tmp_path):
 
 
 def test_flower_fedprox_runs_a_dense_simulation_by_name(tmp_path):
-    summary = simulate(tmp_path, "--strategy", "fedprox", "--set", "strategy.options.proximal_mu=0.1")
+    summary = simulate(tmp_path, "--strategy", "fedprox", "--set", "strategy.options.proximal_mu=0.1",
+                       "--method", "dense", "--budgets", "1.0:1")
     assert summary["strategy"] == "fedprox" and summary["cost"]["upload_bytes_ratio"] == 1.0
