@@ -155,7 +155,10 @@ def compare(
             table.add_column(name)
         for row in compare_rows(runs):
             table.add_row(*row)
-        Console().print(table)
+        wide = Console()
+        if not wide.is_terminal:
+            wide = Console(width=220)  # piped or logged: do not squeeze columns into 80
+        wide.print(table)
         md, png = write_comparison(runs, out)
         Console().print(f"markdown: {md}\nplot: {png}")
 
