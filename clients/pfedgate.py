@@ -28,7 +28,7 @@ from torch.func import functional_call
 from fedsparse.budgets import Budget
 from fedsparse.costs import CostModel
 from fedsparse.errors import ConfigError
-from fedsparse.gating import BlockLayout, GateNet, gated_scales, make_layout
+from fedsparse.gating import BlockLayout, GateNet, gated_scales, kept_from_scales, make_layout
 from fedsparse.masks import Masks
 
 GATE_KEY = "pfedgate-gate"
@@ -187,7 +187,7 @@ class PFedGateClient(DenseClient):
             target = y[rows]
             loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += float((logits.argmax(1) == target).sum())
-            kept = sum(int((s != 0).sum()) for s in scales.values())
+            kept = sum(kept_from_scales(scales).values())
             density_sum += kept / layout.total * len(target)
         return loss_sum, correct, density_sum
 

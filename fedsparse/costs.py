@@ -104,10 +104,6 @@ class CostModel:
         return dict(self.param_sizes)
 
 
-def kept_counts(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    return {n: int(m.sum()) for n, m in masks.items()}
-
-
 def serialized_bytes(obj: Message | RecordDict | ArrayRecord) -> int:
     """Exact bytes of a Message (or record) as serialized for Flower's transport."""
     return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())

@@ -13,10 +13,6 @@ from torch import nn
 Masks = dict[str, torch.Tensor]
 
 
-def ones_like_params(model: nn.Module) -> Masks:
-    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
-
-
 def tensor_density(mask: torch.Tensor) -> float:
     return float(mask.sum()) / max(mask.numel(), 1)
 

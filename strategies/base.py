@@ -16,7 +16,15 @@ from logging import WARNING
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
@@ -304,7 +312,5 @@ def _safe_partition(reply: Message) -> int:
         return -1
 
 
-def _as_arrays(state: Mapping[str, np.ndarray]):  # -> dict[str, Array]
-    from flwr.app import Array
-
+def _as_arrays(state: Mapping[str, np.ndarray]) -> dict[str, Array]:
     return {k: Array(np.array(v, order="C", copy=True)) for k, v in state.items()}

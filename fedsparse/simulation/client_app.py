@@ -62,12 +62,8 @@ def _runtime(config_json: str, partitions_path: str) -> ClientRuntime:
 @lru_cache(maxsize=2)
 def _method(config_json: str) -> DenseClient:
     """One method object per worker and experiment (it may cache per-model helpers)."""
-    config = _runtime_config(config_json)
+    config = ExperimentConfig.model_validate_json(config_json)
     return METHODS[config.method.name](config)
-
-
-def _runtime_config(config_json: str) -> ExperimentConfig:
-    return ExperimentConfig.model_validate_json(config_json)
 
 
 def _partition_id(context: Context) -> int:

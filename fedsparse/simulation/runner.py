@@ -116,8 +116,7 @@ def strategy_context(config: ExperimentConfig, federation: Federation) -> Strate
         seed=config.seed, clients_per_round=config.clients_per_round, budgets=budgets,
         cost_model=CostModel(model, pool.input_shape), template=template_of(model.state_dict()),
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
-        mask_fn=method.server_masks if method.server_masks(
-            dict(model.named_parameters()), budgets[0]) is not None else None,
+        mask_fn=method.server_masks,
         novel=novel_clients(config), reported_costs=method.reported_costs)
 
 
