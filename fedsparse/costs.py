@@ -11,8 +11,9 @@ Conventions (stated so the numbers can be checked by hand):
 - Training memory = 4 bytes x (kept weights + their gradients + optimizer state per kept
   weight: 1 for SGD with momentum, 0 without). Activations (outputs of every counted layer,
   kept for backward, at the training batch size) are reported separately.
-- Message bytes are measured, not estimated: the sum of the serialized sizes of every object of
-  the Message as Flower's transport pushes them.
+- Message bytes are measured, not estimated: the serialized size of the Message's records
+  (every object of its RecordDict tree as Flower's transport pushes them). The Message header
+  (~100 bytes of ids that are random per run) is left out so that one seed gives one count.
 """
 
 from __future__ import annotations

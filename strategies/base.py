@@ -183,7 +183,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         self._dense_array_bytes = self.count_bytes(arrays)
         self._download = {}
         for pid, msg in zip(partitions, messages, strict=True):
-            sent = self.count_bytes(msg)
+            sent = self.count_bytes(msg.content)
             arrays_sent = self.count_bytes(msg.content[self.arrayrecord_key])
             self._download[pid] = (sent, sent - arrays_sent + self._dense_array_bytes)
         return messages
@@ -200,7 +200,8 @@ class MaskAwareStrategy(FlowerFedAvg):
         report = RoundReport()
         accepted: list[ClientUpdate] = []
         losses: list[tuple[float, int]] = []
-        for reply in replies:
+        # arrival order varies between runs; partition order keeps every float sum reproducible
+        for reply in sorted(replies, key=_arrival_independent_key):
             if reply.has_error():
                 report.failed += 1
                 continue
@@ -225,7 +226,6 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.report = report
         if not accepted:
             return None, None
-        accepted.sort(key=lambda c: c.partition_id)  # reproducible float sums
         new_state = self.aggregate_updates(self._global, accepted)
         total = sum(n for _, n in losses)
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
@@ -266,7 +266,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         density = client.update.density(model.param_sizes)
         if self.context.reported_costs:
             sparse, density = self._reported(client.metrics, sparse, dense)
-        upload = self.count_bytes(reply)
+        upload = self.count_bytes(reply.content)
         arrays_up = self.count_bytes(reply.content[self.arrayrecord_key])
         down, dense_down = self._download.get(client.partition_id, (0, 0))
         dense_arrays = self._dense_array_bytes or arrays_up
@@ -303,6 +303,10 @@ class MaskAwareStrategy(FlowerFedAvg):
             if limit is not None and spent > limit * (1 + 1e-9):
                 return f"{name} {spent:.6g} exceeds its declared {limit:.6g}"
         return None
+
+
+def _arrival_independent_key(reply: Message) -> tuple[int, int, int]:
+    return (reply.has_error(), _safe_partition(reply), reply.metadata.src_node_id)
 
 
 def _safe_partition(reply: Message) -> int:

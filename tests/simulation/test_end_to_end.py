@@ -149,3 +149,19 @@ def test_pfedgate_with_tiers_and_novel_clients(tmp_path):
             assert int(row["rounds_trained"]) == 0
         elif int(row["rounds_trained"]):
             assert float(row["density"]) <= float(row["budget_density"]) + 1e-9
+
+
+def _without_timings(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    """Two pFedGate runs with one seed: identical partitions, sampling, costs and accuracies."""
+    args = ("--clients", "5", "--rounds", "2", "--fraction", "0.6", "--budgets", "0.3:0.6,1.0:0.4",
+            "--set", "eval.every=1", "--seed", "3")
+    first, second = simulate(tmp_path / "a", *args), simulate(tmp_path / "b", *args)
+    assert _without_timings(first) == _without_timings(second)
+    assert (first / "clients.csv").read_text() == (second / "clients.csv").read_text()
+    other = simulate(tmp_path / "c", *args[:-1], "4")
+    assert _without_timings(other) != _without_timings(first)
