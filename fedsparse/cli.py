@@ -83,6 +83,8 @@ def simulate(
     budgets: Annotated[str | None, typer.Option(help="budget tiers as density:share pairs, "
                                                 "e.g. 0.1:0.5,0.3:0.3,1.0:0.2")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for data, sampling and init")] = None,
+    inject_failures: Annotated[float | None, typer.Option(
+        help="share of training clients made to crash or hang (testing fault tolerance)")] = None,
     out: Annotated[Path | None, typer.Option(help="parent folder of run folders")] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder prefix)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any key: "
@@ -101,6 +103,7 @@ def simulate(
         "partition.kind": partition, "partition.alpha": alpha, "model.name": model,
         "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
         "method.name": method, "strategy.name": strategy,
+        "simulation.inject_failures": inject_failures,
         "seed": seed, "output.dir": str(out) if out else None, "output.name": name,
     }
     with _user_errors(debug):

@@ -151,6 +151,13 @@ class SimulationConfig(_Strict):
     cpus_per_client: float = Field(1.0, gt=0.0)
     round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
     node_wait_timeout: float = Field(120.0, gt=0.0)
+    min_clients: int = Field(1, ge=1, description="fewest accepted updates a round aggregates")
+    inject_failures: float = Field(0.0, ge=0.0, le=1.0,
+                                   description="share of training clients made to fail")
+    failure_kinds: list[Literal["crash", "hang"]] = Field(default_factory=lambda: ["crash", "hang"])
+    hang_seconds: float | None = Field(None, gt=0.0,
+                                       description="how long a hanging client sleeps "
+                                                   "(default: round_timeout + 5)")
     verbose: bool = False
 
 

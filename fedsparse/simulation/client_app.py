@@ -6,6 +6,7 @@ message carries no data; each worker process loads its data once and caches it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,7 @@ from fedsparse.clients import METHODS
 from fedsparse.clients.dense import DenseClient, LocalData
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import cached_pool, load_partitions
+from fedsparse.faults import InjectedCrash, injected_fault
 from fedsparse.masks import Masks
 from fedsparse.models import build_model
 from fedsparse.wire import decode, encode, template_of
@@ -94,6 +96,7 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         runtime, method = setup()
         pid = _partition_id(context)
         server_round = int(msg.content["config"]["server-round"])
+        _maybe_fail(runtime.config, server_round, pid)
         model, masks = runtime.model(msg.content["arrays"])
         generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
         torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
@@ -119,6 +122,17 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app
+
+
+def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) -> None:
+    """Fault injection (``simulation.inject_failures``): crash, or hang past the round timeout."""
+    sim = config.simulation
+    fault = injected_fault(config.seed, server_round, partition_id, sim.inject_failures,
+                           sim.failure_kinds)
+    if fault == "hang":
+        time.sleep(sim.hang_seconds or sim.round_timeout + 5)
+    if fault is not None:
+        raise InjectedCrash(f"injected {fault} of client {partition_id} in round {server_round}")
 
 
 def _stream_seed(seed: int, server_round: int, partition_id: int) -> int:

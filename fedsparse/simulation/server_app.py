@@ -101,7 +101,7 @@ class ServerLoop:
     def run(self, grid: Grid) -> Outcome:
         sim = self.config.simulation
         nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
-        self.strategy.bind_nodes(handshake(grid, nodes, sim.round_timeout))
+        self.strategy.bind_nodes(handshake(grid, nodes, sim.node_wait_timeout))
         arrays = self.initial_arrays
         for server_round in range(1, self.config.rounds + 1):
             started = time.perf_counter()
@@ -126,6 +126,12 @@ class ServerLoop:
                     reply.metadata.src_node_id, reply.error.reason)
         new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         report = self.strategy.report
+        skipped = len(report.costs) < self.config.simulation.min_clients
+        if skipped:
+            log(WARNING, "round %d: %d accepted updates, fewer than simulation.min_clients=%d: "
+                "the global model is kept", server_round, len(report.costs),
+                self.config.simulation.min_clients)
+            new_arrays = None
         self.outcome.clients_failed += failed
         self.outcome.updates_rejected += len(report.rejected)
         self.outcome.budget_violations += len(report.violations)
@@ -140,6 +146,8 @@ class ServerLoop:
             "clients_failed": failed,
             "updates_rejected": len(report.rejected),
             "budget_violations": len(report.violations),
+            "clients_accepted": len(report.costs),
+            "aggregated": not skipped and new_arrays is not None,
             "train_loss": float(metrics["train-loss"]) if metrics else None,
             **mean_costs(report.costs),
         }

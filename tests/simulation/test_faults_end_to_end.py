@@ -1,0 +1,37 @@
+"""Injected crashes and hangs: rounds complete with the others, failures are counted exactly."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedsparse.faults import injected_fault
+
+pytestmark = pytest.mark.e2e
+
+
+def test_thirty_percent_failures_finish_with_exact_counts(tmp_path):
+    clients, rounds, seed, rate = 6, 3, 5, 0.3  # seed 5: two crashes and two hangs
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", str(tmp_path),
+         "--clients", str(clients), "--rounds", str(rounds), "--fraction", "1", "--seed", str(seed),
+         "--method", "dense", "--strategy", "fedavg", "--budgets", "1.0:1",
+         "--inject-failures", str(rate), "--set", "simulation.round_timeout=6",
+         "--set", "simulation.hang_seconds=9", "--set", "eval.every=3"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 240  # no hang: each round waits at most its timeout
+    (run,) = tmp_path.iterdir()
+    expected = {r: sum(injected_fault(seed, r, p, rate) is not None for p in range(clients))
+                for r in range(1, rounds + 1)}
+    assert sum(expected.values()) > 0  # the seed really injects something
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["round"]: r["clients_failed"] for r in records} == expected
+    assert all(r["clients_accepted"] == clients - expected[r["round"]] for r in records)
+    assert all(r["aggregated"] for r in records if r["clients_accepted"] > 0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["failures"]["clients_failed"] == sum(expected.values())
+    assert summary["accuracy"]["mean"] > 0
