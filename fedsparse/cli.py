@@ -89,6 +89,8 @@ def simulate(
     name: Annotated[str | None, typer.Option(help="run name (folder prefix)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any key: "
                                                    "--set train.momentum=0.9")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue a killed run from its last "
+                                                "checkpoint (other options are ignored)")] = None,
     tensorboard: Annotated[bool, typer.Option(help="also write TensorBoard scalars "
                                               "(needs the tensorboard package)")] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
@@ -109,9 +111,15 @@ def simulate(
     with _user_errors(debug):
         if budgets is not None:
             flags["budgets.tiers"] = [t.model_dump() for t in parse_budget_shorthand(budgets)]
-        cfg = load_config(config, set_, flags)
+        if resume is not None:
+            if not (resume / "config.yaml").is_file():
+                raise FedsparseError(f"{resume} is not a run folder (no config.yaml): pass the "
+                                     "folder of the run to continue")
+            cfg = load_config(resume / "config.yaml")
+        else:
+            cfg = load_config(config, set_, flags)
         writer_cls = _tensorboard_writer() if tensorboard else None
-        _run_with_progress(cfg, writer_cls)
+        _run_with_progress(cfg, writer_cls, resume)
 
 
 @app.command()
@@ -190,7 +198,7 @@ def _tensorboard_writer() -> Any:
     return SummaryWriter
 
 
-def _run_with_progress(cfg: Any, writer_cls: Any = None) -> None:
+def _run_with_progress(cfg: Any, writer_cls: Any = None, resume: Path | None = None) -> None:
     from fedsparse.simulation.runner import run_experiment
 
     writer = None
@@ -219,7 +227,8 @@ def _run_with_progress(cfg: Any, writer_cls: Any = None) -> None:
 
     try:
         with progress:
-            result = run_experiment(cfg, on_round=on_round, on_start=on_start)
+            result = run_experiment(cfg, run_dir=resume.resolve() if resume else None,
+                                    on_round=on_round, on_start=on_start, resume=resume is not None)
     finally:
         if writer is not None:
             writer.close()

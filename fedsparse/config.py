@@ -152,6 +152,8 @@ class SimulationConfig(_Strict):
     round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
     node_wait_timeout: float = Field(120.0, gt=0.0)
     min_clients: int = Field(1, ge=1, description="fewest accepted updates a round aggregates")
+    checkpoint_every: int = Field(5, ge=1, description="write checkpoint.npz every k rounds "
+                                                       "(and after the last)")
     inject_failures: float = Field(0.0, ge=0.0, le=1.0,
                                    description="share of training clients made to fail")
     failure_kinds: list[Literal["crash", "hang"]] = Field(default_factory=lambda: ["crash", "hang"])
@@ -181,6 +183,14 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     simulation: SimulationConfig = SimulationConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _feasible(self) -> ExperimentConfig:
+        if self.simulation.min_clients > self.clients_per_round:
+            raise ValueError(f"simulation.min_clients={self.simulation.min_clients} exceeds the "
+                             f"{self.clients_per_round} clients sampled per round: lower it or "
+                             "raise --fraction")
+        return self
 
     @property
     def clients_per_round(self) -> int:

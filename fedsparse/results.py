@@ -66,6 +66,12 @@ class RunRecorder:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def truncate_rounds(self, last_round: int) -> None:
+        """Drop records of rounds after ``last_round`` (finished after the checkpoint resumed)."""
+        kept = [r for r in read_rounds(self.run_dir) if r["round"] <= last_round]
+        write_atomic(self.run_dir / ROUNDS_FILE,
+                     "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
     def write_clients(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return

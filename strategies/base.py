@@ -13,6 +13,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,6 +136,19 @@ class MaskAwareStrategy(FlowerFedAvg):
 
     def summary(self) -> None:
         """Flower's hook for logging the configuration; the run's config.yaml records it."""
+
+    _INFRASTRUCTURE = frozenset({"context", "node_of", "report", "server_round", "_global",
+                                 "_download", "_dense_array_bytes", "count_bytes"})
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint must keep of this strategy: by default every attribute that is not
+        the base's per-round machinery (e.g. a server optimizer's moments, a plug-in's
+        counters). Override with ``restore_state`` if some attribute cannot be pickled."""
+        return {k: v for k, v in vars(self).items() if k not in self._INFRASTRUCTURE}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
     # --- sampling and messages ----------------------------------------------------------------
     def bind_nodes(self, node_of_partition: dict[int, int]) -> None:

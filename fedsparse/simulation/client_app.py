@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsparse.checkpoint import load_client_state, save_client_state
 from fedsparse.clients import METHODS
 from fedsparse.clients.dense import DenseClient, LocalData
 from fedsparse.config import ExperimentConfig
@@ -72,9 +73,22 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
-    """Build the ClientApp for one experiment."""
+def make_client_app(config_json: str, partitions_path: str, resume_round: int = 0) -> ClientApp:
+    """Build the ClientApp for one experiment (``resume_round``: the checkpoint resumed from)."""
     app = ClientApp()
+    run_dir = Path(partitions_path).parent
+
+    def restore(context: Context, pid: int) -> None:
+        """After a resume, a node starts empty: reload its private state as of the checkpoint."""
+        if resume_round and not len(context.state):
+            saved = load_client_state(run_dir, pid, resume_round)
+            for key, value in (saved or {}).items():
+                context.state[key] = value
+
+    def persist(context: Context, pid: int, server_round: int, every: int) -> None:
+        if len(context.state):
+            save_client_state(run_dir, pid, server_round, context.state,
+                              keep_from=(server_round - 1) // every * every)
 
     def setup() -> tuple[ClientRuntime, DenseClient]:
         runtime = _runtime(config_json, partitions_path)
@@ -97,6 +111,7 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         pid = _partition_id(context)
         server_round = int(msg.content["config"]["server-round"])
         _maybe_fail(runtime.config, server_round, pid)
+        restore(context, pid)
         model, masks = runtime.model(msg.content["arrays"])
         generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
         torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
@@ -104,6 +119,7 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         metrics, upload = method.fit(model, masks, runtime.data(pid), generator, server_config,
                                      context.state)
         metrics["partition-id"] = pid
+        persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
         content = RecordDict({"arrays": encode(model.state_dict(), upload),
                               "metrics": MetricRecord(metrics)})
         return Message(content, reply_to=msg)
@@ -114,11 +130,13 @@ def make_client_app(config_json: str, partitions_path: str) -> ClientApp:
         pid = _partition_id(context)
         model, masks = runtime.model(msg.content["arrays"])
         server_round = int(msg.content["config"]["server-round"])
+        restore(context, pid)
         generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, -server_round, pid))
         server_config = {**dict(msg.content["config"]), "partition-id": pid}
         metrics = method.evaluate(model, masks, runtime.data(pid), generator, server_config,
                                   context.state)
         metrics["partition-id"] = pid
+        persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

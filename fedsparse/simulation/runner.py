@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedsparse.budgets import assign_budgets
+from fedsparse.checkpoint import load_checkpoint
 from fedsparse.clients import METHODS
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
@@ -75,8 +76,11 @@ def _quiet_flower(verbose: bool) -> None:
 
 def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
                    on_round: RoundCallback | None = None,
-                   on_start: Any = None) -> RunResult:
-    """Run ``config`` end to end and return the run folder and its summary."""
+                   on_start: Any = None, resume: bool = False) -> RunResult:
+    """Run ``config`` end to end and return the run folder and its summary.
+
+    ``resume``: continue the run in ``run_dir`` from its last checkpoint.
+    """
     started = time.perf_counter()
     from fedsparse.simulation.client_app import make_client_app
 
@@ -89,8 +93,12 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     recorder = RunRecorder(run_dir, config)
     partitions_path = run_dir / PARTITIONS_FILE
     save_partitions(federation, partitions_path)
-    loop = ServerLoop(config, federation, strategy, recorder, on_round)
-    client_app = make_client_app(config.model_dump_json(), str(partitions_path))
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        recorder.truncate_rounds(checkpoint.server_round)
+    loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint)
+    client_app = make_client_app(config.model_dump_json(), str(partitions_path),
+                                 resume_round=checkpoint.server_round if checkpoint else 0)
     if on_start is not None:
         on_start(run_dir)
     _simulate(config, loop, client_app, run_dir)

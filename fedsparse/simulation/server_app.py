@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from fedsparse.checkpoint import Checkpoint, save_checkpoint
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import Federation
 from fedsparse.errors import SimulationError
@@ -78,7 +80,8 @@ class ServerLoop:
     """The experiment's round loop; one instance per run."""
 
     def __init__(self, config: ExperimentConfig, federation: Federation, strategy: MaskAwareStrategy,
-                 recorder: RunRecorder, on_round: RoundCallback | None = None) -> None:
+                 recorder: RunRecorder, on_round: RoundCallback | None = None,
+                 resume: Checkpoint | None = None) -> None:
         self.config = config
         self.federation = federation
         self.strategy = strategy
@@ -87,6 +90,13 @@ class ServerLoop:
         self.outcome = Outcome()
         self._global_test = federation.pool.tensors(federation.pooled_test())
         self.initial_arrays = self._initial_arrays()  # also rejects a model unfit for the data
+        self.first_round = 1
+        if resume is not None:
+            self.first_round = resume.server_round + 1
+            self.initial_arrays = ArrayRecord(array_dict={
+                k: Array(np.array(v, order="C", copy=True)) for k, v in resume.arrays.items()})
+            self.outcome = resume.outcome
+            strategy.restore_state(resume.strategy_state)
 
     def _initial_arrays(self) -> ArrayRecord:
         torch.manual_seed(self.config.seed)
@@ -103,7 +113,7 @@ class ServerLoop:
         nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
         self.strategy.bind_nodes(handshake(grid, nodes, sim.node_wait_timeout))
         arrays = self.initial_arrays
-        for server_round in range(1, self.config.rounds + 1):
+        for server_round in range(self.first_round, self.config.rounds + 1):
             started = time.perf_counter()
             record, arrays = self.train_round(grid, server_round, arrays)
             if self.is_eval_round(server_round):
@@ -111,6 +121,10 @@ class ServerLoop:
             record["seconds"] = round(time.perf_counter() - started, 4)
             self.recorder.log_round(record)
             self.outcome.rounds_done = server_round
+            if server_round % sim.checkpoint_every == 0 or server_round == self.config.rounds:
+                save_checkpoint(self.recorder.run_dir, Checkpoint(
+                    server_round, {k: v.numpy() for k, v in arrays.items()}, self.outcome,
+                    self.strategy.checkpoint_state()))
             if self.on_round is not None:
                 self.on_round(record)
         return self.outcome

@@ -88,11 +88,13 @@ def test_malformed_and_lying_replies_are_rejected(task_identity):
     nan = ArrayRecord(array_dict={"net.1.bias": Array(np.full(16, np.nan, np.float32))})
     bad = [reply_to(messages[0], 0, nan),
            reply_to(messages[1], 2, arrays),  # claims another node's partition
-           reply_to(messages[2], 2, arrays, **{"num-examples": -5})]
+           reply_to(messages[2], 2, arrays, **{"num-examples": -5}),
+           Message(RecordDict({"arrays": arrays}), reply_to=messages[3])]  # no metrics at all
     new, metrics = strategy.aggregate_train(1, bad)
     assert new is None and metrics is None
-    reasons = [r for _, r in strategy.report.rejected]
-    assert "NaN" in reasons[0] and "does not serve" in reasons[1] and "absurd" in reasons[2]
+    reasons = dict(strategy.report.rejected)
+    assert "NaN" in reasons[0] and "absurd" in reasons[2] and "lacks" in reasons[-1]
+    assert any("does not serve" in r for _, r in strategy.report.rejected)
 
 
 def test_fedavg_refuses_sparse_updates(task_identity):

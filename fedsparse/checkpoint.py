@@ -1,0 +1,90 @@
+"""Checkpoints of a run, written atomically, so a killed run can resume where it stopped.
+
+A checkpoint holds the round it closes, the global arrays, the server loop's accumulated outcome
+and the strategy's own state (e.g. server-optimizer moments). Randomness needs no saving:
+every generator is derived from (seed, round, client). Client-private state (e.g. pFedGate's
+gates) is kept by the clients themselves under ``client_state/``, tagged by round.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsparse.errors import FedsparseError
+
+CHECKPOINT_FILE = "checkpoint.npz"
+CLIENT_STATE_DIR = "client_state"
+_META_KEY = "__server_state__"
+
+
+@dataclass
+class Checkpoint:
+    server_round: int
+    arrays: dict[str, np.ndarray]
+    outcome: Any
+    strategy_state: dict[str, Any]
+
+
+def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint.npz`` through a temporary file and an atomic rename."""
+    meta = pickle.dumps({"round": checkpoint.server_round, "outcome": checkpoint.outcome,
+                         "strategy": checkpoint.strategy_state})
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"a/{k}": v for k, v in checkpoint.arrays.items()},
+             **{_META_KEY: np.frombuffer(meta, dtype=np.uint8)})
+    tmp = run_dir / f".{CHECKPOINT_FILE}.tmp"
+    with tmp.open("wb") as handle:
+        handle.write(buffer.getvalue())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, run_dir / CHECKPOINT_FILE)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FedsparseError(f"{run_dir} has no {CHECKPOINT_FILE}: it stopped before its first "
+                             "checkpoint; start it again instead of --resume")
+    try:
+        with np.load(path) as data:
+            meta = pickle.loads(data[_META_KEY].tobytes())
+            arrays = {k[2:]: data[k] for k in data.files if k.startswith("a/")}
+    except Exception as exc:
+        raise FedsparseError(f"{path} is unreadable ({exc}): start the run again") from exc
+    return Checkpoint(meta["round"], arrays, meta["outcome"], meta["strategy"])
+
+
+def save_client_state(run_dir: Path, partition_id: int, server_round: int, state: Any,
+                      keep_from: int) -> None:
+    """Store a client's private state after ``server_round``; prune copies older than needed.
+
+    ``keep_from``: the latest checkpointed round; the newest copy at or before it must survive,
+    since a resume from that checkpoint restores it.
+    """
+    folder = run_dir / CLIENT_STATE_DIR / str(partition_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".r{server_round}.tmp"
+    tmp.write_bytes(pickle.dumps(state))
+    os.replace(tmp, folder / f"r{server_round}.pkl")
+    rounds = sorted(int(p.stem[1:]) for p in folder.glob("r*.pkl"))
+    anchor = max((r for r in rounds if r <= keep_from), default=None)
+    for r in rounds:
+        if r not in (server_round, anchor):
+            (folder / f"r{r}.pkl").unlink(missing_ok=True)
+
+
+def load_client_state(run_dir: Path, partition_id: int, up_to_round: int) -> Any | None:
+    """The client's newest stored state from a round <= ``up_to_round``, if any."""
+    folder = run_dir / CLIENT_STATE_DIR / str(partition_id)
+    rounds = [int(p.stem[1:]) for p in folder.glob("r*.pkl")] if folder.is_dir() else []
+    usable = [r for r in rounds if r <= up_to_round]
+    if not usable:
+        return None
+    return pickle.loads((folder / f"r{max(usable)}.pkl").read_bytes())
