@@ -120,6 +120,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         self._global: dict[str, np.ndarray] = {}
         self._download: dict[int, tuple[int, int]] = {}
         self._dense_array_bytes: int | None = None
+        self._masks_by_budget: dict[Budget, Masks | None] = {}
         self.count_bytes = ByteCounter()
 
     # --- the one method a plug-in overrides -------------------------------------------------
@@ -138,7 +139,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         """Flower's hook for logging the configuration; the run's config.yaml records it."""
 
     _INFRASTRUCTURE = frozenset({"context", "node_of", "report", "server_round", "_global",
-                                 "_download", "_dense_array_bytes", "count_bytes"})
+                                 "_download", "_dense_array_bytes", "count_bytes", "_masks_by_budget"})
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint must keep of this strategy: by default every attribute that is not
@@ -162,15 +163,23 @@ class MaskAwareStrategy(FlowerFedAvg):
         return sorted(int(p) for p in rng.choice(partitions, size=k, replace=False))
 
     def client_masks(self, partition_id: int) -> Masks | None:
-        """The submodel this client holds this round (None: the whole model)."""
+        """The submodel this client holds this round (None: the whole model).
+
+        The method's choice depends only on the global model and the budget, so clients with
+        equal budgets share one computation per round.
+        """
         if self.context.mask_fn is None:
             return None
-        params = {n: torch.from_numpy(self._global[n]) for n in self.context.cost_model.param_sizes}
-        return self.context.mask_fn(params, self.context.budgets[partition_id])
+        budget = self.context.budgets[partition_id]
+        if budget not in self._masks_by_budget:
+            params = {n: torch.from_numpy(self._global[n]) for n in self.context.cost_model.param_sizes}
+            self._masks_by_budget[budget] = self.context.mask_fn(params, budget)
+        return self._masks_by_budget[budget]
 
     def _messages(self, partitions: list[int], arrays: ArrayRecord, config: ConfigRecord,
                   server_round: int, message_type: str) -> list[Message]:
         self._global = {k: v.numpy() for k, v in arrays.items()}
+        self._masks_by_budget: dict[Budget, Masks | None] = {}
         config["server-round"] = server_round
         messages = []
         for pid in partitions:

@@ -88,6 +88,7 @@ class ServerLoop:
         self.recorder = recorder
         self.on_round = on_round
         self.outcome = Outcome()
+        self._costs_by_client: dict[int, list[ClientRoundCost]] = {}
         self._global_test = federation.pool.tensors(federation.pooled_test())
         self.initial_arrays = self._initial_arrays()  # also rejects a model unfit for the data
         self.first_round = 1
@@ -183,8 +184,13 @@ class ServerLoop:
             rows.append({"partition_id": pid, "num_train": len(split.train),
                          "num_test": len(split.test), "novel": int(pid in self.strategy.context.novel),
                          "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"]),
-                         **extra, **self.client_costs(pid)})
+                         **extra})
         rows.sort(key=lambda row: row["partition_id"])
+        self._costs_by_client.clear()
+        for cost in self.outcome.costs:
+            self._costs_by_client.setdefault(cost.partition_id, []).append(cost)
+        for row in rows:
+            row.update(self.client_costs(row["partition_id"]))
         accuracies = [row["accuracy"] for row in rows]
         accuracy = {
             "mean": _mean(accuracies),
@@ -214,7 +220,7 @@ class ServerLoop:
     def client_costs(self, pid: int) -> dict[str, Any]:
         """The client's declared budget and its mean costs over the rounds it trained."""
         budget = self.strategy.context.budgets[pid]
-        mine = [c for c in self.outcome.costs if c.partition_id == pid]
+        mine = self._costs_by_client.get(pid, [])
         row: dict[str, Any] = {f"budget_{k}": v for k, v in budget.as_dict().items()}
         row["rounds_trained"] = len(mine)
         row.update(mean_costs(mine, prefix=""))
