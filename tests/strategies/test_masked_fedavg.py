@@ -141,3 +141,21 @@ def test_flower_fedprox_adapter_sends_mu_and_aggregates_like_fedavg(task_identit
     old = arrays["net.1.weight"].numpy()
     np.testing.assert_allclose(new["net.1.weight"].numpy(), old + 1.5, rtol=1e-5)  # mean shift
     assert new["net.1.weight"].numpy().dtype == old.dtype
+
+
+def test_authors_dense_rule_counts_unsent_coordinates_as_zero(task_identity):
+    from fedsparse.strategies.masked_fedavg import DenseZeroFillAvg
+
+    strategy, arrays = make(DenseZeroFillAvg)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    replies = [trained_reply(strategy, m, p, shift=1.0, **{"num-examples": 10 * (p + 1)})
+               for p, m in enumerate(messages[:3])]
+    new, _ = strategy.aggregate_train(1, replies)
+    template = strategy.context.template
+    sent = [decode(r.content["arrays"], template) for r in replies]
+    weights = np.array([10.0, 20.0, 30.0]) / 60.0
+    name = "net.1.weight"
+    expected = sum(w * u.to_state(template)[name].numpy() for w, u in zip(weights, sent, strict=True))
+    np.testing.assert_allclose(new[name].numpy(), expected, rtol=1e-5, atol=1e-6)
+    masked = np.flatnonzero(~sent[0].masks(template)[name].numpy().reshape(-1))
+    assert masked.size  # client 0 (density 0.2) did not send these, and they count as zeros
