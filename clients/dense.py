@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,15 @@ from fedsparse.config import ExperimentConfig
 from fedsparse.errors import ConfigError
 from fedsparse.masks import Masks
 from fedsparse.training import evaluate, train_local
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Records beyond the model: what the server's message carried (``inbox``) and what a
+    method adds to its reply (``outbox``, e.g. FedTiny's top-K gradient pairs)."""
+
+    inbox: RecordDict
+    outbox: RecordDict = field(default_factory=RecordDict)
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,8 @@ class DenseClient:
         return "dense"
 
     def fit(self, model: nn.Module, masks: Masks | None, data: LocalData, generator: torch.Generator,
-            server_config: Mapping[str, Any], state: RecordDict) -> tuple[dict[str, float], Masks | None]:
+            server_config: Mapping[str, Any], state: RecordDict,
+            exchange: Exchange | None = None) -> tuple[dict[str, float], Masks | None]:
         """Local training; honours FedProx's ``proximal-mu`` when the strategy sends it."""
         mu = float(server_config.get("proximal-mu", 0.0))
         loss, seen = train_local(model, data.x_train, data.y_train, self.config.train, generator,

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from fedsparse.clients.dense import DenseClient, LocalData
+from fedsparse.clients.dense import DenseClient, Exchange, LocalData
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 from torch.func import functional_call
@@ -83,7 +83,8 @@ class PFedGateClient(DenseClient):
 
     # --- training ---------------------------------------------------------------------------
     def fit(self, model: nn.Module, masks: Masks | None, data: LocalData, generator: torch.Generator,
-            server_config: Mapping[str, Any], state: RecordDict) -> tuple[dict[str, float], Masks | None]:
+            server_config: Mapping[str, Any], state: RecordDict,
+            exchange: Exchange | None = None) -> tuple[dict[str, float], Masks | None]:
         pid = int(server_config["partition-id"])
         input_shape = tuple(data.x_train.shape[1:])
         layout = self._layout(model, server_config)

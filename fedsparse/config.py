@@ -94,13 +94,49 @@ class PFedGateConfig(_Strict):
     novel_fit_epochs: int = Field(1, ge=1, description="epochs a novel client fits its gate")
 
 
+class PruningConfig(_Strict):
+    """Shared-mask sparse training: FedTiny (Huang et al. 2023) and its baselines.
+
+    Every client trains the server's mask at its tier's density (tiers nested); ``fedtiny``
+    picks the mask by adaptive BN selection and refines it by progressive prune-and-grow,
+    ``prune-at-init`` fixes it once by ``criterion``, ``feddst`` lets clients prune-and-grow
+    locally and the server prune the average back to the density.
+    """
+
+    criterion: Literal["magnitude", "snip", "random"] = Field(
+        "magnitude", description="prune-at-init: how the fixed mask is scored")
+    server_samples_per_class: int = Field(
+        5, ge=1, description="labelled samples per class the server holds (no client holds them), "
+                             "for FedTiny's warm-up and SNIP")
+    warmup_epochs: int = Field(5, ge=0, description="server warm-up epochs of the dense model")
+    candidates: int = Field(5, ge=1, description="FedTiny: coarse candidate masks for ABNS")
+    bn_batches: int = Field(4, ge=1, description="local mini-batches per candidate in the "
+                                                 "BN-statistics and evaluation rounds")
+    adjust_every: int = Field(5, ge=1, description="rounds between mask adjustments (Delta T)")
+    adjust_until: int | None = Field(None, ge=1, description="last round that adjusts (T_end); "
+                                                             "default 3/4 of the rounds")
+    alpha: float = Field(0.1, gt=0.0, le=1.0, description="initial share of a layer adjusted")
+    granularity: Literal["auto", "model", "block", "layer"] = Field(
+        "auto", description="scored unit per adjustment; auto: the coarsest that fits every "
+                            "client's memory budget")
+
+
 class MethodConfig(_Strict):
     """``dense`` trains every weight; ``fedavg-ft`` also fine-tunes before evaluating;
-    ``magnitude`` trains each client's magnitude submodel; ``pfedgate`` gates blocks per batch."""
+    ``magnitude`` trains each client's magnitude submodel; ``pfedgate`` gates blocks per batch;
+    ``fedtiny``, ``prune-at-init`` and ``feddst`` train a server-held shared sparse mask."""
 
-    name: Literal["dense", "fedavg-ft", "magnitude", "pfedgate"] = "dense"
+    name: Literal["dense", "fedavg-ft", "magnitude", "pfedgate", "fedtiny", "prune-at-init",
+                  "feddst"] = "dense"
     finetune_epochs: int = Field(1, ge=1, description="fedavg-ft: local epochs before evaluation")
     pfedgate: PFedGateConfig = PFedGateConfig()
+    pruning: PruningConfig = PruningConfig()
+
+    @property
+    def needs_server_data(self) -> bool:
+        """FedTiny warms up and SNIP scores on a small labelled set only the server holds."""
+        return self.name == "fedtiny" or (self.name == "prune-at-init"
+                                          and self.pruning.criterion == "snip")
 
 
 class BudgetTier(_Strict):
@@ -191,6 +227,12 @@ class ExperimentConfig(_Strict):
                              f"{self.clients_per_round} clients sampled per round: lower it or "
                              "raise --fraction")
         return self
+
+    @property
+    def adjust_until(self) -> int:
+        """T_end of progressive pruning (FedTiny, FedDST)."""
+        until = self.method.pruning.adjust_until
+        return until if until is not None else max(1, (3 * self.rounds) // 4)
 
     @property
     def clients_per_round(self) -> int:

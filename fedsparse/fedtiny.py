@@ -175,3 +175,62 @@ def nested_masks(weights: Mapping[str, torch.Tensor], densities: Sequence[float]
     for density in sorted(set(densities)):
         out[density] = {n: _magnitude_mask(w, density) for n, w in weights.items()}
     return out
+
+
+def local_batches(x: torch.Tensor, y: torch.Tensor, count: int, batch_size: int,
+                  generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Up to ``count`` seeded mini-batches of a client's training data (ABNS uses the same ones
+    for the statistics and the evaluation round)."""
+    order = torch.randperm(len(y), generator=generator)[:count * batch_size]
+    return [(x[order[i:i + batch_size]], y[order[i:i + batch_size]])
+            for i in range(0, len(order), batch_size) if len(order[i:i + batch_size]) > 1]
+
+
+@torch.no_grad()
+def _load_candidate(model: nn.Module, weights: Mapping[str, torch.Tensor], masks: Masks) -> None:
+    model.load_state_dict(weights, strict=True)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].mul_(mask.to(params[name].dtype))
+
+
+def candidate_bn_stats(model: nn.Module, candidates: Sequence[Masks],
+                       batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                       ) -> list[dict[str, torch.Tensor]]:
+    """ABNS round A on a client: every candidate's BN statistics over the local batches."""
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    out = []
+    for masks in candidates:
+        _load_candidate(model, weights, masks)
+        out.append(reestimate_bn(model, [x for x, _ in batches]))
+    model.load_state_dict(weights)
+    return out
+
+
+@torch.no_grad()
+def candidate_loss_sums(model: nn.Module, candidates: Sequence[Masks],
+                        stats: Sequence[Mapping[str, torch.Tensor]],
+                        batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """ABNS round B on a client: each candidate's summed loss with the averaged BN statistics."""
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    sums = []
+    for masks, bn in zip(candidates, stats, strict=True):
+        _load_candidate(model, {**weights, **bn}, masks)
+        model.eval()
+        sums.append(sum(float(nn.functional.cross_entropy(model(x), y, reduction="sum"))
+                        for x, y in batches))
+    model.load_state_dict(weights)
+    return sums
+
+
+def pruned_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Dense gradients of ``layers`` on one mini-batch at the current (masked) weights; only
+    these layers' gradients are kept (a device materialises only the scored unit's)."""
+    params = dict(model.named_parameters())
+    model.train()
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: params[n].grad.detach().clone() for n in layers}
+    model.zero_grad(set_to_none=True)
+    return grads

@@ -33,6 +33,8 @@ from flwr.supercore import log
 from fedsparse.budgets import Budget
 from fedsparse.costs import ByteCounter, CostModel, TrainingCost
 from fedsparse.masks import Masks
+from fedsparse.pruning_wire import ADJUST_MASK_RECORD, PAIRS_RECORD, decode_pairs
+from fedsparse.shared_mask_server import Pairs, PairsRejected, SharedMaskServer
 from fedsparse.wire import SparseUpdate, Template, UpdateRejected, decode, encode
 
 PARTITION_KEY = "partition-id"
@@ -102,6 +104,8 @@ class StrategyContext:
     novel: frozenset[int] = frozenset()
     #: the method measures FLOPs, memory and compute density on the client (they are reported)
     reported_costs: bool = False
+    #: shared-mask methods (FedTiny, prune-at-init, FedDST): the server's masks and adjustments
+    mask_server: SharedMaskServer | None = None
 
 
 class MaskAwareStrategy(FlowerFedAvg):
@@ -145,11 +149,17 @@ class MaskAwareStrategy(FlowerFedAvg):
         """What a checkpoint must keep of this strategy: by default every attribute that is not
         the base's per-round machinery (e.g. a server optimizer's moments, a plug-in's
         counters). Override with ``restore_state`` if some attribute cannot be pickled."""
-        return {k: v for k, v in vars(self).items() if k not in self._INFRASTRUCTURE}
+        state = {k: v for k, v in vars(self).items() if k not in self._INFRASTRUCTURE}
+        if self.context.mask_server is not None:
+            state[_MASK_SERVER_KEY] = self.context.mask_server.state()
+        return state
 
     def restore_state(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            setattr(self, key, value)
+            if key == _MASK_SERVER_KEY and self.context.mask_server is not None:
+                self.context.mask_server.restore(value)
+            elif key != _MASK_SERVER_KEY:
+                setattr(self, key, value)
 
     # --- sampling and messages ----------------------------------------------------------------
     def bind_nodes(self, node_of_partition: dict[int, int]) -> None:
@@ -194,6 +204,12 @@ class MaskAwareStrategy(FlowerFedAvg):
                                           "novel": int(pid in self.context.novel)})
             record = RecordDict({self.arrayrecord_key: payload,
                                  self.configrecord_key: client_config})
+            server = self.context.mask_server
+            if server is not None and message_type == MessageType.TRAIN:
+                bits = server.adjust_mask_bits(budget)
+                if bits:
+                    record[ADJUST_MASK_RECORD] = ArrayRecord(
+                        array_dict={n: Array(b) for n, b in bits.items()})
             messages.append(Message(content=record, message_type=message_type,
                                     dst_node_id=self.node_of[pid]))
         return messages
@@ -201,6 +217,9 @@ class MaskAwareStrategy(FlowerFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         partitions = self.sample_partitions(server_round)
+        if self.context.mask_server is not None:
+            self.context.mask_server.plan_round(server_round)
+            config = ConfigRecord({**config, **self.context.mask_server.train_config()})
         messages = self._messages(partitions, arrays, config, server_round, MessageType.TRAIN)
         self.count_bytes.forget()
         self._dense_array_bytes = self.count_bytes(arrays)
@@ -250,6 +269,9 @@ class MaskAwareStrategy(FlowerFedAvg):
         if not accepted:
             return None, None
         new_state = self.aggregate_updates(self._global, accepted)
+        if self.context.mask_server is not None:
+            new_state = self.context.mask_server.after_aggregate(
+                dict(new_state), [_pairs(c.reply) or {} for c in accepted])
         total = sum(n for _, n in losses)
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
                                 "num-examples": total})
@@ -277,6 +299,11 @@ class MaskAwareStrategy(FlowerFedAvg):
                                  "use strategy masked-fedavg")
         client = ClientUpdate(pid, update, int(num_examples), self.context.budgets[pid], metrics,
                               reply)
+        if self.context.mask_server is not None:
+            try:
+                self.context.mask_server.check_pairs(_pairs(reply))
+            except (PairsRejected, ValueError) as exc:
+                raise UpdateRejected(str(exc)) from None
         return client, self._cost(client, reply, int(samples))
 
     def _cost(self, client: ClientUpdate, reply: Message, samples: int) -> ClientRoundCost:
@@ -289,6 +316,9 @@ class MaskAwareStrategy(FlowerFedAvg):
         density = client.update.density(model.param_sizes)
         if self.context.reported_costs:
             sparse, density = self._reported(client.metrics, sparse, dense)
+        if self.context.mask_server is not None:
+            extra = self.context.mask_server.extra_memory(client.budget)
+            sparse = TrainingCost(sparse.flops, sparse.memory_bytes + extra, sparse.activation_bytes)
         upload = self.count_bytes(reply.content)
         arrays_up = self.count_bytes(reply.content[self.arrayrecord_key])
         down, dense_down = self._download.get(client.partition_id, (0, 0))
@@ -326,6 +356,16 @@ class MaskAwareStrategy(FlowerFedAvg):
             if limit is not None and spent > limit * (1 + 1e-9):
                 return f"{name} {spent:.6g} exceeds its declared {limit:.6g}"
         return None
+
+
+_MASK_SERVER_KEY = "__mask_server__"
+
+
+def _pairs(reply: Message) -> Pairs | None:
+    """FedTiny's top-K pairs in a reply (None when it sent none); ValueError when malformed."""
+    if PAIRS_RECORD not in reply.content.array_records:
+        return None
+    return decode_pairs(reply.content[PAIRS_RECORD])
 
 
 def _arrival_independent_key(reply: Message) -> tuple[int, int, int]:

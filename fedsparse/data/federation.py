@@ -8,7 +8,7 @@ and the heavy partitioning libraries stay out of the workers.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ _POOL_CACHE: dict[str, DataPool] = {}
 class Federation:
     pool: DataPool
     clients: list[ClientSplit]
+    #: samples only the server holds (FedTiny's warm-up set); empty for most methods
+    server: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def num_clients(self) -> int:
@@ -48,9 +50,36 @@ def cached_pool(config: ExperimentConfig) -> DataPool:
 def build_federation(config: ExperimentConfig) -> Federation:
     """Partition the pool among ``config.num_clients`` clients and split each one."""
     pool = cached_pool(config)
-    parts = partition_indices(pool, config.partition, config.num_clients, config.seed)
+    server = np.zeros(0, dtype=np.int64)
+    if config.method.needs_server_data:
+        server = reserve_server_set(pool, config.method.pruning.server_samples_per_class, config.seed)
+    if len(server):
+        keep = np.setdiff1d(np.arange(len(pool)), server)
+        rest = replace(pool, x=pool.x[keep], y=pool.y[keep],
+                       groups=None if pool.groups is None else pool.groups[keep])
+        parts = [keep[p] for p in partition_indices(rest, config.partition, config.num_clients,
+                                                     config.seed)]
+    else:
+        parts = partition_indices(pool, config.partition, config.num_clients, config.seed)
     splits = [split_client(p, config.partition, config.seed, cid) for cid, p in enumerate(parts)]
-    return Federation(pool=pool, clients=splits)
+    return Federation(pool=pool, clients=splits, server=server)
+
+
+def reserve_server_set(pool: DataPool, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` seeded samples of every class, held back from all clients.
+
+    A rare class gives at most half its samples, so clients keep some of every class.
+    """
+    rng = np.random.default_rng([seed, 23])
+    picks = []
+    for label in range(pool.num_classes):
+        members = np.flatnonzero(pool.y == label)
+        picks.append(rng.choice(members, size=min(per_class, len(members) // 2), replace=False))
+    server = np.sort(np.concatenate(picks)).astype(np.int64)
+    if len(server) == 0:
+        raise DataError("the data has too few samples per class to hold any back for the server: "
+                        "use a larger dataset")
+    return server
 
 
 def save_partitions(federation: Federation, path: Path) -> None:

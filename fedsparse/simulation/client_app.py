@@ -17,12 +17,20 @@ from flwr.clientapp import ClientApp
 
 from fedsparse.checkpoint import load_client_state, save_client_state
 from fedsparse.clients import METHODS
-from fedsparse.clients.dense import DenseClient, LocalData
+from fedsparse.clients.dense import DenseClient, Exchange, LocalData
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import cached_pool, load_partitions
 from fedsparse.faults import InjectedCrash, injected_fault
+from fedsparse.fedtiny import candidate_bn_stats, candidate_loss_sums, local_batches
 from fedsparse.masks import Masks
 from fedsparse.models import build_model
+from fedsparse.pruning_wire import (
+    BN_EVAL_ACTION,
+    BN_STATS_ACTION,
+    pack_candidate_stats,
+    unpack_candidate_stats,
+    unpack_candidates,
+)
 from fedsparse.wire import decode, encode, template_of
 
 
@@ -116,13 +124,39 @@ def make_client_app(config_json: str, partitions_path: str, resume_round: int = 
         generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
         torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
         server_config = {**dict(msg.content["config"]), "partition-id": pid}
+        exchange = Exchange(inbox=msg.content)
         metrics, upload = method.fit(model, masks, runtime.data(pid), generator, server_config,
-                                     context.state)
+                                     context.state, exchange)
         metrics["partition-id"] = pid
         persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
         content = RecordDict({"arrays": encode(model.state_dict(), upload),
                               "metrics": MetricRecord(metrics)})
+        for key, record in exchange.outbox.items():
+            content[key] = record
         return Message(content, reply_to=msg)
+
+    @app.query(BN_STATS_ACTION)
+    def bn_stats(msg: Message, context: Context) -> Message:
+        """ABNS round A: re-estimate every candidate's BN statistics on local batches."""
+        runtime, _ = setup()
+        pid = _partition_id(context)
+        model, candidates, batches = _abns_inputs(runtime, msg, pid)
+        record = pack_candidate_stats(candidate_bn_stats(model, candidates, batches))
+        metrics = MetricRecord({"partition-id": pid,
+                                "num-examples": sum(len(y) for _, y in batches)})
+        return Message(RecordDict({"bn-stats": record, "metrics": metrics}), reply_to=msg)
+
+    @app.query(BN_EVAL_ACTION)
+    def bn_eval(msg: Message, context: Context) -> Message:
+        """ABNS round B: each candidate's loss with the averaged BN statistics."""
+        runtime, _ = setup()
+        pid = _partition_id(context)
+        model, candidates, batches = _abns_inputs(runtime, msg, pid)
+        stats = unpack_candidate_stats(msg.content["bn-stats"], len(candidates))
+        sums = candidate_loss_sums(model, candidates, stats, batches)
+        metrics = MetricRecord({"partition-id": pid, "num-examples": sum(len(y) for _, y in batches),
+                                **{f"loss-sum-{k}": v for k, v in enumerate(sums)}})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -140,6 +174,20 @@ def make_client_app(config_json: str, partitions_path: str, resume_round: int = 
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app
+
+
+def _abns_inputs(runtime: ClientRuntime, msg: Message, pid: int
+                 ) -> tuple[torch.nn.Module, list[Masks], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The warmed-up model, the candidate masks and this client's seeded ABNS batches."""
+    model, _ = runtime.model(msg.content["arrays"])
+    config = msg.content["config"]
+    candidates = unpack_candidates(msg.content["candidates"], int(config["candidates"]),
+                                   dict(model.named_parameters()))
+    data = runtime.data(pid)
+    generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, 0, pid))
+    batches = local_batches(data.x_train, data.y_train, int(config["bn-batches"]),
+                            runtime.config.train.batch_size, generator)
+    return model, candidates, batches
 
 
 def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) -> None:

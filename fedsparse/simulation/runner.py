@@ -27,6 +27,7 @@ from fedsparse.data.federation import Federation, build_federation, save_partiti
 from fedsparse.errors import ConfigError, SimulationError
 from fedsparse.models import build_model
 from fedsparse.results import PARTITIONS_FILE, RunRecorder, new_run_dir
+from fedsparse.simulation.mask_setup import MaskSetup, build_mask_server
 from fedsparse.simulation.server_app import RoundCallback, ServerLoop, mean_costs
 from fedsparse.strategies import StrategyContext, build_strategy, check_strategy
 from fedsparse.wire import template_of
@@ -87,7 +88,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     os.environ.update(QUIET_ENV)
     check_strategy(config)  # bad input fails here, before any folder or process exists
     federation = build_federation(config)
-    strategy = build_strategy(config, strategy_context(config, federation))
+    context = strategy_context(config, federation)
+    strategy = build_strategy(config, context)
     run_dir = run_dir or new_run_dir(config)
     prepare_environment(run_dir)
     recorder = RunRecorder(run_dir, config)
@@ -96,7 +98,9 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     checkpoint = load_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         recorder.truncate_rounds(checkpoint.server_round)
-    loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint)
+    setup = MaskSetup(config, federation, context.mask_server) if context.mask_server else None
+    loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint,
+                      setup=setup)
     client_app = make_client_app(config.model_dump_json(), str(partitions_path),
                                  resume_round=checkpoint.server_round if checkpoint else 0)
     if on_start is not None:
@@ -120,12 +124,15 @@ def strategy_context(config: ExperimentConfig, federation: Federation) -> Strate
     budgets = assign_budgets(config.budgets, config.num_clients, config.seed)
     method = METHODS[config.method.name]
     method.check_budgets(budgets, dict(model.named_parameters()))
+    cost_model = CostModel(model, pool.input_shape)
+    mask_server = build_mask_server(config, model, budgets, cost_model)
     return StrategyContext(
         seed=config.seed, clients_per_round=config.clients_per_round, budgets=budgets,
-        cost_model=CostModel(model, pool.input_shape), template=template_of(model.state_dict()),
+        cost_model=cost_model, template=template_of(model.state_dict()),
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
-        mask_fn=method.server_masks,
-        novel=novel_clients(config), reported_costs=method.reported_costs)
+        mask_fn=mask_server.masks_for if mask_server else method.server_masks,
+        novel=novel_clients(config), reported_costs=method.reported_costs,
+        mask_server=mask_server)
 
 
 def novel_clients(config: ExperimentConfig) -> frozenset[int]:
@@ -172,6 +179,14 @@ def _keep_ray_logs(ray_tmp: Path, run_dir: Path) -> None:
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def pruning_summary(loop: ServerLoop) -> dict[str, Any] | None:
+    """How a shared-mask method chose and changed its mask (None for other methods)."""
+    server = loop.strategy.context.mask_server
+    if server is None:
+        return None
+    return {**server.info, "adjustments": server.adjustments}
+
+
 def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                   run_dir: Path) -> dict[str, Any]:
     """``summary.json``: the stable, machine-readable contract of a run."""
@@ -192,6 +207,7 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "eval_gating": config.method.pfedgate.eval_gating if config.method.name == "pfedgate"
         else None,
         "novel_clients": len(loop.strategy.context.novel),
+        "pruning": pruning_summary(loop),
         "failures": {"clients_failed": outcome.clients_failed,
                      "updates_rejected": outcome.updates_rejected},
         "cost": {k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},

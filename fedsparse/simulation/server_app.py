@@ -81,8 +81,10 @@ class ServerLoop:
 
     def __init__(self, config: ExperimentConfig, federation: Federation, strategy: MaskAwareStrategy,
                  recorder: RunRecorder, on_round: RoundCallback | None = None,
-                 resume: Checkpoint | None = None) -> None:
+                 resume: Checkpoint | None = None, setup: Any = None) -> None:
         self.config = config
+        #: a shared-mask method's choice of the first mask (``MaskSetup``), run before round 1
+        self.setup = setup
         self.federation = federation
         self.strategy = strategy
         self.recorder = recorder
@@ -114,6 +116,8 @@ class ServerLoop:
         nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
         self.strategy.bind_nodes(handshake(grid, nodes, sim.node_wait_timeout))
         arrays = self.initial_arrays
+        if self.setup is not None and self.first_round == 1:
+            arrays = self.setup(grid, self.strategy, arrays)
         for server_round in range(self.first_round, self.config.rounds + 1):
             started = time.perf_counter()
             record, arrays = self.train_round(grid, server_round, arrays)

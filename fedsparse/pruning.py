@@ -1,0 +1,135 @@
+"""Shared-mask pruning algorithms (plain torch): densities, prune-at-init criteria, nested tier
+masks, scored units and the memory each one needs.
+
+Conventions shared by FedTiny, prune-at-init and FedDST here:
+- a budget's ``density`` is the share of *all* parameters a client may hold; the input layer,
+  biases and normalisation parameters are never pruned, so the prunable weights get the
+  density that makes the whole model's density the budget (``prunable_density``);
+- masks cover the prunable weights only (``fedtiny.prunable_weights``); a tier's mask keeps,
+  per layer, the largest-magnitude weights of the next larger tier's mask, so tiers nest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from fedsparse.masks import Masks
+
+PAIR_BYTES = 8  # an upload pair: int32 index + float32 value on a device
+VALUE_BYTES = 4
+
+
+def prunable_density(sizes: Mapping[str, int], prunable: Sequence[str], density: float) -> float:
+    """Density of the prunable weights that makes the whole model's density ``density``.
+
+    Raises ``ValueError`` when the never-pruned tensors alone exceed the budget.
+    """
+    fixed = sum(n for name, n in sizes.items() if name not in prunable)
+    total = sum(sizes.values())
+    allowed = density * total
+    if allowed < fixed:
+        raise ValueError(f"density {density:g} allows {int(allowed)} parameters but the input layer, "
+                         f"biases and norm layers alone hold {fixed}")
+    return min(1.0, (allowed - fixed) / max(sum(sizes[n] for n in prunable), 1))
+
+
+def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` highest scores (ties to the lower position), as a boolean mask."""
+    flat = torch.zeros(scores.numel(), dtype=torch.bool)
+    k = max(0, min(k, scores.numel()))
+    if k:
+        order = torch.sort(scores.detach().flatten(), descending=True, stable=True).indices
+        flat[order[:k]] = True
+    return flat.view_as(scores)
+
+
+def layer_count(numel: int, density: float) -> int:
+    """Weights a layer keeps at ``density`` (floor, so the budget is never exceeded; at least 1)."""
+    return max(1, min(numel, math.floor(density * numel + 1e-9)))
+
+
+def magnitude_masks(weights: Mapping[str, torch.Tensor], density: float) -> Masks:
+    """Layer-wise magnitude pruning: every layer keeps the same share of its largest weights."""
+    return {n: _top_k_mask(w.abs(), layer_count(w.numel(), density)) for n, w in weights.items()}
+
+
+def random_masks(weights: Mapping[str, torch.Tensor], density: float, seed: int) -> Masks:
+    """Layer-wise uniformly random masks at ``density`` (the random prune-at-init baseline)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {n: _top_k_mask(torch.rand(w.shape, generator=generator), layer_count(w.numel(), density))
+            for n, w in weights.items()}
+
+
+def snip_masks(model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor,
+               density: float) -> Masks:
+    """SNIP (Lee et al. 2019): keep the weights of largest connection sensitivity |g * w|,
+    ranked globally over the prunable layers, from one gradient on the server's set.
+
+    Each layer keeps at least one weight so the network stays connected.
+    """
+    params = dict(model.named_parameters())
+    model.zero_grad(set_to_none=True)
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()
+    scores = {n: (params[n].grad * params[n].detach()).abs() for n in names}
+    model.zero_grad(set_to_none=True)
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    k = max(1, math.floor(density * flat.numel() + 1e-9))
+    keep = _top_k_mask(flat, k)
+    masks: Masks = {}
+    start = 0
+    for n, s in scores.items():
+        layer = keep[start:start + s.numel()].view_as(s).clone()
+        if not layer.any():
+            layer.view(-1)[int(s.flatten().argmax())] = True
+        masks[n] = layer
+        start += s.numel()
+    return masks
+
+
+def subset_masks(weights: Mapping[str, torch.Tensor], top: Masks, fraction: float) -> Masks:
+    """A smaller tier's masks: per layer, the ``fraction`` of ``top``'s kept weights with the
+    largest magnitude. The result is a subset of ``top`` by construction."""
+    if fraction >= 1.0:
+        return {n: m.clone() for n, m in top.items()}
+    out: Masks = {}
+    for name, mask in top.items():
+        kept = int(mask.sum())
+        k = max(1, math.floor(fraction * kept + 1e-9)) if kept else 0
+        scores = torch.where(mask, weights[name].detach().abs(), torch.full_like(weights[name], -1.0))
+        out[name] = _top_k_mask(scores, k) & mask
+    return out
+
+
+def prune_back(weights: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> Masks:
+    """FedDST's server step: per layer keep the ``counts[name]`` largest averaged weights."""
+    return {n: _top_k_mask(weights[n].abs(), counts[n]) for n in counts}
+
+
+def scoring_units(prunable: Sequence[str], granularity: str) -> list[list[str]]:
+    """The units adjusted in turn, from the output end backwards.
+
+    ``model``: all prunable layers at once; ``block``: layers grouped by their first two
+    name components (a ResNet BasicBlock, one layer of a plain CNN); ``layer``: one each.
+    """
+    if granularity == "model":
+        return [list(prunable)]
+    if granularity == "layer":
+        return [[n] for n in reversed(prunable)]
+    groups: dict[str, list[str]] = {}
+    for name in prunable:
+        groups.setdefault(".".join(name.split(".")[:2]), []).append(name)
+    return list(reversed(list(groups.values())))
+
+
+def adjustment_memory(unit: Sequence[str], sizes: Mapping[str, int], nnz: Mapping[str, int],
+                      alpha: float) -> int:
+    """Bytes a client needs on top of sparse training to score ``unit``: the unit's dense
+    gradient plus the largest top-K pair list (K = ceil(alpha * nnz), alpha_t <= alpha)."""
+    dense_grad = sum(sizes[n] for n in unit) * VALUE_BYTES
+    pairs = sum(math.ceil(alpha * nnz[n]) for n in unit) * PAIR_BYTES
+    return dense_grad + pairs

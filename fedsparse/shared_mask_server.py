@@ -1,0 +1,230 @@
+"""The server's side of shared-mask sparse training (FedTiny, prune-at-init, FedDST), free of Flower.
+
+The server holds one mask over the prunable weights for the largest budget tier; smaller tiers
+train nested subsets of it (``pruning.subset_masks``). Every round it plans whether and what to
+adjust, checks what clients report for the adjustment, and applies the adjustment to the
+aggregated weights:
+
+- ``fedtiny``: every ``adjust_every`` rounds until T_end one scored unit (cycled from the output
+  end by an adjustment counter) gets K_l = ceil(alpha_t * nnz_l) prune-and-grow steps from the
+  clients' top-K gradient pairs at pruned positions;
+- ``feddst``: clients prune-and-grow locally (their masks differ); the server averages each
+  weight over its holders (the mask-aware FedAvg) and prunes every layer back to its count;
+- ``prune-at-init``: the mask never changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsparse.budgets import Budget
+from fedsparse.config import PruningConfig
+from fedsparse.costs import CostModel
+from fedsparse.fedtiny import adjustment_count, adjustment_fraction, prune_and_grow
+from fedsparse.masks import Masks
+from fedsparse.pruning import (
+    PAIR_BYTES,
+    VALUE_BYTES,
+    adjustment_memory,
+    layer_count,
+    prunable_density,
+    prune_back,
+    scoring_units,
+    subset_masks,
+)
+
+GRANULARITIES = ("model", "block", "layer")
+Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+class PairsRejected(ValueError):
+    """A client's top-K report breaks the adjustment's rules."""
+
+
+@dataclass(frozen=True)
+class AdjustPlan:
+    """What one round adjusts: layer -> K (empty when the round does not adjust)."""
+
+    server_round: int
+    k: dict[str, int]
+    fraction: float
+
+
+class SharedMaskServer:
+    """Masks, adjustment plans and their application for one experiment."""
+
+    def __init__(self, method: str, cfg: PruningConfig, prunable: Sequence[str],
+                 shapes: Mapping[str, tuple[int, ...]], budgets: Sequence[Budget],
+                 cost_model: CostModel, momentum: bool, adjust_until: int) -> None:
+        self.method = method
+        self.cfg = cfg
+        self.prunable = list(prunable)
+        self.shapes = {n: tuple(s) for n, s in shapes.items()}
+        self.sizes = {n: math.prod(s) for n, s in self.shapes.items()}
+        self.adjust_until = adjust_until
+        self.tier_density = {b.density: prunable_density(self.sizes, self.prunable, b.density)
+                             for b in budgets}
+        self.top_density = max(self.tier_density.values())
+        self.masks: Masks = {}
+        self.adjustments = 0
+        self.plan = AdjustPlan(0, {}, 0.0)
+        #: how the first mask was chosen (ABNS losses, criterion), for ``summary.json``
+        self.info: dict[str, object] = {}
+        self.granularity = self._choose_granularity(budgets, cost_model, momentum)
+        self.units = scoring_units(self.prunable, self.granularity)
+
+    # --- start-up checks ---------------------------------------------------------------------
+    def training_memory(self, density: float, cost_model: CostModel, momentum: bool) -> float:
+        """Weights + gradients (+ momentum) of a tier's sparse model, in bytes."""
+        rho = self.tier_density[density]
+        kept = {n: layer_count(s, rho) if n in self.prunable else s for n, s in self.sizes.items()}
+        return cost_model.training_cost(kept, 1, 1, momentum).memory_bytes
+
+    def _choose_granularity(self, budgets: Sequence[Budget], cost_model: CostModel,
+                            momentum: bool) -> str:
+        """The coarsest scored unit every client's memory budget holds (FedTiny only)."""
+        wanted = self.cfg.granularity
+        if self.method != "fedtiny":
+            return "model"
+        # ABNS may give a layer up to 1.5x the target density: size K for that worst case
+        nnz = {n: min(self.sizes[n], math.ceil(1.5 * self.top_density * self.sizes[n]))
+               for n in self.prunable}
+        limited = [b for b in budgets if b.memory_bytes is not None]
+        options = GRANULARITIES if wanted == "auto" else (wanted,)
+        for granularity in options:
+            units = scoring_units(self.prunable, granularity)
+            extra = max(adjustment_memory(u, self.sizes, nnz, self.cfg.alpha) for u in units)
+            short = [b for b in limited
+                     if self.training_memory(b.density, cost_model, momentum) + extra > b.memory_bytes]
+            if not short:
+                return granularity
+        worst = min(limited, key=lambda b: b.memory_bytes or 0.0)
+        need = self.training_memory(worst.density, cost_model, momentum) + min(
+            adjustment_memory(u, self.sizes, nnz, self.cfg.alpha)
+            for u in scoring_units(self.prunable, options[-1]))
+        raise ValueError(
+            f"a client declaring memory_bytes={worst.memory_bytes:.6g} cannot train density "
+            f"{worst.density:g} and score even one {options[-1]} ({need:.6g} bytes needed): raise "
+            "its memory budget, lower its density or choose a finer method.pruning.granularity")
+
+    # --- masks --------------------------------------------------------------------------------
+    def set_masks(self, masks: Masks) -> None:
+        missing = set(self.prunable) - set(masks)
+        if missing:
+            raise ValueError(f"masks lack prunable layers {sorted(missing)[:3]}")
+        self.masks = {n: masks[n].clone().bool() for n in self.prunable}
+
+    def masks_for(self, params: Mapping[str, torch.Tensor], budget: Budget) -> Masks:
+        """The nested mask of ``budget``'s tier over the current weights."""
+        fraction = self.tier_density[budget.density] / self.top_density
+        return subset_masks({n: params[n] for n in self.prunable}, self.masks, fraction)
+
+    def apply(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Zero every prunable weight outside the top mask (a server optimizer's momentum must
+        not bring pruned weights back)."""
+        out = dict(arrays)
+        for name, mask in self.masks.items():
+            out[name] = np.where(mask.numpy(), arrays[name], 0).astype(arrays[name].dtype)
+        return out
+
+    # --- adjustment plan --------------------------------------------------------------------
+    def is_adjust_round(self, server_round: int) -> bool:
+        return (self.method in ("fedtiny", "feddst") and server_round % self.cfg.adjust_every == 0
+                and server_round < self.adjust_until)
+
+    def plan_round(self, server_round: int) -> AdjustPlan:
+        """Decide (deterministically from round and counter) what this round adjusts."""
+        k: dict[str, int] = {}
+        fraction = 0.0
+        if self.is_adjust_round(server_round):
+            fraction = adjustment_fraction(server_round, self.adjust_until, self.cfg.alpha)
+            layers = (self.units[self.adjustments % len(self.units)] if self.method == "fedtiny"
+                      else self.prunable)
+            k = {n: adjustment_count(fraction, int(self.masks[n].sum())) for n in layers}
+            k = {n: v for n, v in k.items() if v > 0}
+        self.plan = AdjustPlan(server_round, k, fraction)
+        return self.plan
+
+    def train_config(self) -> dict[str, list[str] | list[int]]:
+        if not self.plan.k:
+            return {}
+        return {"adjust-layers": list(self.plan.k), "adjust-k": list(self.plan.k.values())}
+
+    def adjust_mask_bits(self, budget: Budget) -> dict[str, np.ndarray]:
+        """FedTiny clients below the top tier need the top mask of the scored layers to know
+        which positions are pruned; the top tier's own mask is that mask."""
+        if self.method != "fedtiny" or not self.plan.k or budget.density == max(self.tier_density):
+            return {}
+        return {n: np.packbits(self.masks[n].numpy().ravel()) for n in self.plan.k}
+
+    def extra_memory(self, budget: Budget) -> float:
+        """Bytes beyond sparse training a client needs this round (0 unless it adjusts)."""
+        if not self.plan.k:
+            return 0.0
+        dense_grad = sum(self.sizes[n] for n in self.plan.k) * VALUE_BYTES
+        if self.method == "feddst":
+            return float(dense_grad)
+        bits = sum(len(b) for b in self.adjust_mask_bits(budget).values())
+        return float(dense_grad + sum(self.plan.k.values()) * PAIR_BYTES + bits)
+
+    # --- reports and the server step ---------------------------------------------------------
+    def check_pairs(self, pairs: Pairs | None) -> None:
+        """A FedTiny report must hold, per scored layer, at most K unique in-range indices at
+        positions the top mask prunes, with finite values."""
+        if self.method != "fedtiny" or not self.plan.k:
+            return
+        if pairs is None:
+            raise PairsRejected("reply lacks its top-K gradient pairs")
+        extra = set(pairs) - set(self.plan.k)
+        if extra:
+            raise PairsRejected(f"pairs for layers not being adjusted: {sorted(extra)[:3]}")
+        for name, k in self.plan.k.items():
+            index, values = pairs.get(name, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+            if index.ndim != 1 or index.shape != values.shape:
+                raise PairsRejected(f"{name}: index and value arrays differ in shape")
+            if len(index) > k:
+                raise PairsRejected(f"{name}: {len(index)} pairs, more than K={k}")
+            if len(index) and (index.min() < 0 or index.max() >= self.sizes[name]):
+                raise PairsRejected(f"{name}: index out of range")
+            if len(np.unique(index)) != len(index):
+                raise PairsRejected(f"{name}: repeated indices")
+            if not np.all(np.isfinite(values)):
+                raise PairsRejected(f"{name}: non-finite gradient values")
+            if self.masks[name].flatten()[torch.from_numpy(index.astype(np.int64))].any():
+                raise PairsRejected(f"{name}: pairs at positions that are not pruned")
+
+    def after_aggregate(self, arrays: dict[str, np.ndarray],
+                        reports: Sequence[Pairs]) -> dict[str, np.ndarray]:
+        """Apply the round's adjustment to the aggregated weights; return the masked weights."""
+        out = dict(arrays)
+        if self.plan.k and self.method == "fedtiny":
+            for name, k in self.plan.k.items():
+                rows = [r[name] for r in reports if name in r]
+                rows += [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * (len(reports) - len(rows))
+                weight, mask = prune_and_grow(torch.from_numpy(out[name]), self.masks[name], rows, k)
+                out[name] = weight.numpy().astype(arrays[name].dtype)
+                self.masks[name] = mask
+            self.adjustments += 1
+        elif self.plan.k and self.method == "feddst":
+            counts = {n: int(m.sum()) for n, m in self.masks.items()}
+            self.masks = prune_back({n: torch.from_numpy(out[n]) for n in counts}, counts)
+            self.adjustments += 1
+        return self.apply(out)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, object]:
+        return {"masks": {n: np.packbits(m.numpy().ravel()) for n, m in self.masks.items()},
+                "adjustments": self.adjustments, "info": self.info}
+
+    def restore(self, state: Mapping[str, object]) -> None:
+        bits = state["masks"]
+        assert isinstance(bits, dict)
+        self.masks = {n: torch.from_numpy(np.unpackbits(b)[:self.sizes[n]].astype(bool)).view(
+            self.shapes[n]) for n, b in bits.items()}
+        self.adjustments = int(state["adjustments"])  # type: ignore[arg-type]
+        self.info = dict(state.get("info", {}))  # type: ignore[call-overload]
