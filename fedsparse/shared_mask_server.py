@@ -103,13 +103,13 @@ class SharedMaskServer:
                      if self.training_memory(b.density, cost_model, momentum) + extra > b.memory_bytes]
             if not short:
                 return granularity
-        worst = min(limited, key=lambda b: b.memory_bytes or 0.0)
-        need = self.training_memory(worst.density, cost_model, momentum) + min(
+        worst = short[0]  # a client the finest unit still does not fit
+        need = self.training_memory(worst.density, cost_model, momentum) + max(
             adjustment_memory(u, self.sizes, nnz, self.cfg.alpha)
             for u in scoring_units(self.prunable, options[-1]))
         raise ValueError(
-            f"a client declaring memory_bytes={worst.memory_bytes:.6g} cannot train density "
-            f"{worst.density:g} and score even one {options[-1]} ({need:.6g} bytes needed): raise "
+            f"a client declaring memory_bytes={worst.memory_bytes or 0:.6g} cannot train density "
+            f"{worst.density:g} and score its largest {options[-1]} ({need:.6g} bytes needed): raise "
             "its memory budget, lower its density or choose a finer method.pruning.granularity")
 
     # --- masks --------------------------------------------------------------------------------

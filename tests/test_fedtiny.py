@@ -1,10 +1,13 @@
 """FedTiny's plain-torch algorithms (the Flower integration is not built yet)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from fedsparse.config import ModelConfig
 from fedsparse.fedtiny import (
@@ -106,3 +109,25 @@ def test_nested_tier_masks_are_subsets():
     for small, large in ((0.01, 0.1), (0.1, 0.5)):
         for name in weights:
             assert torch.equal(tiers[small][name] & tiers[large][name], tiers[small][name])
+
+
+def test_abns_client_rounds_score_each_candidate_with_its_own_statistics():
+    from fedsparse.fedtiny import candidate_bn_stats, candidate_loss_sums, local_batches
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[3].bias.zero_()
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    batches = local_batches(x, y, 3, 16, torch.Generator().manual_seed(0))
+    assert [len(b[1]) for b in batches] == [16, 16, 16]
+    keep_all = {"3.weight": torch.ones(3, 8, dtype=torch.bool)}
+    keep_none = {"3.weight": torch.zeros(3, 8, dtype=torch.bool)}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = candidate_bn_stats(model, [keep_all, keep_none], batches)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # model untouched
+    features = torch.cat([model[0](b[0]) for b in batches])
+    assert torch.allclose(stats[0]["1.running_mean"], features.mean(0), atol=1e-5)
+    sums = candidate_loss_sums(model, [keep_all, keep_none], stats, batches)
+    assert sums[1] == pytest.approx(48 * math.log(3), rel=1e-4)  # a zeroed output layer: uniform logits
+    assert mean_losses([[(sums[0], 48)], [(sums[1], 48)]])[1] == pytest.approx(math.log(3), rel=1e-4)
