@@ -14,9 +14,9 @@ def main() -> None:
     root = Path(sys.argv[1])
     summaries = [json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))]
     base = next((s for s in summaries if s["method"] == "dense"), summaries[0])
-    print("| run | method | budgets | acc mean | bottom decile | FLOPs vs FedAvg | upload vs FedAvg "
-          "| density | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | method | budgets | acc mean | bottom decile | global | FLOPs vs FedAvg | "
+          "memory vs dense | upload vs FedAvg | density | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in summaries:
         tiers = s["budget"]["tiers"]
         budgets = ",".join(f"{t['density']:g}:{t['share']:g}" for t in tiers) \
@@ -24,8 +24,11 @@ def main() -> None:
         flops = s["cost"]["train_flops"] / base["cost"]["train_flops"]
         upload = s["cost"]["upload_bytes"] / base["cost"]["upload_bytes"]
         name = Path(s["run_dir"]).name.rsplit("-", 2)[0]
+        memory = s["cost"].get("memory_bytes_ratio") or float("nan")
+        glob = s["accuracy"].get("global") or float("nan")
         print(f"| {name} | {s['method']} | {budgets} | {s['accuracy']['mean']:.4f} | "
-              f"{s['accuracy']['bottom_decile']:.4f} | {flops:.3f} | {upload:.3f} | "
+              f"{s['accuracy']['bottom_decile']:.4f} | {glob:.4f} | {flops:.3f} | {memory:.3f} | "
+              f"{upload:.3f} | "
               f"{s['cost']['density']:.3f} | {s['wall_seconds']:.0f} |")
 
 

@@ -108,6 +108,9 @@ class PruningConfig(_Strict):
     server_samples_per_class: int = Field(
         5, ge=1, description="labelled samples per class the server holds (no client holds them), "
                              "for FedTiny's warm-up and SNIP")
+    server_set: bool | None = Field(
+        None, description="hold the server's set back from the clients; None: only for methods that "
+                          "use it (set true on every run of a comparison so all share partitions)")
     warmup_epochs: int = Field(5, ge=0, description="server warm-up epochs of the dense model")
     candidates: int = Field(5, ge=1, description="FedTiny: coarse candidate masks for ABNS")
     bn_batches: int = Field(4, ge=1, description="local mini-batches per candidate in the "
@@ -135,6 +138,8 @@ class MethodConfig(_Strict):
     @property
     def needs_server_data(self) -> bool:
         """FedTiny warms up and SNIP scores on a small labelled set only the server holds."""
+        if self.pruning.server_set is not None:
+            return self.pruning.server_set
         return self.name == "fedtiny" or (self.name == "prune-at-init"
                                           and self.pruning.criterion == "snip")
 

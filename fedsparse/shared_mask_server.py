@@ -75,6 +75,8 @@ class SharedMaskServer:
         self.plan = AdjustPlan(0, {}, 0.0)
         #: how the first mask was chosen (ABNS losses, criterion), for ``summary.json``
         self.info: dict[str, object] = {}
+        self.cost_model = cost_model
+        self.batch_size = 1
         self.granularity = self._choose_granularity(budgets, cost_model, momentum)
         self.units = scoring_units(self.prunable, self.granularity)
 
@@ -171,6 +173,18 @@ class SharedMaskServer:
             return float(dense_grad)
         bits = sum(len(b) for b in self.adjust_mask_bits(budget).values())
         return float(dense_grad + sum(self.plan.k.values()) * PAIR_BYTES + bits)
+
+    def extra_flops(self, budget: Budget) -> float:
+        """FLOPs beyond masked training in an adjustment round: one extra mini-batch forward and
+        backward of the tier's sparse model plus the dense weight gradient of the scored layers."""
+        if not self.plan.k:
+            return 0.0
+        rho = self.tier_density[budget.density]
+        kept = {n: layer_count(s, rho) if n in self.prunable else s for n, s in self.sizes.items()}
+        forward = self.cost_model.forward_flops_per_sample(kept)
+        positions = {layer.weight: layer.positions for layer in self.cost_model.layers if layer.weight}
+        dense_grad = sum(2 * self.sizes[n] * positions.get(n, 1) for n in self.plan.k)
+        return float(self.batch_size * (3 * forward + dense_grad))
 
     # --- reports and the server step ---------------------------------------------------------
     def check_pairs(self, pairs: Pairs | None) -> None:

@@ -317,8 +317,10 @@ class MaskAwareStrategy(FlowerFedAvg):
         if self.context.reported_costs:
             sparse, density = self._reported(client.metrics, sparse, dense)
         if self.context.mask_server is not None:
-            extra = self.context.mask_server.extra_memory(client.budget)
-            sparse = TrainingCost(sparse.flops, sparse.memory_bytes + extra, sparse.activation_bytes)
+            server = self.context.mask_server
+            sparse = TrainingCost(sparse.flops + server.extra_flops(client.budget),
+                                  sparse.memory_bytes + server.extra_memory(client.budget),
+                                  sparse.activation_bytes)
         upload = self.count_bytes(reply.content)
         arrays_up = self.count_bytes(reply.content[self.arrayrecord_key])
         down, dense_down = self._download.get(client.partition_id, (0, 0))

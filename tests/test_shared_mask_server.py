@@ -143,3 +143,14 @@ def test_state_round_trips():
     other.restore(server.state())
     assert other.adjustments == 3 and other.info == {"chosen": 2}
     assert all(torch.equal(other.masks[n], server.masks[n]) for n in server.masks)
+
+
+def test_adjustment_rounds_cost_an_extra_batch_and_the_dense_unit_gradient():
+    server, _ = make(granularity="layer", adjust_every=5)
+    server.batch_size = 8
+    server.plan_round(4)
+    assert server.extra_flops(Budget(0.3)) == 0 and server.extra_memory(Budget(0.3)) == 0
+    server.plan_round(5)
+    (name, k), = server.plan.k.items()
+    assert server.extra_memory(Budget(0.3)) == server.sizes[name] * 4 + k * 8
+    assert server.extra_flops(Budget(0.3)) > 8 * 2 * server.sizes[name]

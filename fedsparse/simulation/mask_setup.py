@@ -48,12 +48,14 @@ def build_mask_server(config: ExperimentConfig, model: torch.nn.Module, budgets:
     if config.method.name not in SHARED_MASK_METHODS:
         return None
     try:
-        return SharedMaskServer(
+        server = SharedMaskServer(
             config.method.name, config.method.pruning, prunable_weights(model),
             {n: tuple(p.shape) for n, p in model.named_parameters()}, budgets, cost_model,
             config.train.momentum > 0, config.adjust_until)
     except ValueError as exc:
         raise ConfigError(f"method '{config.method.name}': {exc}") from None
+    server.batch_size = config.train.batch_size
+    return server
 
 
 @dataclass
