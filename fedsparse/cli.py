@@ -77,7 +77,8 @@ def simulate(
     local_epochs: Annotated[int | None, typer.Option(help="local epochs per round")] = None,
     batch_size: Annotated[int | None, typer.Option(help="local batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="local learning rate")] = None,
-    method: Annotated[str | None, typer.Option(help="dense or magnitude")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="dense, fedavg-ft, magnitude, pfedgate, fedtiny, prune-at-init or feddst")] = None,
     strategy: Annotated[str | None, typer.Option(help="a name from 'fedsparse strategies', "
                                                  "module:Class or file.py:Class")] = None,
     budgets: Annotated[str | None, typer.Option(help="budget tiers as density:share pairs, "

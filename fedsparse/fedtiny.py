@@ -27,10 +27,13 @@ DENSITY_TOLERANCE = 0.02
 
 
 def prunable_weights(model: nn.Module) -> list[str]:
-    """Conv/linear weights except the first layer's (FedTiny never prunes the input layer)."""
-    names = [f"{prefix}.weight" for prefix, m in model.named_modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return names[1:]
+    """Conv/linear weights, except a first conv layer (FedTiny never prunes it: it is tiny and
+    every feature flows through it). An MLP's first layer holds most of its weights: it is
+    pruned like the others."""
+    layers = [(prefix, m) for prefix, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if layers and isinstance(layers[0][1], nn.Conv2d):
+        layers = layers[1:]
+    return [f"{prefix}.weight" for prefix, _ in layers]
 
 
 def _magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:

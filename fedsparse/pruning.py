@@ -2,8 +2,8 @@
 masks, scored units and the memory each one needs.
 
 Conventions shared by FedTiny, prune-at-init and FedDST here:
-- a budget's ``density`` is the share of *all* parameters a client may hold; the input layer,
-  biases and normalisation parameters are never pruned, so the prunable weights get the
+- a budget's ``density`` is the share of *all* parameters a client may hold; a first conv
+  layer, biases and normalisation parameters are never pruned, so the prunable weights get the
   density that makes the whole model's density the budget (``prunable_density``);
 - masks cover the prunable weights only (``fedtiny.prunable_weights``); a tier's mask keeps,
   per layer, the largest-magnitude weights of the next larger tier's mask, so tiers nest.
@@ -32,8 +32,8 @@ def prunable_density(sizes: Mapping[str, int], prunable: Sequence[str], density:
     total = sum(sizes.values())
     allowed = density * total
     if allowed < fixed:
-        raise ValueError(f"density {density:g} allows {int(allowed)} parameters but the input layer, "
-                         f"biases and norm layers alone hold {fixed}")
+        raise ValueError(f"density {density:g} allows {int(allowed)} parameters but the first conv "
+                         f"layer, biases and norm layers alone hold {fixed}: declare a larger density")
     return min(1.0, (allowed - fixed) / max(sum(sizes[n] for n in prunable), 1))
 
 

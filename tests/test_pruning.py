@@ -38,7 +38,7 @@ def test_prunable_density_makes_the_whole_model_hit_the_budget():
     kept = sum(s for n, s in sizes(model).items() if n not in names) + rho * sum(
         sizes(model)[n] for n in names)
     assert kept == pytest.approx(0.2 * sum(sizes(model).values()))
-    with pytest.raises(ValueError, match="input layer, biases and norm layers"):
+    with pytest.raises(ValueError, match="first conv layer, biases and norm layers"):
         prunable_density(sizes(model), names, 0.001)
 
 

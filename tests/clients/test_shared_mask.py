@@ -32,14 +32,14 @@ def setup(method: str):
 def test_fedtiny_client_uploads_at_most_k_pairs_at_pruned_positions():
     cfg, model, masks = setup("fedtiny")
     names = prunable_weights(model)
-    plan = {"adjust-layers": names, "adjust-k": [5, 3], "partition-id": 0, "server-round": 5}
+    plan = {"adjust-layers": names, "adjust-k": [5, 3, 2], "partition-id": 0, "server-round": 5}
     exchange = Exchange(inbox=RecordDict())
     metrics, upload = FedTinyClient(cfg).fit(model, masks, make_data(), torch.Generator().manual_seed(1),
                                              plan, RecordDict(), exchange)
     assert upload is masks and metrics["samples-seen"] > 0
     pairs = decode_pairs(exchange.outbox[PAIRS_RECORD])
     assert set(pairs) == set(names)
-    for name, k in zip(names, [5, 3], strict=True):
+    for name, k in zip(names, [5, 3, 2], strict=True):
         index, values = pairs[name]
         assert len(index) == k and np.all(np.isfinite(values))
         assert not masks[name].flatten()[torch.from_numpy(index)].any()
@@ -68,10 +68,10 @@ def test_feddst_client_changes_its_mask_but_not_its_counts():
     cfg, model, masks = setup("feddst")
     names = prunable_weights(model)
     _, upload = FedDSTClient(cfg).fit(model, dict(masks), make_data(), torch.Generator().manual_seed(2),
-                                      {"adjust-layers": names, "adjust-k": [4, 2], "partition-id": 0},
+                                      {"adjust-layers": names, "adjust-k": [4, 2, 1], "partition-id": 0},
                                       RecordDict(), Exchange(inbox=RecordDict()))
     params = dict(model.named_parameters())
-    for name, k in zip(names, [4, 2], strict=True):
+    for name, k in zip(names, [4, 2, 1], strict=True):
         assert int(upload[name].sum()) == int(masks[name].sum())
         assert int((upload[name] & ~masks[name]).sum()) == k
         assert torch.all(params[name][~upload[name]] == 0)
