@@ -26,22 +26,30 @@ class Budget:
     memory_bytes: float | None = None
     upload_bytes: float | None = None
     tier: int = 0
+    #: device profile name for the simulated clock (None: ``clock.default_device``)
+    device: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def parse_budget_shorthand(text: str) -> list[BudgetTier]:
-    """``0.1:0.5,0.3:0.3,1.0:0.2`` -> tiers of (density, share)."""
+    """``0.1:0.5,0.3:0.3,1.0:0.2`` -> tiers of (density, share); an optional third field names
+    the tier's device profile (``0.1:0.5:low-end-phone``)."""
     tiers = []
     for item in text.split(","):
         parts = item.strip().split(":")
         try:
-            density, share = (float(p) for p in parts)
+            if len(parts) not in (2, 3):
+                raise ValueError
+            density, share = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ConfigError(f"--budgets item '{item}' is not density:share: write e.g. "
+            raise ConfigError(f"--budgets item '{item}' is not density:share[:device]: write e.g. "
                               "--budgets 0.1:0.5,1.0:0.5") from None
-        tiers.append({"density": density, "share": share})
+        tier: dict[str, Any] = {"density": density, "share": share}
+        if len(parts) == 3:
+            tier["device"] = parts[2]
+        tiers.append(tier)
     try:
         return BudgetsConfig.model_validate({"tiers": tiers}).tiers
     except ValueError as exc:
@@ -73,7 +81,8 @@ def assign_budgets(cfg: BudgetsConfig, num_clients: int, seed: int) -> list[Budg
 
 def _from_tier(tier: BudgetTier, index: int) -> Budget:
     return Budget(density=tier.density, train_flops=tier.train_flops,
-                  memory_bytes=tier.memory_bytes, upload_bytes=tier.upload_bytes, tier=index)
+                  memory_bytes=tier.memory_bytes, upload_bytes=tier.upload_bytes, tier=index,
+                  device=tier.device)
 
 
 def load_budget_file(path: Path, num_clients: int) -> list[Budget]:
@@ -103,8 +112,8 @@ def load_budget_file(path: Path, num_clients: int) -> list[Budget]:
 def _parse_row(row: Any, path: Path, line: int) -> tuple[int, Budget]:
     if not isinstance(row, dict) or "client" not in row or "density" not in row:
         raise ConfigError(f"budget file {path} row {line} lacks 'client' or 'density': "
-                          "columns are client,density[,train_flops,memory_bytes,upload_bytes]")
-    unknown = set(row) - {"client", "tier", *BUDGET_FIELDS}
+                          "columns are client,density[,train_flops,memory_bytes,upload_bytes,device]")
+    unknown = set(row) - {"client", "tier", "device", *BUDGET_FIELDS}
     if unknown:
         raise ConfigError(f"budget file {path} row {line} has unknown column {sorted(unknown)[0]!r}: "
                           f"use client and {', '.join(BUDGET_FIELDS)}")
@@ -112,7 +121,8 @@ def _parse_row(row: Any, path: Path, line: int) -> tuple[int, Budget]:
         client = int(row["client"])
         values = {k: (None if row.get(k) in (None, "") else float(row[k])) for k in BUDGET_FIELDS}
         tier = BudgetTier(density=values["density"], train_flops=values["train_flops"],
-                          memory_bytes=values["memory_bytes"], upload_bytes=values["upload_bytes"])
+                          memory_bytes=values["memory_bytes"], upload_bytes=values["upload_bytes"],
+                          device=str(row["device"]) if row.get("device") not in (None, "") else None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"budget file {path} row {line} has a bad value: densities in (0, 1], "
                           "limits positive numbers") from exc

@@ -152,6 +152,7 @@ class BudgetTier(_Strict):
     train_flops: float | None = Field(None, gt=0.0, description="training FLOPs per round")
     memory_bytes: float | None = Field(None, gt=0.0, description="peak training memory")
     upload_bytes: float | None = Field(None, gt=0.0, description="bytes uploaded per round")
+    device: str | None = Field(None, description="device profile for the simulated clock")
 
 
 class BudgetsConfig(_Strict):
@@ -166,6 +167,32 @@ class BudgetsConfig(_Strict):
         if self.file is None and abs(total - 1.0) > 1e-6:
             raise ValueError(f"tier shares must sum to 1 (got {total:g})")
         return self
+
+
+class DeviceProfile(_Strict):
+    """A device class: training speed, link bandwidths, and the chance it is online in a round."""
+
+    flops_per_second: float = Field(gt=0.0)
+    download_bytes_per_second: float = Field(gt=0.0)
+    upload_bytes_per_second: float = Field(gt=0.0)
+    availability: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class ClockConfig(_Strict):
+    """The simulated device clock; on when any client has a device (tier ``device`` or
+    ``default_device``)."""
+
+    default_device: str | None = Field(None, description="profile of clients that name none")
+    profiles: dict[str, DeviceProfile] = Field(default_factory=dict,
+                                               description="custom profiles (override built-ins)")
+    deadline: float | None = Field(None, gt=0.0, description="round deadline, simulated seconds")
+    over_select: float = Field(1.0, ge=1.0, description="sample this many times the clients needed")
+    availability: bool = Field(True, description="offline clients (by profile) are not sampled")
+    target_fraction: float = Field(0.9, gt=0.0, le=1.0,
+                                   description="time-to-accuracy target: this share of the final "
+                                               "mean accuracy")
+    target_accuracy: float | None = Field(None, gt=0.0, le=1.0,
+                                          description="an absolute target instead")
 
 
 class StrategyConfig(_Strict):
@@ -223,6 +250,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     simulation: SimulationConfig = SimulationConfig()
+    clock: ClockConfig = ClockConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

@@ -53,6 +53,27 @@ def accuracy_curves(rounds: Sequence[dict[str, Any]], path: Path, title: str = "
     return drawn
 
 
+def accuracy_vs_time(rounds: Sequence[dict[str, Any]], path: Path, title: str = "") -> int:
+    """Mean and bottom-decile accuracy against cumulative simulated device time."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = 0
+    for key, label, style in (("accuracy_mean", "mean over clients", "-o"),
+                              ("accuracy_bottom_decile", "bottom decile", "-s")):
+        points = [(r["sim_seconds"], r[key]) for r in rounds
+                  if r.get("sim_seconds") is not None and r.get(key) is not None]
+        if points:
+            ax.plot([p[0] / 60 for p in points], [p[1] for p in points], style, label=label,
+                    markersize=4)
+            drawn += 1
+    ax.set(xlabel="simulated device time (minutes)", ylabel="accuracy", ylim=(0, 1),
+           title=title or "accuracy against simulated time")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend()
+    _save(fig, path)
+    return drawn
+
+
 def accuracy_vs_budget(clients: Sequence[dict[str, Any]], path: Path) -> int:
     """One marker per client: final accuracy against declared density, coloured by tier."""
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -75,6 +75,9 @@ def draw_plots(run: RunData) -> tuple[dict[str, int], list[str]]:
                                                                   out / "clients_vs_budget.png")
     else:
         skipped.append(f"clients_vs_budget.png (no {CLIENTS_FILE})")
+    if any("sim_seconds" in r for r in run.rounds):
+        drawn["accuracy_vs_time.png"] = plots.accuracy_vs_time(run.rounds, out / "accuracy_vs_time.png",
+                                                               title)
     if run.sparse:
         if any("cost_train_flops" in r for r in run.rounds):
             drawn["costs.png"] = plots.costs_per_round(run.rounds, out / "costs.png")
@@ -96,6 +99,8 @@ COMPARE_COLUMNS = (
     ("memory ratio", lambda s: (s.get("cost") or {}).get("memory_bytes_ratio")),
     ("upload ratio", lambda s: (s.get("cost") or {}).get("upload_bytes_ratio")),
     ("download ratio", lambda s: (s.get("cost") or {}).get("download_bytes_ratio")),
+    ("sim time to target s", lambda s: (s.get("clock") or {}).get("time_to_target")),
+    ("sim total s", lambda s: (s.get("clock") or {}).get("total_seconds")),
     ("wall s", lambda s: s.get("wall_seconds")),
 )
 

@@ -75,7 +75,7 @@ class RunRecorder:
     def write_clients(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        fields = list(rows[0])
+        fields = list(dict.fromkeys(key for row in rows for key in row))  # some rows lack some keys
         tmp = self.run_dir / f".{CLIENTS_FILE}.tmp"
         with tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)

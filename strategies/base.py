@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import WARNING
 from typing import Any
 
@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
 from fedsparse.budgets import Budget
+from fedsparse.clock import ClockSettings, RoundTiming, client_seconds, is_online, sample_size, settle_round
 from fedsparse.costs import ByteCounter, CostModel, TrainingCost
 from fedsparse.masks import Masks
 from fedsparse.pruning_wire import ADJUST_MASK_RECORD, PAIRS_RECORD, decode_pairs
@@ -74,6 +75,8 @@ class ClientRoundCost:
     dense_memory_bytes: float
     dense_upload_bytes: int
     dense_download_bytes: int
+    #: simulated seconds on the client's device (None when the clock is off)
+    sim_seconds: float | None = None
 
 
 @dataclass
@@ -86,6 +89,8 @@ class RoundReport:
     failed: int = 0
     #: per accepted update: parameter name -> coordinates sent
     layer_kept: list[dict[str, int]] = field(default_factory=list)
+    #: the simulated clock's verdict (None when it is off)
+    timing: RoundTiming | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class StrategyContext:
     reported_costs: bool = False
     #: shared-mask methods (FedTiny, prune-at-init, FedDST): the server's masks and adjustments
     mask_server: SharedMaskServer | None = None
+    #: the simulated device clock (None: off)
+    clock: ClockSettings | None = None
 
 
 class MaskAwareStrategy(FlowerFedAvg):
@@ -167,8 +174,17 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.node_of = dict(sorted(node_of_partition.items()))
 
     def sample_partitions(self, server_round: int) -> list[int]:
-        partitions = np.array([p for p in self.node_of if p not in self.context.novel], dtype=np.int64)
-        k = min(self.context.clients_per_round, len(partitions))
+        """Seeded sample of the training clients; with the clock, only online ones, and
+        ``clock.over_select`` times as many as needed."""
+        clock = self.context.clock
+        candidates = [p for p in self.node_of if p not in self.context.novel]
+        k = min(self.context.clients_per_round, len(candidates))
+        if clock is not None:
+            if clock.availability:
+                candidates = [p for p in candidates if is_online(
+                    self.context.seed, server_round, p, clock.profiles[p].availability)]
+            k = sample_size(self.context.clients_per_round, clock.over_select, len(candidates))
+        partitions = np.array(candidates, dtype=np.int64)
         rng = np.random.default_rng([self.context.seed, 11, server_round])
         return sorted(int(p) for p in rng.choice(partitions, size=k, replace=False))
 
@@ -265,6 +281,8 @@ class MaskAwareStrategy(FlowerFedAvg):
             report.layer_kept.append({n: t.nnz for n, t in client.update.tensors.items()
                                       if n in self.context.cost_model.param_sizes})
             losses.append((client.metrics.get("train-loss", math.nan), client.num_examples))
+        if self.context.clock is not None:
+            accepted, losses = self._keep_finishers(report, accepted, losses)
         self.report = report
         if not accepted:
             return None, None
@@ -276,6 +294,23 @@ class MaskAwareStrategy(FlowerFedAvg):
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
                                 "num-examples": total})
         return ArrayRecord(array_dict=_as_arrays(new_state)), metrics
+
+    def _keep_finishers(self, report: RoundReport, accepted: list[ClientUpdate],
+                        losses: list[tuple[float, int]]
+                        ) -> tuple[list[ClientUpdate], list[tuple[float, int]]]:
+        """Time every accepted client on its device; keep those the server waits for."""
+        clock = self.context.clock
+        assert clock is not None
+        costs = [replace(c, sim_seconds=client_seconds(
+            c.train_flops, c.download_bytes, c.upload_bytes, clock.profiles[c.partition_id]))
+            for c in report.costs]
+        timing = settle_round({c.partition_id: c.sim_seconds or 0.0 for c in costs},
+                              self.context.clients_per_round, clock.deadline)
+        keep = [i for i, c in enumerate(costs) if c.partition_id in set(timing.kept)]
+        report.timing = timing
+        report.costs = [costs[i] for i in keep]
+        report.layer_kept = [report.layer_kept[i] for i in keep]
+        return [accepted[i] for i in keep], [losses[i] for i in keep]
 
     def _check_reply(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
         content = reply.content

@@ -60,3 +60,13 @@ def test_bad_budget_files(tmp_path, text, needle):
     path.write_text(text)
     with pytest.raises(ConfigError, match=needle):
         load_budget_file(path, 2)
+
+
+def test_tiers_and_files_name_device_profiles(tmp_path):
+    tiers = parse_budget_shorthand("0.1:0.5:low-end-phone,1.0:0.5")
+    assert [t.device for t in tiers] == ["low-end-phone", None]
+    budgets = assign_budgets(BudgetsConfig(tiers=tiers), 4, seed=0)
+    assert Counter(b.device for b in budgets) == {"low-end-phone": 2, None: 2}
+    path = tmp_path / "b.csv"
+    path.write_text("client,density,device\n0,0.5,laptop\n1,1.0,\n")
+    assert [b.device for b in load_budget_file(path, 2)] == ["laptop", None]

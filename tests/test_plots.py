@@ -29,6 +29,7 @@ def valid_png(path):
         (plots.costs_per_round, ROUNDS, 6),  # three costs, each with its dense reference
         (plots.layer_density, {"a.weight": {"density": 0.2}, "a.bias": {"density": 1.0}}, 1),
         (plots.overlaid_accuracy, {"x": ROUNDS, "y": ROUNDS[:4]}, 4),
+        (plots.accuracy_vs_time, [{**r, "sim_seconds": 60.0 * r["round"]} for r in ROUNDS], 2),
     ],
 )
 def test_each_plot_is_a_png_with_its_series(tmp_path, draw, data, series):

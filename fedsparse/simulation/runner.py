@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fedsparse.budgets import assign_budgets
+from fedsparse.budgets import Budget, assign_budgets
 from fedsparse.checkpoint import load_checkpoint
 from fedsparse.clients import METHODS
+from fedsparse.clock import ClockSettings, build_clock
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
 from fedsparse.data.federation import Federation, build_federation, save_partitions
@@ -132,7 +133,34 @@ def strategy_context(config: ExperimentConfig, federation: Federation) -> Strate
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
         mask_fn=mask_server.masks_for if mask_server else method.server_masks,
         novel=novel_clients(config), reported_costs=method.reported_costs,
-        mask_server=mask_server)
+        mask_server=mask_server, clock=clock_settings(config, budgets))
+
+
+def clock_settings(config: ExperimentConfig, budgets: list[Budget]) -> ClockSettings | None:
+    """Every client's device profile, or None when no client names one (clock off)."""
+    clock = config.clock
+    try:
+        return build_clock([b.device for b in budgets], clock.default_device, clock.profiles,
+                           clock.deadline, clock.over_select, clock.availability)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+
+
+def clock_summary(config: ExperimentConfig, loop: ServerLoop) -> dict[str, Any] | None:
+    """Simulated time: total, and to reach the target accuracy (None when the clock is off)."""
+    if loop.strategy.context.clock is None:
+        return None
+    outcome = loop.outcome
+    final = outcome.accuracy.get("mean")
+    target = config.clock.target_accuracy
+    if target is None and final is not None:
+        target = config.clock.target_fraction * final
+    reached = next((t for _, t, acc in outcome.timeline
+                    if target is not None and acc is not None and acc >= target), None)
+    return {"total_seconds": outcome.sim_seconds, "target_accuracy": target,
+            "time_to_target": reached, "clients_late": outcome.clients_late,
+            "clients_surplus": outcome.clients_surplus, "deadline": config.clock.deadline,
+            "over_select": config.clock.over_select}
 
 
 def novel_clients(config: ExperimentConfig) -> frozenset[int]:
@@ -208,6 +236,7 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         else None,
         "novel_clients": len(loop.strategy.context.novel),
         "pruning": pruning_summary(loop),
+        "clock": clock_summary(config, loop),
         "failures": {"clients_failed": outcome.clients_failed,
                      "updates_rejected": outcome.updates_rejected},
         "cost": {k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},

@@ -47,6 +47,12 @@ class Outcome:
     accuracy: dict[str, float] = field(default_factory=dict)
     evaluated_round: int = 0
     client_rows: list[dict[str, Any]] = field(default_factory=list)
+    #: simulated device clock (0 when it is off)
+    sim_seconds: float = 0.0
+    clients_late: int = 0
+    clients_surplus: int = 0
+    #: (round, cumulative simulated seconds, mean accuracy) of every evaluated round
+    timeline: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -123,6 +129,9 @@ class ServerLoop:
             record, arrays = self.train_round(grid, server_round, arrays)
             if self.is_eval_round(server_round):
                 record.update(self.evaluate_round(grid, server_round, arrays))
+                if self.strategy.context.clock is not None:
+                    self.outcome.timeline.append((server_round, self.outcome.sim_seconds,
+                                                  record["accuracy_mean"]))
             record["seconds"] = round(time.perf_counter() - started, 4)
             self.recorder.log_round(record)
             self.outcome.rounds_done = server_round
@@ -170,6 +179,14 @@ class ServerLoop:
             "train_loss": float(metrics["train-loss"]) if metrics else None,
             **mean_costs(report.costs),
         }
+        if report.timing is not None:
+            self.outcome.sim_seconds += report.timing.seconds
+            self.outcome.clients_late += len(report.timing.late)
+            self.outcome.clients_surplus += len(report.timing.surplus)
+            record.update({"sim_round_seconds": report.timing.seconds,
+                           "sim_seconds": self.outcome.sim_seconds,
+                           "clients_late": len(report.timing.late),
+                           "clients_surplus": len(report.timing.surplus)})
         return record, new_arrays if new_arrays is not None else arrays
 
     def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
@@ -256,6 +273,9 @@ def mean_costs(costs: list[ClientRoundCost], prefix: str = "cost_") -> dict[str,
     for name in COST_FIELDS:
         values = [getattr(c, name) for c in costs]
         out[f"{prefix}{name}"] = float(sum(values) / len(values)) if values else None
+    timed = [c.sim_seconds for c in costs if c.sim_seconds is not None]
+    if timed:
+        out[f"{prefix}sim_seconds"] = float(sum(timed) / len(timed))
     for name in RATIO_FIELDS:
         dense = sum(getattr(c, f"dense_{name}") for c in costs)
         out[f"{prefix}{name}_ratio"] = float(sum(getattr(c, name) for c in costs) / dense) \

@@ -159,3 +159,27 @@ def test_authors_dense_rule_counts_unsent_coordinates_as_zero(task_identity):
     np.testing.assert_allclose(new[name].numpy(), expected, rtol=1e-5, atol=1e-6)
     masked = np.flatnonzero(~sent[0].masks(template)[name].numpy().reshape(-1))
     assert masked.size  # client 0 (density 0.2) did not send these, and they count as zeros
+
+
+def test_clock_samples_online_clients_over_selects_and_drops_late_ones(task_identity):
+    from fedsparse.clock import ClockSettings, client_seconds
+    from fedsparse.config import DeviceProfile
+
+    slow = DeviceProfile(flops_per_second=1e3, download_bytes_per_second=1e9, upload_bytes_per_second=1e9)
+    fast = DeviceProfile(flops_per_second=1e12, download_bytes_per_second=1e9, upload_bytes_per_second=1e9)
+    strategy, arrays = make(MaskedFedAvg)
+    clock = ClockSettings([fast, slow, fast, fast], deadline=1.0, over_select=1.5)
+    strategy.context = StrategyContext(**{**strategy.context.__dict__, "clients_per_round": 2,
+                                          "clock": clock})
+    assert len(strategy.sample_partitions(1)) == 3  # ceil(2 * 1.5)
+    strategy.context = StrategyContext(**{**strategy.context.__dict__, "clients_per_round": 4})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    replies = [trained_reply(strategy, m, p) for p, m in enumerate(messages[:3])]
+    strategy.aggregate_train(1, replies)
+    timing = strategy.report.timing
+    assert timing.late == [1] and timing.kept == [0, 2]
+    assert sorted(c.partition_id for c in strategy.report.costs) == [0, 2]
+    cost = strategy.report.costs[0]
+    assert cost.sim_seconds == pytest.approx(client_seconds(cost.train_flops, cost.download_bytes,
+                                                            cost.upload_bytes, fast))
+    assert timing.seconds == 1.0
