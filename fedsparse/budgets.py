@@ -127,3 +127,28 @@ def _parse_row(row: Any, path: Path, line: int) -> tuple[int, Budget]:
         raise ConfigError(f"budget file {path} row {line} has a bad value: densities in (0, 1], "
                           "limits positive numbers") from exc
     return client, _from_tier(tier, int(row.get("tier") or 0))
+
+
+#: the ConfigRecord in a node's handshake reply that carries the budget it declares
+DECLARED_BUDGET = "declared-budget"
+#: node-config keys a SuperNode declares its budget with -> Budget fields
+NODE_BUDGET_KEYS = {"budget-density": "density", "budget-train-flops": "train_flops",
+                    "budget-memory-bytes": "memory_bytes", "budget-upload-bytes": "upload_bytes",
+                    "device": "device"}
+
+
+def declared_budget_fields(node_config: dict[str, Any]) -> dict[str, Any]:
+    """The budget keys a node's ``--node-config`` sets (empty: it declares nothing)."""
+    return {field: node_config[key] for key, field in NODE_BUDGET_KEYS.items() if key in node_config}
+
+
+def parse_declared_budget(fields: dict[str, Any], partition_id: int) -> Budget:
+    """Validate a node's declared budget; a bad one is a one-line ``ConfigError``."""
+    try:
+        tier = BudgetTier.model_validate({"share": 1.0, **fields})
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        reason = first[2].strip() if len(first) > 2 else str(exc)
+        raise ConfigError(f"node serving partition {partition_id} declares a bad budget {fields}: "
+                          f"{reason}: fix its --node-config") from None
+    return _from_tier(tier, 0)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsparse.errors import FedsparseError
+from fedsparse.errors import ConfigError, FedsparseError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated learning simulation for sparse, budget-constrained clients.")
@@ -235,6 +235,32 @@ def _run_with_progress(cfg: Any, writer_cls: Any = None, resume: Path | None = N
             writer.close()
     Console().print(_results_table(result.summary))
     Console().print(f"plots: {result.run_dir / 'plots'}")
+
+
+deploy_app = typer.Typer(no_args_is_help=True, help="Real deployments (Flower SuperLink/SuperNodes).")
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("compose")
+def deploy_compose(
+    clients: Annotated[int, typer.Option(help="SuperNodes, one per partition")] = 3,
+    budgets: Annotated[str, typer.Option(help="tiers as density:share[:device], assigned by --seed")]
+    = "1.0:1",
+    seed: Annotated[int, typer.Option(help="seed of the tier assignment")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for compose.yml and compose.tls.yml")] = Path("docker"),
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Write docker compose files for N SuperNodes with their partition ids and budgets."""
+    from fedsparse.budgets import assign_budgets, parse_budget_shorthand
+    from fedsparse.config import BudgetsConfig
+    from fedsparse.deploy.compose import write_compose
+
+    with _user_errors(debug):
+        if clients < 1:
+            raise ConfigError("--clients must be at least 1")
+        tiers = BudgetsConfig(tiers=parse_budget_shorthand(budgets))
+        plain, tls = write_compose(out, assign_budgets(tiers, clients, seed))
+        console.print(f"wrote {plain} and {tls}")
 
 
 class _user_errors:

@@ -70,3 +70,15 @@ def test_tiers_and_files_name_device_profiles(tmp_path):
     path = tmp_path / "b.csv"
     path.write_text("client,density,device\n0,0.5,laptop\n1,1.0,\n")
     assert [b.device for b in load_budget_file(path, 2)] == ["laptop", None]
+
+
+def test_declared_node_budgets_are_validated():
+    from fedsparse.budgets import declared_budget_fields, parse_declared_budget
+
+    fields = declared_budget_fields({"partition-id": 0, "budget-density": 0.3, "device": "laptop"})
+    assert fields == {"density": 0.3, "device": "laptop"}
+    budget = parse_declared_budget(fields, 0)
+    assert budget.density == 0.3 and budget.device == "laptop"
+    assert declared_budget_fields({"partition-id": 1}) == {}
+    with pytest.raises(ConfigError, match="node serving partition 4 declares a bad budget"):
+        parse_declared_budget({"density": 1.5}, 4)

@@ -12,14 +12,17 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsparse.budgets import DECLARED_BUDGET, declared_budget_fields
 from fedsparse.checkpoint import load_client_state, save_client_state
 from fedsparse.clients import METHODS
 from fedsparse.clients.dense import DenseClient, Exchange, LocalData
 from fedsparse.config import ExperimentConfig
-from fedsparse.data.federation import cached_pool, load_partitions
+from fedsparse.data.federation import build_federation, cached_pool, load_partitions
+from fedsparse.data.partition import ClientSplit
+from fedsparse.deploy.run_config import deployed_config_json
 from fedsparse.faults import InjectedCrash, injected_fault
 from fedsparse.fedtiny import candidate_bn_stats, candidate_loss_sums, local_batches
 from fedsparse.masks import Masks
@@ -39,11 +42,17 @@ class ClientRuntime:
     """What a worker needs to serve any client of one experiment."""
 
     config: ExperimentConfig
-    partitions_path: Path
+    #: the run's partition file (simulation); None: partition locally from the config (deployment)
+    partitions_path: Path | None
+
+    def split(self, partition_id: int) -> ClientSplit:
+        if self.partitions_path is None:
+            return _local_partitions(self.config.model_dump_json())[partition_id]
+        return _partitions(str(self.partitions_path), self.config.num_clients)[partition_id]
 
     def data(self, partition_id: int) -> LocalData:
         pool = cached_pool(self.config)
-        split = _partitions(str(self.partitions_path), self.config.num_clients)[partition_id]
+        split = self.split(partition_id)
         x_tr, y_tr = pool.tensors(split.train)
         x_va, y_va = pool.tensors(split.val)
         x_te, y_te = pool.tensors(split.test)
@@ -66,8 +75,15 @@ def _partitions(path: str, num_clients: int):  # -> list[ClientSplit]
 
 
 @lru_cache(maxsize=2)
-def _runtime(config_json: str, partitions_path: str) -> ClientRuntime:
-    return ClientRuntime(ExperimentConfig.model_validate_json(config_json), Path(partitions_path))
+def _local_partitions(config_json: str) -> list[ClientSplit]:
+    """A deployed node computes the seeded partitions itself (the same on every node)."""
+    return build_federation(ExperimentConfig.model_validate_json(config_json)).clients
+
+
+@lru_cache(maxsize=2)
+def _runtime(config_json: str, partitions_path: str | None) -> ClientRuntime:
+    return ClientRuntime(ExperimentConfig.model_validate_json(config_json),
+                         Path(partitions_path) if partitions_path else None)
 
 
 @lru_cache(maxsize=2)
@@ -81,41 +97,53 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def make_client_app(config_json: str, partitions_path: str, resume_round: int = 0) -> ClientApp:
-    """Build the ClientApp for one experiment (``resume_round``: the checkpoint resumed from)."""
+def make_client_app(config_json: str | None, partitions_path: str | None,
+                    resume_round: int = 0) -> ClientApp:
+    """Build the ClientApp for one experiment (``resume_round``: the checkpoint resumed from).
+
+    ``config_json`` None: a deployed app, which reads the experiment from the run config and
+    partitions locally (no partition file, no client-state files).
+    """
     app = ClientApp()
-    run_dir = Path(partitions_path).parent
+    run_dir = Path(partitions_path).parent if partitions_path else None
 
     def restore(context: Context, pid: int) -> None:
         """After a resume, a node starts empty: reload its private state as of the checkpoint."""
-        if resume_round and not len(context.state):
+        if run_dir is not None and resume_round and not len(context.state):
             saved = load_client_state(run_dir, pid, resume_round)
             for key, value in (saved or {}).items():
                 context.state[key] = value
 
     def persist(context: Context, pid: int, server_round: int, every: int) -> None:
-        if len(context.state):
+        if run_dir is not None and len(context.state):
             save_client_state(run_dir, pid, server_round, context.state,
                               keep_from=(server_round - 1) // every * every)
 
-    def setup() -> tuple[ClientRuntime, DenseClient]:
-        runtime = _runtime(config_json, partitions_path)
+    def setup(context: Context) -> tuple[ClientRuntime, DenseClient]:
+        exp_json = config_json if config_json is not None else deployed_config_json(
+            dict(context.run_config))
+        runtime = _runtime(exp_json, partitions_path)
         torch.set_num_threads(max(1, int(runtime.config.simulation.cpus_per_client)))
-        return runtime, _method(config_json)
+        return runtime, _method(exp_json)
 
     @app.query()
     def handshake(msg: Message, context: Context) -> Message:
-        """Tell the server which partition this node serves and how much data it holds."""
-        runtime, _ = setup()
+        """Tell the server which partition this node serves, how much data it holds and, when
+        its ``--node-config`` declares one, its budget."""
+        runtime, _ = setup(context)
         pid = _partition_id(context)
-        split = _partitions(str(runtime.partitions_path), runtime.config.num_clients)[pid]
+        split = runtime.split(pid)
         metrics = MetricRecord({"partition-id": pid, "num-train": len(split.train),
                                 "num-test": len(split.test)})
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+        content = RecordDict({"metrics": metrics})
+        declared = declared_budget_fields(dict(context.node_config))
+        if declared:
+            content[DECLARED_BUDGET] = ConfigRecord(declared)
+        return Message(content, reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        runtime, method = setup()
+        runtime, method = setup(context)
         pid = _partition_id(context)
         server_round = int(msg.content["config"]["server-round"])
         _maybe_fail(runtime.config, server_round, pid)
@@ -138,7 +166,7 @@ def make_client_app(config_json: str, partitions_path: str, resume_round: int = 
     @app.query(BN_STATS_ACTION)
     def bn_stats(msg: Message, context: Context) -> Message:
         """ABNS round A: re-estimate every candidate's BN statistics on local batches."""
-        runtime, _ = setup()
+        runtime, _ = setup(context)
         pid = _partition_id(context)
         model, candidates, batches = _abns_inputs(runtime, msg, pid)
         record = pack_candidate_stats(candidate_bn_stats(model, candidates, batches))
@@ -149,7 +177,7 @@ def make_client_app(config_json: str, partitions_path: str, resume_round: int = 
     @app.query(BN_EVAL_ACTION)
     def bn_eval(msg: Message, context: Context) -> Message:
         """ABNS round B: each candidate's loss with the averaged BN statistics."""
-        runtime, _ = setup()
+        runtime, _ = setup(context)
         pid = _partition_id(context)
         model, candidates, batches = _abns_inputs(runtime, msg, pid)
         stats = unpack_candidate_stats(msg.content["bn-stats"], len(candidates))
@@ -160,7 +188,7 @@ def make_client_app(config_json: str, partitions_path: str, resume_round: int = 
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        runtime, method = setup()
+        runtime, method = setup(context)
         pid = _partition_id(context)
         model, masks = runtime.model(msg.content["arrays"])
         server_round = int(msg.content["config"]["server-round"])

@@ -110,6 +110,13 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     if loop.outcome.rounds_done < config.rounds:
         raise SimulationError(f"the simulation stopped after round {loop.outcome.rounds_done} of "
                               f"{config.rounds}; finished rounds are in {run_dir}")
+    return finish_run(config, loop, recorder, started)
+
+
+def finish_run(config: ExperimentConfig, loop: ServerLoop, recorder: RunRecorder,
+               started: float) -> RunResult:
+    """Write ``summary.json`` and the plots of a finished run."""
+    run_dir = recorder.run_dir
     summary = build_summary(config, loop, time.perf_counter() - started, run_dir)
     recorder.write_summary(summary)
     from fedsparse.report import draw_plots, load_run
@@ -118,11 +125,16 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     return RunResult(run_dir=run_dir, summary=summary)
 
 
-def strategy_context(config: ExperimentConfig, federation: Federation) -> StrategyContext:
-    """Budgets, the cost model and the method's mask choice, checked before anything starts."""
+def strategy_context(config: ExperimentConfig, federation: Federation,
+                     budgets: list[Budget] | None = None) -> StrategyContext:
+    """Budgets, the cost model and the method's mask choice, checked before anything starts.
+
+    ``budgets``: what the clients declared (deployment); by default assigned from the config.
+    """
     pool = federation.pool
     model = build_model(config.model, pool.input_shape, pool.num_classes)
-    budgets = assign_budgets(config.budgets, config.num_clients, config.seed)
+    if budgets is None:
+        budgets = assign_budgets(config.budgets, config.num_clients, config.seed)
     method = METHODS[config.method.name]
     method.check_budgets(budgets, dict(model.named_parameters()))
     cost_model = CostModel(model, pool.input_shape)

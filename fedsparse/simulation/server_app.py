@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from fedsparse.budgets import DECLARED_BUDGET, Budget, parse_declared_budget
 from fedsparse.checkpoint import Checkpoint, save_checkpoint
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import Federation
@@ -66,20 +67,28 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
-def handshake(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
-    """Ask every node which partition it serves; return partition id -> node id."""
+def handshake(grid: Grid, nodes: list[int], timeout: float
+              ) -> tuple[dict[int, int], dict[int, Budget]]:
+    """Ask every node which partition it serves and, if it declares one, its budget.
+
+    Returns (partition id -> node id, partition id -> declared budget).
+    """
     messages = [Message(RecordDict({"config": ConfigRecord({"hello": 1})}),
                         message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     node_of: dict[int, int] = {}
+    declared: dict[int, Budget] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             raise SimulationError(f"node {reply.metadata.src_node_id} failed the handshake: "
                                   f"{reply.error.reason}")
-        node_of[reply_partition(reply)] = reply.metadata.src_node_id
+        pid = reply_partition(reply)
+        node_of[pid] = reply.metadata.src_node_id
+        if DECLARED_BUDGET in reply.content.config_records:
+            declared[pid] = parse_declared_budget(dict(reply.content[DECLARED_BUDGET]), pid)
     missing = sorted(set(range(len(nodes))) - set(node_of))
     if missing:
         raise SimulationError(f"partitions {missing[:5]} did not answer the handshake")
-    return node_of
+    return node_of, declared
 
 
 class ServerLoop:
@@ -117,10 +126,13 @@ class ServerLoop:
         last = server_round == self.config.rounds and self.config.eval.final
         return last or server_round % self.config.eval.every == 0
 
-    def run(self, grid: Grid) -> Outcome:
+    def run(self, grid: Grid, node_of: dict[int, int] | None = None) -> Outcome:
+        """Run every round; ``node_of``: a handshake already done (deployment)."""
         sim = self.config.simulation
-        nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
-        self.strategy.bind_nodes(handshake(grid, nodes, sim.node_wait_timeout))
+        if node_of is None:
+            nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
+            node_of, _ = handshake(grid, nodes, sim.node_wait_timeout)
+        self.strategy.bind_nodes(node_of)
         arrays = self.initial_arrays
         if self.setup is not None and self.first_round == 1:
             arrays = self.setup(grid, self.strategy, arrays)

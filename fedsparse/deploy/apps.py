@@ -1,0 +1,71 @@
+"""The Flower App that ``flwr run .`` deploys (named in pyproject.toml's ``[tool.flwr.app]``).
+
+The ServerApp runs the same round loop, strategies and methods as the simulation; the only
+differences are where things come from: the experiment from the run config
+(``fedsparse.deploy.run_config``), each client's partition *and budget* from its SuperNode's
+``--node-config`` (``partition-id``, ``num-partitions``, ``budget-density``,
+``budget-train-flops``, ``budget-memory-bytes``, ``budget-upload-bytes``, ``device``), learned
+by the server in the handshake instead of its own config.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedsparse.budgets import Budget
+from fedsparse.config import ExperimentConfig
+from fedsparse.data.federation import build_federation
+from fedsparse.deploy.run_config import deployed_config
+from fedsparse.results import RunRecorder, new_run_dir
+from fedsparse.simulation.client_app import make_client_app
+from fedsparse.simulation.mask_setup import MaskSetup
+from fedsparse.simulation.runner import RunResult, finish_run, strategy_context
+from fedsparse.simulation.server_app import ServerLoop, handshake, wait_for_nodes
+from fedsparse.strategies import build_strategy, check_strategy
+
+
+def declared_budgets(declared: dict[int, Budget], num_clients: int) -> list[Budget]:
+    """One budget per partition: what its node declared (density 1 if it declared nothing),
+    with tiers numbered by declared density so plots colour them apart."""
+    budgets = [declared.get(pid, Budget()) for pid in range(num_clients)]
+    order = {d: i for i, d in enumerate(sorted({b.density for b in budgets}))}
+    return [Budget(b.density, b.train_flops, b.memory_bytes, b.upload_bytes, order[b.density],
+                   b.device) for b in budgets]
+
+
+def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
+    """The experiment on real SuperNodes: budgets come from the nodes."""
+    started = time.perf_counter()
+    check_strategy(config)
+    federation = build_federation(config)
+    timeout = config.simulation.node_wait_timeout
+    nodes = wait_for_nodes(grid, config.num_clients, timeout)
+    node_of, declared = handshake(grid, nodes, timeout)
+    budgets = declared_budgets(declared, config.num_clients)
+    log(INFO, "fedsparse: %d nodes, declared densities %s", len(node_of),
+        sorted({b.density for b in budgets}))
+    context = strategy_context(config, federation, budgets)
+    strategy = build_strategy(config, context)
+    recorder = RunRecorder(new_run_dir(config), config)
+    setup = MaskSetup(config, federation, context.mask_server) if context.mask_server else None
+    loop = ServerLoop(config, federation, strategy, recorder, setup=setup)
+    loop.run(grid, node_of=node_of)
+    result = finish_run(config, loop, recorder, started)
+    log(INFO, "fedsparse: run folder %s", result.run_dir)
+    return result
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_deployed(grid, deployed_config(dict(context.run_config)))
+
+
+client_app = make_client_app(None, None)
