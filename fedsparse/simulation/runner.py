@@ -251,7 +251,9 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "clock": clock_summary(config, loop),
         "failures": {"clients_failed": outcome.clients_failed,
                      "updates_rejected": outcome.updates_rejected},
-        "cost": {k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},
+        "cost": {**{k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},
+                 "memory_bytes_peak_ratio": max((c.memory_bytes / c.dense_memory_bytes
+                                                 for c in outcome.costs), default=None)},
         "budget": {"violations": outcome.budget_violations,
                    "tiers": [t.model_dump() for t in config.budgets.tiers]
                    if config.budgets.file is None else str(config.budgets.file)},
