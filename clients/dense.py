@@ -65,7 +65,7 @@ class DenseClient:
         if low:
             raise ConfigError(f"method '{cls.name()}' trains every weight but {len(low)} clients "
                               f"declare density {min(low):g}: declare density 1 or use a sparse "
-                              "method (magnitude, pfedgate)")
+                              "method (magnitude, pfedgate, fedtiny, prune-at-init, feddst)")
 
     @classmethod
     def name(cls) -> str:

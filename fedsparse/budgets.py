@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from fedsparse.config import BudgetsConfig, BudgetTier
 from fedsparse.errors import ConfigError
@@ -52,9 +53,8 @@ def parse_budget_shorthand(text: str) -> list[BudgetTier]:
         tiers.append(tier)
     try:
         return BudgetsConfig.model_validate({"tiers": tiers}).tiers
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        reason = first[2].strip() if len(first) > 2 else str(exc)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise ConfigError(f"--budgets {text}: {reason}: densities in (0, 1], shares summing to 1") \
             from None
 
@@ -146,9 +146,9 @@ def parse_declared_budget(fields: dict[str, Any], partition_id: int) -> Budget:
     """Validate a node's declared budget; a bad one is a one-line ``ConfigError``."""
     try:
         tier = BudgetTier.model_validate({"share": 1.0, **fields})
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        reason = first[2].strip() if len(first) > 2 else str(exc)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        reason = f"{'.'.join(str(x) for x in error['loc'])}: {error['msg']}"
         raise ConfigError(f"node serving partition {partition_id} declares a bad budget {fields}: "
                           f"{reason}: fix its --node-config") from None
     return _from_tier(tier, 0)
