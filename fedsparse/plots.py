@@ -133,21 +133,25 @@ def layer_density(layers: dict[str, dict[str, float]], path: Path) -> int:
     return 1 if names else 0
 
 
-def overlaid_accuracy(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> int:
-    """Mean (solid) and bottom-decile (dashed) accuracy of several runs on one chart."""
+def overlaid_accuracy(runs: dict[str, Sequence[dict[str, Any]]], path: Path,
+                      against: str = "round") -> int:
+    """Mean (solid) and bottom-decile (dashed) accuracy of several runs on one chart, against
+    the round or (``against="sim_seconds"``) the simulated device time in minutes."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
+    scale = 60.0 if against == "sim_seconds" else 1.0
     for i, (name, rounds) in enumerate(runs.items()):
         color = f"C{i % 10}"
-        x, y = _series(rounds, "accuracy_mean")
-        if x:
-            ax.plot(x, y, "-o", color=color, markersize=3, label=f"{name} mean")
-            drawn += 1
-        x, y = _series(rounds, "accuracy_bottom_decile")
-        if x:
-            ax.plot(x, y, "--", color=color, label=f"{name} bottom decile")
-            drawn += 1
-    ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="accuracy per round")
+        for key, style, label in (("accuracy_mean", "-o", "mean"),
+                                  ("accuracy_bottom_decile", "--", "bottom decile")):
+            points = [(r[against] / scale, r[key]) for r in rounds
+                      if r.get(against) is not None and r.get(key) is not None]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color,
+                        markersize=3, label=f"{name} {label}")
+                drawn += 1
+    xlabel = "simulated device time (minutes)" if against == "sim_seconds" else "round"
+    ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(0, 1), title=f"accuracy against {xlabel}")
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=7)

@@ -129,4 +129,7 @@ def write_comparison(runs: list[RunData], out: Path) -> tuple[Path, Path]:
     table.write_text(compare_markdown(runs))
     figure = out / "compare_accuracy.png"
     plots.overlaid_accuracy({run.name: run.rounds for run in runs}, figure)
+    if all(any("sim_seconds" in r for r in run.rounds) for run in runs):
+        plots.overlaid_accuracy({run.name: run.rounds for run in runs},
+                                out / "compare_accuracy_vs_time.png", against="sim_seconds")
     return table, figure

@@ -30,6 +30,8 @@ def valid_png(path):
         (plots.layer_density, {"a.weight": {"density": 0.2}, "a.bias": {"density": 1.0}}, 1),
         (plots.overlaid_accuracy, {"x": ROUNDS, "y": ROUNDS[:4]}, 4),
         (plots.accuracy_vs_time, [{**r, "sim_seconds": 60.0 * r["round"]} for r in ROUNDS], 2),
+        (lambda runs, path: plots.overlaid_accuracy(runs, path, against="sim_seconds"),
+         {"x": [{**r, "sim_seconds": 9.0 * r["round"]} for r in ROUNDS], "y": ROUNDS}, 2),
     ],
 )
 def test_each_plot_is_a_png_with_its_series(tmp_path, draw, data, series):
