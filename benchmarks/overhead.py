@@ -1,0 +1,175 @@
+"""Framework overhead: the same dense FedAvg workload three ways, per-round time compared.
+
+    python benchmarks/overhead.py [--rounds 6] [--clients 100] [--json overhead.json]
+
+Workload: the default Synthetic federation (100 clients), the default MLP, 10 clients per round,
+one local epoch of SGD each (``fedsparse.training.train_local``, the same batches for a client
+in a round in all three), sample-weighted FedAvg, no evaluation between rounds.
+
+1. plain PyTorch: one process, a loop over the sampled clients, FedAvg in numpy;
+2. plain Flower: ``run_simulation`` with Flower's own ``FedAvg`` and a minimal ClientApp;
+3. fedsparse: ``fedsparse simulate --method dense --strategy fedavg``.
+
+Ray start-up and the first round (actor start, imports) are excluded from the per-round means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsparse.config import ExperimentConfig, load_config
+from fedsparse.data.federation import build_federation, load_partitions, save_partitions
+from fedsparse.models import build_model
+from fedsparse.training import train_local
+
+OVERRIDES = ["method.name=dense", "strategy.name=fedavg", "budgets.tiers=[{density: 1.0, share: 1.0}]",
+             "train.momentum=0.0"]
+
+
+def experiment(clients: int, rounds: int) -> ExperimentConfig:
+    return load_config(None, [*OVERRIDES, f"num_clients={clients}", f"rounds={rounds}",
+                              "fraction=0.1"])
+
+
+def sampled(config: ExperimentConfig, server_round: int) -> list[int]:
+    rng = np.random.default_rng([config.seed, 11, server_round])
+    return sorted(int(p) for p in rng.choice(config.num_clients, size=config.clients_per_round,
+                                              replace=False))
+
+
+def plain_pytorch(config: ExperimentConfig) -> list[float]:
+    torch.set_num_threads(1)
+    federation = build_federation(config)
+    pool = federation.pool
+    torch.manual_seed(config.seed)
+    global_state = {k: v.clone() for k, v in build_model(config.model, pool.input_shape,
+                                                         pool.num_classes).state_dict().items()}
+    times = []
+    for server_round in range(1, config.rounds + 1):
+        started = time.perf_counter()
+        states, weights = [], []
+        for pid in sampled(config, server_round):
+            model = build_model(config.model, pool.input_shape, pool.num_classes)
+            model.load_state_dict(global_state)
+            x, y = pool.tensors(federation.clients[pid].train)
+            train_local(model, x, y, config.train, torch.Generator().manual_seed(pid))
+            states.append(model.state_dict())
+            weights.append(len(y))
+        total = sum(weights)
+        global_state = {k: sum(s[k].double() * (w / total) for s, w in zip(states, weights, strict=True)
+                               ).to(global_state[k].dtype) for k in global_state}
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def plain_flower(config: ExperimentConfig) -> list[float]:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    folder = Path(tempfile.mkdtemp(prefix="fsbench-"))
+    federation = build_federation(config)
+    save_partitions(federation, folder / "partitions.npz")
+    config_json = config.model_dump_json()
+    starts: list[float] = []
+
+    class TimedFedAvg(FedAvg):
+        def configure_train(self, server_round, arrays, config, grid):  # type: ignore[override]
+            starts.append(time.perf_counter())
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[override]
+            return []
+
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        cfg = ExperimentConfig.model_validate_json(config_json)
+        from fedsparse.data.federation import cached_pool
+
+        pool = cached_pool(cfg)
+        pid = int(context.node_config["partition-id"])
+        split = load_partitions(folder / "partitions.npz", cfg.num_clients)[pid]
+        model = build_model(cfg.model, pool.input_shape, pool.num_classes)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        x, y = pool.tensors(split.train)
+        train_local(model, x, y, cfg.train, torch.Generator().manual_seed(pid))
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                   "metrics": MetricRecord({"num-examples": len(y)})}), reply_to=msg)
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        while len(list(grid.get_node_ids())) < config.num_clients:
+            time.sleep(0.05)
+        pool = federation.pool
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, pool.input_shape, pool.num_classes)
+        strategy = TimedFedAvg(fraction_train=config.fraction, min_train_nodes=config.clients_per_round,
+                               min_available_nodes=config.num_clients)
+        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=config.rounds,
+                       train_config=ConfigRecord())
+        starts.append(time.perf_counter())
+
+    os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"})
+    run_simulation(server_app=server, client_app=client, num_supernodes=config.num_clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0,
+                                                 "logging_level": "ERROR", "log_to_driver": False}})
+    return [b - a for a, b in itertools.pairwise(starts)]
+
+
+def fedsparse_cli(config: ExperimentConfig) -> list[float]:
+    with tempfile.TemporaryDirectory() as out:
+        argv = [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", out, "--name", "overhead",
+                "--clients", str(config.num_clients), "--rounds", str(config.rounds),
+                "--fraction", str(config.fraction), "--method", "dense", "--strategy", "fedavg",
+                "--budgets", "1.0:1", "--set", "train.momentum=0.0",
+                "--set", f"eval.every={config.rounds + 1}", "--set", "eval.final=false"]
+        subprocess.run(argv, check=True, capture_output=True)
+        run = next(Path(out).glob("overhead-*"))
+        return [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--json", type=Path, default=Path("overhead.json"))
+    args = parser.parse_args()
+    config = experiment(args.clients, args.rounds)
+    results = {}
+    for name, fn in (("plain PyTorch", plain_pytorch), ("plain Flower", plain_flower),
+                     ("fedsparse", fedsparse_cli)):
+        times = fn(config)
+        results[name] = {"rounds_s": times, "mean_round_s": float(np.mean(times[1:]))}
+        print(f"done {name}", file=sys.stderr, flush=True)
+    base = results["plain PyTorch"]["mean_round_s"]
+    print(f"{args.clients} clients, {config.clients_per_round} per round, {args.rounds} rounds "
+          "(first excluded), Synthetic + MLP, 1 local epoch")
+    print("| runner | mean s/round | vs plain PyTorch |")
+    print("|---|---|---|")
+    for name, r in results.items():
+        r["ratio"] = r["mean_round_s"] / base
+        print(f"| {name} | {r['mean_round_s']:.3f} | {r['ratio']:.2f} |")
+    args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Scale: 10, 100 and 1000 clients with 10% sampled per round, through the real CLI.
+
+    python benchmarks/scale.py [--rounds 5] [--method dense] [--json scale.json]
+
+For each size it runs ``fedsparse simulate`` (Synthetic data, MLP, evaluation only after the last
+round) and reports the mean time of the training-only rounds, the time of the last round (which
+also evaluates every client), the whole wall time (Ray start-up, handshake with every node), and
+the peak resident memory of the whole process tree (the CLI, Ray's daemons and workers), sampled
+from /proc every 0.2 s. Training-round time should follow the sampled clients, not the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (from /proc)."""
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+        stack += _children(pid)
+    return total
+
+
+def run_size(clients: int, rounds: int, method: str, out: Path) -> dict[str, float]:
+    budgets = "1.0:1" if method == "dense" else "0.3:1"
+    strategy = "fedavg" if method == "dense" else "masked-fedavg"
+    argv = [sys.executable, "-m", "fedsparse.cli", "simulate", "--clients", str(clients),
+            "--fraction", "0.1", "--rounds", str(rounds), "--method", method, "--strategy", strategy,
+            "--budgets", budgets, "--set", f"eval.every={rounds + 1}", "--set", "eval.final=true",
+            "--set", "eval.global_model=false", "--set", "simulation.node_wait_timeout=600",
+            "--out", str(out), "--name", f"scale-{clients}"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_bytes(proc.pid))
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{clients} clients failed: {proc.stderr.read()[-2000:]}")
+    run = next(out.glob(f"scale-{clients}-*"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    training = [r["seconds"] for r in records[:-1]]
+    return {"clients": clients, "sampled": max(1, round(0.1 * clients)),
+            "train_round_s": sum(training) / len(training), "last_round_with_eval_s": records[-1]["seconds"],
+            "wall_s": wall, "peak_rss_mib": peak / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--method", default="dense")
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--json", type=Path, default=Path("scale.json"))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for size in (int(s) for s in args.sizes.split(",")):
+            rows.append(run_size(size, args.rounds, args.method, Path(folder)))
+            print(f"done {size}", file=sys.stderr, flush=True)
+    print(f"method {args.method}, {args.rounds} rounds, 10% sampled, {os.cpu_count()} CPUs")
+    print("| clients | sampled/round | training round s | last round (+ eval of all) s | wall s "
+          "| peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['sampled']} | {r['train_round_s']:.2f} | "
+              f"{r['last_round_with_eval_s']:.2f} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+    args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
