@@ -1,8 +1,9 @@
 """Framework overhead: the same dense FedAvg workload three ways, per-round time compared.
 
-    python benchmarks/overhead.py [--rounds 6] [--clients 100] [--json overhead.json]
+    python benchmarks/overhead.py [--rounds 6] [--clients 100] [--config FILE] [--json overhead.json]
 
-Workload: the default Synthetic federation (100 clients), the default MLP, 10 clients per round,
+Workload: the default Synthetic federation (100 clients), the default MLP (or the data and model
+of ``--config``, e.g. configs/fashion-mnist-cnn.yaml for real local work), 10 clients per round,
 one local epoch of SGD each (``fedsparse.training.train_local``, the same batches for a client
 in a round in all three), sample-weighted FedAvg, no evaluation between rounds.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsparse.config import ExperimentConfig, load_config
+from fedsparse.config import ExperimentConfig, dump_config, load_config
 from fedsparse.data.federation import build_federation, load_partitions, save_partitions
 from fedsparse.models import build_model
 from fedsparse.training import train_local
@@ -37,8 +38,8 @@ OVERRIDES = ["method.name=dense", "strategy.name=fedavg", "budgets.tiers=[{densi
              "train.momentum=0.0"]
 
 
-def experiment(clients: int, rounds: int) -> ExperimentConfig:
-    return load_config(None, [*OVERRIDES, f"num_clients={clients}", f"rounds={rounds}",
+def experiment(clients: int, rounds: int, path: Path | None = None) -> ExperimentConfig:
+    return load_config(path, [*OVERRIDES, f"num_clients={clients}", f"rounds={rounds}",
                               "fraction=0.1"])
 
 
@@ -137,13 +138,16 @@ def plain_flower(config: ExperimentConfig) -> list[float]:
 
 def fedsparse_cli(config: ExperimentConfig) -> list[float]:
     with tempfile.TemporaryDirectory() as out:
+        with open(Path(out) / "config.yaml", "w") as handle:
+            handle.write(dump_config(config))
         argv = [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", out, "--name", "overhead",
-                "--clients", str(config.num_clients), "--rounds", str(config.rounds),
+                "--config", str(Path(out) / "config.yaml"), "--clients", str(config.num_clients),
+                "--rounds", str(config.rounds),
                 "--fraction", str(config.fraction), "--method", "dense", "--strategy", "fedavg",
                 "--budgets", "1.0:1", "--set", "train.momentum=0.0",
                 "--set", f"eval.every={config.rounds + 1}", "--set", "eval.final=false"]
         subprocess.run(argv, check=True, capture_output=True)
-        run = next(Path(out).glob("overhead-*"))
+        run = next(p for p in Path(out).glob("overhead-*") if p.is_dir())
         return [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -151,9 +155,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=Path("overhead.json"))
     args = parser.parse_args()
-    config = experiment(args.clients, args.rounds)
+    config = experiment(args.clients, args.rounds, args.config)
     results = {}
     for name, fn in (("plain PyTorch", plain_pytorch), ("plain Flower", plain_flower),
                      ("fedsparse", fedsparse_cli)):
@@ -162,7 +167,8 @@ def main() -> None:
         print(f"done {name}", file=sys.stderr, flush=True)
     base = results["plain PyTorch"]["mean_round_s"]
     print(f"{args.clients} clients, {config.clients_per_round} per round, {args.rounds} rounds "
-          "(first excluded), Synthetic + MLP, 1 local epoch")
+          f"(first excluded), {config.data.dataset} + {config.model.name}, "
+          f"{config.train.local_epochs} local epoch(s)")
     print("| runner | mean s/round | vs plain PyTorch |")
     print("|---|---|---|")
     for name, r in results.items():
