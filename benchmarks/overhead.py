@@ -7,7 +7,7 @@ of ``--config``, e.g. configs/fashion-mnist-cnn.yaml for real local work), 10 cl
 one local epoch of SGD each (``fedsparse.training.train_local``, the same batches for a client
 in a round in all three), sample-weighted FedAvg, no evaluation between rounds.
 
-1. plain PyTorch: one process, a loop over the sampled clients, FedAvg in numpy;
+1. plain PyTorch: one process using every core, a loop over the sampled clients, FedAvg;
 2. plain Flower: ``run_simulation`` with Flower's own ``FedAvg`` and a minimal ClientApp;
 3. fedsparse: ``fedsparse simulate --method dense --strategy fedavg``.
 
@@ -50,7 +50,8 @@ def sampled(config: ExperimentConfig, server_round: int) -> list[int]:
 
 
 def plain_pytorch(config: ExperimentConfig) -> list[float]:
-    torch.set_num_threads(1)
+    """One process using every core (torch's intra-op threads): what a plain script would do."""
+    torch.set_num_threads(os.cpu_count() or 1)
     federation = build_federation(config)
     pool = federation.pool
     torch.manual_seed(config.seed)
@@ -99,7 +100,7 @@ def plain_flower(config: ExperimentConfig) -> list[float]:
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # one CPU per client, as fedsparse runs them
         cfg = ExperimentConfig.model_validate_json(config_json)
         from fedsparse.data.federation import cached_pool
 

@@ -1,6 +1,6 @@
 """Print a markdown table of the runs under a folder, costs relative to the first FedAvg run.
 
-    python benchmarks/summarize_runs.py runs/pfedgate-fmnist
+    python benchmarks/summarize_runs.py runs/pfedgate-fmnist [runs.json]
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from pathlib import Path
 def main() -> None:
     root = Path(sys.argv[1])
     summaries = [json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))]
+    if len(sys.argv) > 2:  # a JSON copy of what the table shows
+        Path(sys.argv[2]).write_text(json.dumps(
+            [{k: s.get(k) for k in ("run_dir", "method", "budget", "accuracy", "cost", "clock",
+                                    "wall_seconds")} for s in summaries], indent=1))
     base = next((s for s in summaries if s["method"] == "dense"), summaries[0])
     print("| run | method | budgets | acc mean | bottom decile | global | FLOPs vs FedAvg | "
           "memory vs dense | upload vs FedAvg | density | wall s |")
