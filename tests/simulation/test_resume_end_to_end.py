@@ -16,6 +16,12 @@ pytestmark = pytest.mark.e2e
 ARGS = ["--clients", "5", "--rounds", "4", "--fraction", "0.6", "--budgets", "0.3:0.6,1.0:0.4",
         "--set", "eval.every=2", "--set", "simulation.checkpoint_every=1",
         "--strategy", "masked-fedadam", "--set", "strategy.options.server_lr=0.05"]
+#: FedTiny's mask changes every round (adjust_every=1): a resume must restore the server's masks
+FEDTINY = ["--clients", "5", "--rounds", "4", "--fraction", "0.6", "--budgets", "0.3:0.6,0.6:0.4",
+           "--method", "fedtiny", "--strategy", "masked-fedavg", "--model", "mlp",
+           "--set", "model.hidden=[16,64]", "--set", "method.pruning.adjust_every=1",
+           "--set", "method.pruning.adjust_until=4", "--set", "eval.every=2",
+           "--set", "simulation.checkpoint_every=1"]
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
@@ -50,13 +56,14 @@ def rounds_of(run: Path) -> list[dict]:
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_killed_run_resumes_to_the_same_summary(tmp_path):
-    whole = cli("--out", str(tmp_path / "whole"), *ARGS)
+@pytest.mark.parametrize("args", [ARGS, FEDTINY], ids=["pfedgate-fedadam", "fedtiny"])
+def test_killed_run_resumes_to_the_same_summary(tmp_path, args):
+    whole = cli("--out", str(tmp_path / "whole"), *args)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
     (reference,) = (tmp_path / "whole").iterdir()
 
     before = fsray_pids()
-    victim = cli("--out", str(tmp_path / "killed"), *ARGS)
+    victim = cli("--out", str(tmp_path / "killed"), *args)
     deadline = time.monotonic() + 240
     metrics = None
     while time.monotonic() < deadline:
