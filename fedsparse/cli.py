@@ -86,6 +86,9 @@ def simulate(
     seed: Annotated[int | None, typer.Option(help="seed for data, sampling and init")] = None,
     inject_failures: Annotated[float | None, typer.Option(
         help="share of training clients made to crash or hang (testing fault tolerance)")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="run on an existing Ray cluster, e.g. 10.0.0.5:6379 (fedsparse installed on every node)")]
+    = None,
     out: Annotated[Path | None, typer.Option(help="parent folder of run folders")] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder prefix)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any key: "
@@ -106,7 +109,7 @@ def simulate(
         "partition.kind": partition, "partition.alpha": alpha, "model.name": model,
         "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
         "method.name": method, "strategy.name": strategy,
-        "simulation.inject_failures": inject_failures,
+        "simulation.inject_failures": inject_failures, "simulation.ray_address": ray_address,
         "seed": seed, "output.dir": str(out) if out else None, "output.name": name,
     }
     with _user_errors(debug):

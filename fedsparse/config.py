@@ -228,6 +228,9 @@ class SimulationConfig(_Strict):
     hang_seconds: float | None = Field(None, gt=0.0,
                                        description="how long a hanging client sleeps "
                                                    "(default: round_timeout + 5)")
+    ray_address: str | None = Field(
+        None, description="run on an existing Ray cluster (host:port of its head) instead of "
+                          "starting Ray on this machine")
     verbose: bool = False
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ def prepare_environment(run_dir: Path) -> None:
 
 def backend_config(config: ExperimentConfig, ray_tmp: Path) -> dict[str, Any]:
     sim = config.simulation
+    if sim.ray_address:  # an existing cluster: it owns its CPUs, memory and session folder
+        return {"client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
+                "init_args": {"address": sim.ray_address,
+                              "logging_level": "INFO" if sim.verbose else "ERROR",
+                              "log_to_driver": sim.verbose}}
     return {
         "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
         "init_args": {
@@ -88,6 +94,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
 
     os.environ.update(QUIET_ENV)
     check_strategy(config)  # bad input fails here, before any folder or process exists
+    if config.simulation.ray_address:
+        check_ray_address(config.simulation.ray_address)
     federation = build_federation(config)
     context = strategy_context(config, federation)
     strategy = build_strategy(config, context)
@@ -102,8 +110,11 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     setup = MaskSetup(config, federation, context.mask_server) if context.mask_server else None
     loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint,
                       setup=setup)
-    client_app = make_client_app(config.model_dump_json(), str(partitions_path),
-                                 resume_round=checkpoint.server_round if checkpoint else 0)
+    # on a Ray cluster, workers may run on other machines: they partition locally (same seed)
+    # instead of reading this machine's partition file, and keep private state in memory only
+    client_app = make_client_app(
+        config.model_dump_json(), None if config.simulation.ray_address else str(partitions_path),
+        resume_round=checkpoint.server_round if checkpoint else 0)
     if on_start is not None:
         on_start(run_dir)
     _simulate(config, loop, client_app, run_dir)
@@ -123,6 +134,19 @@ def finish_run(config: ExperimentConfig, loop: ServerLoop, recorder: RunRecorder
 
     draw_plots(load_run(run_dir))
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when no Ray head answers (``ray.init`` would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r} is not host:port: e.g. 10.0.0.5:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one "
+                          "with 'ray start --head --port PORT' or fix --ray-address") from None
 
 
 def strategy_context(config: ExperimentConfig, federation: Federation,
@@ -203,7 +227,9 @@ def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_d
         raise
     except Exception as exc:
         cause = exc.__cause__ or exc
-        raise SimulationError(f"simulation failed: {type(cause).__name__}: {cause}; finished "
+        where = f" on the Ray cluster at {config.simulation.ray_address}" \
+            if config.simulation.ray_address else ""
+        raise SimulationError(f"simulation failed{where}: {type(cause).__name__}: {cause}; finished "
                               f"rounds are in {run_dir}") from exc
     finally:
         if ray.is_initialized():
