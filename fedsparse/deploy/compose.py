@@ -73,7 +73,7 @@ def _app_service(command: list[str], depends_on: str, tls: bool) -> dict[str, An
     service: dict[str, Any] = {
         "image": "fedsparse-app:${FEDSPARSE_VERSION}",
         "build": {"context": "..", "dockerfile": "docker/Dockerfile",
-                  "args": {"FLWR_VERSION": "${FLWR_VERSION}"}},
+                  "args": {"FLWR_VERSION": "${FLWR_VERSION}", "PYTHON_TAG": "${PYTHON_TAG}"}},
         "command": command[1:], "depends_on": [depends_on], "restart": "on-failure",
     }
     if tls:
