@@ -89,7 +89,7 @@ def settle_round(times: Mapping[int, float], wanted: int, deadline: float | None
     """
     order = sorted(times, key=lambda pid: (times[pid], pid))
     on_time = [p for p in order if deadline is None or times[p] <= deadline]
-    late = [p for p in order if p not in set(on_time)]
+    late = [p for p in order if deadline is not None and times[p] > deadline]
     kept, surplus = on_time[:wanted], on_time[wanted:]
     if kept and len(kept) == wanted:
         seconds = times[kept[-1]]

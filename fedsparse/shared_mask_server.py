@@ -77,15 +77,23 @@ class SharedMaskServer:
         self.info: dict[str, object] = {}
         self.cost_model = cost_model
         self.batch_size = 1
+        #: per tier, forward FLOPs of one sample of its sparse model (fixed for the run)
+        self._forward_flops = {d: cost_model.forward_flops_per_sample(self.tier_kept(d))
+                               for d in self.tier_density}
+        self._positions = {layer.weight: layer.positions for layer in cost_model.layers if layer.weight}
+        self._top_bits: dict[str, np.ndarray] = {}
         self.granularity = self._choose_granularity(budgets, cost_model, momentum)
         self.units = scoring_units(self.prunable, self.granularity)
 
     # --- start-up checks ---------------------------------------------------------------------
+    def tier_kept(self, density: float) -> dict[str, int]:
+        """Kept weights per tensor of a tier's sparse model (the layers never pruned count whole)."""
+        rho = self.tier_density[density]
+        return {n: layer_count(s, rho) if n in self.prunable else s for n, s in self.sizes.items()}
+
     def training_memory(self, density: float, cost_model: CostModel, momentum: bool) -> float:
         """Weights + gradients (+ momentum) of a tier's sparse model, in bytes."""
-        rho = self.tier_density[density]
-        kept = {n: layer_count(s, rho) if n in self.prunable else s for n, s in self.sizes.items()}
-        return cost_model.training_cost(kept, 1, 1, momentum).memory_bytes
+        return cost_model.training_cost(self.tier_kept(density), 1, 1, momentum).memory_bytes
 
     def _choose_granularity(self, budgets: Sequence[Budget], cost_model: CostModel,
                             momentum: bool) -> str:
@@ -150,6 +158,8 @@ class SharedMaskServer:
             k = {n: adjustment_count(fraction, int(self.masks[n].sum())) for n in layers}
             k = {n: v for n, v in k.items() if v > 0}
         self.plan = AdjustPlan(server_round, k, fraction)
+        self._top_bits = {n: np.packbits(self.masks[n].numpy().ravel()) for n in k} \
+            if self.method == "fedtiny" else {}
         return self.plan
 
     def train_config(self) -> dict[str, list[str] | list[int]]:
@@ -160,9 +170,9 @@ class SharedMaskServer:
     def adjust_mask_bits(self, budget: Budget) -> dict[str, np.ndarray]:
         """FedTiny clients below the top tier need the top mask of the scored layers to know
         which positions are pruned; the top tier's own mask is that mask."""
-        if self.method != "fedtiny" or not self.plan.k or budget.density == max(self.tier_density):
+        if not self._top_bits or budget.density == max(self.tier_density):
             return {}
-        return {n: np.packbits(self.masks[n].numpy().ravel()) for n in self.plan.k}
+        return self._top_bits
 
     def extra_memory(self, budget: Budget) -> float:
         """Bytes beyond sparse training a client needs this round (0 unless it adjusts)."""
@@ -179,12 +189,8 @@ class SharedMaskServer:
         backward of the tier's sparse model plus the dense weight gradient of the scored layers."""
         if not self.plan.k:
             return 0.0
-        rho = self.tier_density[budget.density]
-        kept = {n: layer_count(s, rho) if n in self.prunable else s for n, s in self.sizes.items()}
-        forward = self.cost_model.forward_flops_per_sample(kept)
-        positions = {layer.weight: layer.positions for layer in self.cost_model.layers if layer.weight}
-        dense_grad = sum(2 * self.sizes[n] * positions.get(n, 1) for n in self.plan.k)
-        return float(self.batch_size * (3 * forward + dense_grad))
+        dense_grad = sum(2 * self.sizes[n] * self._positions.get(n, 1) for n in self.plan.k)
+        return float(self.batch_size * (3 * self._forward_flops[budget.density] + dense_grad))
 
     # --- reports and the server step ---------------------------------------------------------
     def check_pairs(self, pairs: Pairs | None) -> None:

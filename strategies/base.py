@@ -150,7 +150,8 @@ class MaskAwareStrategy(FlowerFedAvg):
         """Flower's hook for logging the configuration; the run's config.yaml records it."""
 
     _INFRASTRUCTURE = frozenset({"context", "node_of", "report", "server_round", "_global",
-                                 "_download", "_dense_array_bytes", "count_bytes", "_masks_by_budget"})
+                                 "_download", "_dense_array_bytes", "count_bytes", "_masks_by_budget",
+                                 "_pairs_of"})
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint must keep of this strategy: by default every attribute that is not
@@ -256,6 +257,7 @@ class MaskAwareStrategy(FlowerFedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.server_round = server_round
         report = RoundReport()
+        self._pairs_of: dict[int, Pairs | None] = {}  # FedTiny pairs of this round, decoded once
         accepted: list[ClientUpdate] = []
         losses: list[tuple[float, int]] = []
         # arrival order varies between runs; partition order keeps every float sum reproducible
@@ -289,7 +291,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         new_state = self.aggregate_updates(self._global, accepted)
         if self.context.mask_server is not None:
             new_state = self.context.mask_server.after_aggregate(
-                dict(new_state), [_pairs(c.reply) or {} for c in accepted])
+                dict(new_state), [self._pairs_of.get(c.partition_id) or {} for c in accepted])
         total = sum(n for _, n in losses)
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
                                 "num-examples": total})
@@ -306,7 +308,8 @@ class MaskAwareStrategy(FlowerFedAvg):
             for c in report.costs]
         timing = settle_round({c.partition_id: c.sim_seconds or 0.0 for c in costs},
                               self.context.clients_per_round, clock.deadline)
-        keep = [i for i, c in enumerate(costs) if c.partition_id in set(timing.kept)]
+        kept = set(timing.kept)
+        keep = [i for i, c in enumerate(costs) if c.partition_id in kept]
         report.timing = timing
         report.costs = [costs[i] for i in keep]
         report.layer_kept = [report.layer_kept[i] for i in keep]
@@ -336,9 +339,11 @@ class MaskAwareStrategy(FlowerFedAvg):
                               reply)
         if self.context.mask_server is not None:
             try:
-                self.context.mask_server.check_pairs(_pairs(reply))
+                pairs = _pairs(reply)
+                self.context.mask_server.check_pairs(pairs)
             except (PairsRejected, ValueError) as exc:
                 raise UpdateRejected(str(exc)) from None
+            self._pairs_of[pid] = pairs
         return client, self._cost(client, reply, int(samples))
 
     def _cost(self, client: ClientUpdate, reply: Message, samples: int) -> ClientRoundCost:
