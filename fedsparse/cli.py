@@ -55,6 +55,15 @@ def _results_table(summary: dict[str, Any]) -> Table:
                                            f"{_fmt(cost['download_bytes_ratio'])}"),
             ("budget violations", str(summary.get("budget", {}).get("violations", 0))),
         ]
+    clock = summary.get("clock")
+    if clock:
+        reached = clock.get("time_to_target")
+        rows[-2:-2] = [
+            ("simulated time total (s)", f"{clock['total_seconds']:.1f}"),
+            (f"simulated time to {_fmt(clock.get('target_accuracy'))} (s)",
+             "not reached" if reached is None else f"{reached:.1f}"),
+            ("clients late / surplus", f"{clock['clients_late']} / {clock['clients_surplus']}"),
+        ]
     for key, value in rows:
         table.add_row(key, value)
     return table

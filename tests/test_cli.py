@@ -65,3 +65,24 @@ def test_help_lists_the_flags():
                  "--alpha", "--model", "--local-epochs", "--batch-size", "--lr", "--seed", "--out",
                  "--name", "--set", "--config", "--budgets", "--method", "--strategy"):
         assert flag in result.stdout
+
+
+def test_results_table_shows_the_clock_when_it_ran():
+    from rich.console import Console
+
+    from fedsparse.cli import _results_table
+
+    summary = {"method": "dense", "strategy": "fedavg", "dataset": "synthetic", "model": "mlp",
+               "num_clients": 4, "clients_per_round": 2, "rounds": 2, "wall_seconds": 1.0,
+               "run_dir": "r", "accuracy": {"mean": 0.5, "bottom_decile": 0.1, "global": 0.4},
+               "failures": {"clients_failed": 0, "updates_rejected": 0}, "cost": {},
+               "clock": {"total_seconds": 12.5, "target_accuracy": 0.7, "time_to_target": None,
+                         "clients_late": 3, "clients_surplus": 1}}
+    console = Console(record=True, width=120)
+    console.print(_results_table(summary))
+    text = console.export_text()
+    assert "simulated time total (s)" in text and "12.5" in text
+    assert "not reached" in text and "3 / 1" in text
+    console = Console(record=True, width=120)
+    console.print(_results_table({**summary, "clock": None}))
+    assert "simulated" not in console.export_text()
