@@ -1,17 +1,23 @@
 """Framework overhead: the same dense FedAvg workload three ways, per-round time compared.
 
-    python benchmarks/overhead.py [--rounds 6] [--clients 100] [--config FILE] [--json overhead.json]
+    python benchmarks/overhead.py [--rounds 11] [--repeats 2] [--clients 100] [--config FILE]
+        [--json overhead.json]
 
 Workload: the default Synthetic federation (100 clients), the default MLP (or the data and model
 of ``--config``, e.g. configs/fashion-mnist-cnn.yaml for real local work), 10 clients per round,
 one local epoch of SGD each (``fedsparse.training.train_local``, the same batches for a client
 in a round in all three), sample-weighted FedAvg, no evaluation between rounds.
 
-1. plain PyTorch: one process using every core, a loop over the sampled clients, FedAvg;
+1. plain PyTorch: one process using every core, a loop over the sampled clients, FedAvg (the
+   issue's baseline);
+1b. plain PyTorch with one single-threaded worker process per core (a multiprocessing pool, as
+   Flower's Ray actors are): the strongest baseline without a framework;
 2. plain Flower: ``run_simulation`` with Flower's own ``FedAvg`` and a minimal ClientApp;
 3. fedsparse: ``fedsparse simulate --method dense --strategy fedavg``.
 
-Ray start-up and the first round (actor start, imports) are excluded from the per-round means.
+Ray start-up and the first round of each run (actor start, imports) are excluded; the three
+runners alternate ``--repeats`` times so the machine's drifting load hits them alike, and the
+table gives the median (robust to a stray slow round) and the mean of the remaining rounds.
 """
 
 from __future__ import annotations
@@ -72,6 +78,52 @@ def plain_pytorch(config: ExperimentConfig) -> list[float]:
         global_state = {k: sum(s[k].double() * (w / total) for s, w in zip(states, weights, strict=True)
                                ).to(global_state[k].dtype) for k in global_state}
         times.append(time.perf_counter() - started)
+    return times
+
+
+_worker: dict = {}
+
+
+def _init_worker(config_json: str) -> None:
+    torch.set_num_threads(1)
+    config = ExperimentConfig.model_validate_json(config_json)
+    _worker.update(config=config, federation=build_federation(config))
+
+
+def _train_client(job: tuple[int, dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], int]:
+    pid, global_state = job
+    config, federation = _worker["config"], _worker["federation"]
+    pool = federation.pool
+    model = build_model(config.model, pool.input_shape, pool.num_classes)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in global_state.items()})
+    x, y = pool.tensors(federation.clients[pid].train)
+    train_local(model, x, y, config.train, torch.Generator().manual_seed(pid))
+    return {k: v.numpy() for k, v in model.state_dict().items()}, len(y)
+
+
+def plain_processes(config: ExperimentConfig) -> list[float]:
+    """The strongest no-framework baseline: one single-threaded worker process per core
+    (what Flower's actors are), clients handed out as workers free up."""
+    import multiprocessing
+
+    torch.manual_seed(config.seed)
+    federation = build_federation(config)
+    pool_data = federation.pool
+    global_state = {k: v.numpy().copy() for k, v in build_model(
+        config.model, pool_data.input_shape, pool_data.num_classes).state_dict().items()}
+    times = []
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(os.cpu_count() or 1, _init_worker, (config.model_dump_json(),)) as workers:
+        workers.map(abs, range(os.cpu_count() or 1))  # wait for the workers to start
+        for server_round in range(1, config.rounds + 1):
+            started = time.perf_counter()
+            jobs = [(pid, global_state) for pid in sampled(config, server_round)]
+            results = list(workers.imap_unordered(_train_client, jobs, chunksize=1))
+            results.sort(key=lambda r: -r[1])  # a fixed order for the float sums
+            total = sum(n for _, n in results)
+            global_state = {k: np.asarray(sum(s[k].astype(np.float64) * (n / total) for s, n in results
+                                              ), dtype=global_state[k].dtype) for k in global_state}
+            times.append(time.perf_counter() - started)
     return times
 
 
@@ -152,29 +204,41 @@ def fedsparse_cli(config: ExperimentConfig) -> list[float]:
         return [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+RUNNERS = {"plain PyTorch": plain_pytorch, "plain PyTorch, 1 process per core": plain_processes,
+           "plain Flower": plain_flower, "fedsparse": fedsparse_cli}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="run the three runners this many times, interleaved (noise drifts)")
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=Path("overhead.json"))
     args = parser.parse_args()
     config = experiment(args.clients, args.rounds, args.config)
+    runs: dict[str, list[list[float]]] = {name: [] for name in RUNNERS}
+    for repeat in range(args.repeats):
+        for name, fn in RUNNERS.items():
+            runs[name].append(fn(config))
+            print(f"repeat {repeat + 1}/{args.repeats}: done {name}", file=sys.stderr, flush=True)
     results = {}
-    for name, fn in (("plain PyTorch", plain_pytorch), ("plain Flower", plain_flower),
-                     ("fedsparse", fedsparse_cli)):
-        times = fn(config)
-        results[name] = {"rounds_s": times, "mean_round_s": float(np.mean(times[1:]))}
-        print(f"done {name}", file=sys.stderr, flush=True)
-    base = results["plain PyTorch"]["mean_round_s"]
+    for name, times in runs.items():
+        steady = [t for run in times for t in run[1:]]  # each run's first round excluded
+        results[name] = {"rounds_s": times, "median_round_s": float(np.median(steady)),
+                         "mean_round_s": float(np.mean(steady))}
+    base = results["plain PyTorch"]
     print(f"{args.clients} clients, {config.clients_per_round} per round, {args.rounds} rounds "
-          f"(first excluded), {config.data.dataset} + {config.model.name}, "
-          f"{config.train.local_epochs} local epoch(s)")
-    print("| runner | mean s/round | vs plain PyTorch |")
-    print("|---|---|---|")
+          f"x {args.repeats} runs (first round of each excluded), {config.data.dataset} + "
+          f"{config.model.name}, {config.train.local_epochs} local epoch(s)")
+    print("| runner | median s/round | vs plain PyTorch | mean s/round | vs plain PyTorch |")
+    print("|---|---|---|---|---|")
     for name, r in results.items():
-        r["ratio"] = r["mean_round_s"] / base
-        print(f"| {name} | {r['mean_round_s']:.3f} | {r['ratio']:.2f} |")
+        r["ratio_median"] = r["median_round_s"] / base["median_round_s"]
+        r["ratio_mean"] = r["mean_round_s"] / base["mean_round_s"]
+        print(f"| {name} | {r['median_round_s']:.3f} | {r['ratio_median']:.2f} | "
+              f"{r['mean_round_s']:.3f} | {r['ratio_mean']:.2f} |")
     args.json.write_text(json.dumps(results, indent=1))
 
 

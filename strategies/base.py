@@ -239,11 +239,12 @@ class MaskAwareStrategy(FlowerFedAvg):
             config = ConfigRecord({**config, **self.context.mask_server.train_config()})
         messages = self._messages(partitions, arrays, config, server_round, MessageType.TRAIN)
         self.count_bytes.forget()
-        self._dense_array_bytes = self.count_bytes(arrays)
+        sizes = self.count_bytes.many([arrays, *(part for msg in messages for part in (
+            msg.content, msg.content[self.arrayrecord_key]))])
+        self._dense_array_bytes = sizes[0]
         self._download = {}
-        for pid, msg in zip(partitions, messages, strict=True):
-            sent = self.count_bytes(msg.content)
-            arrays_sent = self.count_bytes(msg.content[self.arrayrecord_key])
+        for k, pid in enumerate(partitions):
+            sent, arrays_sent = sizes[1 + 2 * k], sizes[2 + 2 * k]
             self._download[pid] = (sent, sent - arrays_sent + self._dense_array_bytes)
         return messages
 
@@ -361,8 +362,7 @@ class MaskAwareStrategy(FlowerFedAvg):
             sparse = TrainingCost(sparse.flops + server.extra_flops(client.budget),
                                   sparse.memory_bytes + server.extra_memory(client.budget),
                                   sparse.activation_bytes)
-        upload = self.count_bytes(reply.content)
-        arrays_up = self.count_bytes(reply.content[self.arrayrecord_key])
+        upload, arrays_up = self.count_bytes.many([reply.content, reply.content[self.arrayrecord_key]])
         down, dense_down = self._download.get(client.partition_id, (0, 0))
         dense_arrays = self._dense_array_bytes or arrays_up
         return ClientRoundCost(

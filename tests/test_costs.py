@@ -73,3 +73,16 @@ def test_sparse_upload_is_smaller_than_dense(task_identity):
     raw = 4 * 256 * 256
     assert dense >= raw
     assert sparse / dense == pytest.approx(0.1 + 1 / 32, abs=0.01)  # values + 1 bit per weight
+
+
+def test_counting_many_objects_at_once_equals_counting_each(task_identity):
+    """One hashing pass for several objects (a model shared by messages) gives each object's
+    exact serialized size."""
+    torch.manual_seed(0)
+    model = ArrayRecord({"w": torch.randn(300, 300), "z": torch.zeros(600, 600)})
+    messages = [Message(RecordDict({"arrays": model, "config": ConfigRecord({"pid": k})}),
+                        message_type="train", dst_node_id=k + 1) for k in range(3)]
+    objects = [model, *(m.content for m in messages), messages[0]]
+    expected = [serialized_bytes(o) for o in objects]
+    counter = ByteCounter()
+    assert counter.many(objects) == expected == counter.many(objects)

@@ -34,6 +34,7 @@ from fedsparse.pruning_wire import (
     unpack_candidate_stats,
 )
 from fedsparse.shared_mask_server import SharedMaskServer
+from fedsparse.simulation.grid_io import send_and_receive
 from fedsparse.strategies.base import MaskAwareStrategy, reply_partition
 from fedsparse.training import train_local
 
@@ -132,7 +133,7 @@ def run_abns(grid: Grid, strategy: MaskAwareStrategy, config: ExperimentConfig,
         content = RecordDict({**base, **extra})
         messages = [Message(content, message_type=message_type, dst_node_id=strategy.node_of[p])
                     for p in partitions]
-        replies = [r for r in grid.send_and_receive(messages, timeout=timeout) if not r.has_error()]
+        replies = [r for r in send_and_receive(grid, messages, timeout) if not r.has_error()]
         return sorted(replies, key=reply_partition)
 
     reports: list[list[tuple[dict[str, torch.Tensor], int]]] = [[] for _ in candidates]

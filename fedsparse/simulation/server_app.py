@@ -27,6 +27,7 @@ from fedsparse.data.federation import Federation
 from fedsparse.errors import SimulationError
 from fedsparse.models import build_model
 from fedsparse.results import RunRecorder, bottom_decile
+from fedsparse.simulation.grid_io import send_and_receive
 from fedsparse.strategies import MaskAwareStrategy
 from fedsparse.strategies.base import ClientRoundCost, reply_partition
 from fedsparse.training import evaluate
@@ -77,7 +78,7 @@ def handshake(grid: Grid, nodes: list[int], timeout: float
                         message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     node_of: dict[int, int] = {}
     declared: dict[int, Budget] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in send_and_receive(grid, messages, timeout):
         if reply.has_error():
             raise SimulationError(f"node {reply.metadata.src_node_id} failed the handshake: "
                                   f"{reply.error.reason}")
@@ -158,7 +159,7 @@ class ServerLoop:
     def train_round(self, grid: Grid, server_round: int,
                     arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = list(grid.send_and_receive(messages, timeout=self.config.simulation.round_timeout))
+        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout)
         failed = sum(r.has_error() for r in replies) + len(messages) - len(replies)
         for reply in replies:
             if reply.has_error():
@@ -204,7 +205,7 @@ class ServerLoop:
     def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
         """Every client evaluates its deployed model; the server scores the global model."""
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
-        replies = grid.send_and_receive(messages, timeout=self.config.simulation.round_timeout)
+        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout)
         rows = []
         for reply in replies:
             if reply.has_error():

@@ -1,0 +1,42 @@
+from types import SimpleNamespace
+
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+from fedsparse.simulation.grid_io import IN_MEMORY_POLL, REMOTE_POLL, poll_interval, send_and_receive
+
+
+class SlowGrid:
+    """Message ``k``'s reply shows up at the ``k``-th pull; message ids are ``m0``, ``m1``, ..."""
+
+    def __init__(self, never: set[int] = frozenset()) -> None:
+        self.pulls = 0
+        self.never = never
+
+    def push_messages(self, messages):
+        self.ids = [f"m{k}" for k, _ in enumerate(messages)]
+        return list(self.ids)
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        ready = [f"m{k}" for k in range(len(self.ids)) if k < self.pulls and k not in self.never]
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
+                for i in ready if i in set(message_ids)]
+
+
+def test_collects_every_reply_once_as_they_arrive():
+    grid = SlowGrid()
+    replies = send_and_receive(grid, ["a", "b", "c", "d"], timeout=5.0, interval=0.001)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2", "m3"]
+    assert grid.pulls == 4
+
+
+def test_returns_what_arrived_when_the_timeout_passes():
+    grid = SlowGrid(never={1})
+    replies = send_and_receive(grid, ["a", "b", "c"], timeout=0.05, interval=0.005)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m2"]
+
+
+def test_polls_the_simulation_grid_faster_than_a_remote_one():
+    in_memory = InMemoryGrid.__new__(InMemoryGrid)
+    assert poll_interval(in_memory) == IN_MEMORY_POLL < 0.1
+    assert poll_interval(SlowGrid()) == REMOTE_POLL < 3
