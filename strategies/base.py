@@ -242,10 +242,9 @@ class MaskAwareStrategy(FlowerFedAvg):
         sizes = self.count_bytes.many([arrays, *(part for msg in messages for part in (
             msg.content, msg.content[self.arrayrecord_key]))])
         self._dense_array_bytes = sizes[0]
-        self._download = {}
-        for k, pid in enumerate(partitions):
-            sent, arrays_sent = sizes[1 + 2 * k], sizes[2 + 2 * k]
-            self._download[pid] = (sent, sent - arrays_sent + self._dense_array_bytes)
+        self._download = {pid: (sent, sent - arrays_sent + self._dense_array_bytes)
+                          for pid, sent, arrays_sent in zip(partitions, sizes[1::2], sizes[2::2],
+                                                            strict=True)}
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

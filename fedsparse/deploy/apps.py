@@ -11,6 +11,7 @@ by the server in the handshake instead of its own config.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from logging import INFO
 
 from flwr.app import Context
@@ -34,8 +35,7 @@ def declared_budgets(declared: dict[int, Budget], num_clients: int) -> list[Budg
     with tiers numbered by declared density so plots colour them apart."""
     budgets = [declared.get(pid, Budget()) for pid in range(num_clients)]
     order = {d: i for i, d in enumerate(sorted({b.density for b in budgets}))}
-    return [Budget(b.density, b.train_flops, b.memory_bytes, b.upload_bytes, order[b.density],
-                   b.device) for b in budgets]
+    return [replace(b, tier=order[b.density]) for b in budgets]
 
 
 def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:

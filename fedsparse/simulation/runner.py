@@ -22,7 +22,7 @@ import numpy as np
 from fedsparse.budgets import Budget, assign_budgets
 from fedsparse.checkpoint import load_checkpoint
 from fedsparse.clients import METHODS
-from fedsparse.clock import ClockSettings, build_clock
+from fedsparse.clock import ClockSettings, build_clock, time_to_accuracy
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
 from fedsparse.data.federation import Federation, build_federation, save_partitions
@@ -191,8 +191,8 @@ def clock_summary(config: ExperimentConfig, loop: ServerLoop) -> dict[str, Any] 
     target = config.clock.target_accuracy
     if target is None and final is not None:
         target = config.clock.target_fraction * final
-    reached = next((t for _, t, acc in outcome.timeline
-                    if target is not None and acc is not None and acc >= target), None)
+    reached = None if target is None else time_to_accuracy(
+        [{"accuracy_mean": acc, "sim_seconds": t} for _, t, acc in outcome.timeline], target)
     return {"total_seconds": outcome.sim_seconds, "target_accuracy": target,
             "time_to_target": reached, "clients_late": outcome.clients_late,
             "clients_surplus": outcome.clients_surplus, "deadline": config.clock.deadline,
