@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from fedsparse.clients import FedTinyClient, PFedGateClient
-from fedsparse.clients.dense import DenseClient, LocalData
 from flwr.app import RecordDict
 
+from fedsparse.clients import FedTinyClient, PFedGateClient
+from fedsparse.clients.dense import DenseClient, LocalData
 from fedsparse.config import load_config
 from fedsparse.costs import CostModel
 from fedsparse.fedtiny import prunable_weights

@@ -1,20 +1,6 @@
-"""Client-side training logic, one module per method (plain torch, free of Flower)."""
+"""Methods, one package each: a method's client part and its server part in one ``Method`` class.
 
-from fedsparse.clients.dense import DenseClient, LocalData
-from fedsparse.clients.fedavg_ft import FedAvgFTClient
-from fedsparse.clients.magnitude import MagnitudeClient
-from fedsparse.clients.pfedgate import PFedGateClient
-from fedsparse.clients.shared_mask import FedDSTClient, FedTinyClient, PruneAtInitClient
-
-METHODS: dict[str, type[DenseClient]] = {
-    "dense": DenseClient,
-    "fedavg-ft": FedAvgFTClient,
-    "magnitude": MagnitudeClient,
-    "pfedgate": PFedGateClient,
-    "fedtiny": FedTinyClient,
-    "prune-at-init": PruneAtInitClient,
-    "feddst": FedDSTClient,
-}
-
-__all__ = ["METHODS", "DenseClient", "FedAvgFTClient", "FedDSTClient", "FedTinyClient", "LocalData",
-           "MagnitudeClient", "PFedGateClient", "PruneAtInitClient"]
+``fedsparse.clients.registry.resolve(name)`` finds built-ins, installed plug-ins (entry-point
+group ``fedsparse.methods``) and ``module:Class`` / ``path/to/file.py:Class``; see
+``fedsparse.method`` for the interface and ``examples/custom_method`` for a plug-in.
+"""

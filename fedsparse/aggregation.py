@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedsparse.wire import SparseUpdate
+from fedsparse.updates import SparseUpdate
 
 
 def holder_average(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],

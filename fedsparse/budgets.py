@@ -5,17 +5,31 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedsparse.config import BudgetsConfig, BudgetTier
 from fedsparse.errors import ConfigError
+from fedsparse.seeding import rng
 
 BUDGET_FIELDS = ("density", "train_flops", "memory_bytes", "upload_bytes")
+
+
+class BudgetTier(BaseModel):
+    """A share of the population declaring the same budget (``None``: no limit on that cost)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    density: float = Field(1.0, gt=0.0, le=1.0, description="fraction of parameters held and trained")
+    share: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients in this tier")
+    train_flops: float | None = Field(None, gt=0.0, description="training FLOPs per round")
+    memory_bytes: float | None = Field(None, gt=0.0, description="peak training memory")
+    upload_bytes: float | None = Field(None, gt=0.0, description="bytes uploaded per round")
+    device: str | None = Field(None, description="device profile for the simulated clock")
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,17 @@ class Budget:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def over_budget(budget: Budget, spent: dict[str, float]) -> str | None:
+    """The first declared limit ``spent`` exceeds (density, train_flops, memory_bytes,
+    upload_bytes), as a sentence; None when every limit holds."""
+    for name in BUDGET_FIELDS:
+        limit = getattr(budget, name)
+        value = spent[name]
+        if limit is not None and value > limit * (1 + 1e-9):
+            return f"{name} {value:.6g} exceeds its declared {limit:.6g}"
+    return None
 
 
 def parse_budget_shorthand(text: str) -> list[BudgetTier]:
@@ -52,11 +77,16 @@ def parse_budget_shorthand(text: str) -> list[BudgetTier]:
             tier["device"] = parts[2]
         tiers.append(tier)
     try:
-        return BudgetsConfig.model_validate({"tiers": tiers}).tiers
+        parsed = [BudgetTier.model_validate(t) for t in tiers]
     except ValidationError as exc:
         reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise ConfigError(f"--budgets {text}: {reason}: densities in (0, 1], shares summing to 1") \
             from None
+    total = sum(t.share for t in parsed)
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"--budgets {text}: tier shares must sum to 1 (got {total:g}): densities "
+                          "in (0, 1], shares summing to 1")
+    return parsed
 
 
 def tier_counts(shares: list[float], n: int) -> list[int]:
@@ -69,14 +99,15 @@ def tier_counts(shares: list[float], n: int) -> list[int]:
     return counts
 
 
-def assign_budgets(cfg: BudgetsConfig, num_clients: int, seed: int) -> list[Budget]:
-    """One budget per client: from the file if given, else tiers shuffled by the seed."""
-    if cfg.file is not None:
-        return load_budget_file(Path(cfg.file), num_clients)
-    counts = tier_counts([t.share for t in cfg.tiers], num_clients)
-    tier_of = np.repeat(np.arange(len(cfg.tiers)), counts)
-    tier_of = tier_of[np.random.default_rng([seed, 13]).permutation(num_clients)]
-    return [_from_tier(cfg.tiers[t], int(t)) for t in tier_of]
+def assign_budgets(tiers: Sequence[BudgetTier], num_clients: int, seed: int,
+                   file: Path | None = None) -> list[Budget]:
+    """One budget per client: from ``file`` if given, else ``tiers`` shuffled by the seed."""
+    if file is not None:
+        return load_budget_file(Path(file), num_clients)
+    counts = tier_counts([t.share for t in tiers], num_clients)
+    tier_of = np.repeat(np.arange(len(tiers)), counts)
+    tier_of = tier_of[rng(seed, "budgets").permutation(num_clients)]
+    return [_from_tier(tiers[t], int(t)) for t in tier_of]
 
 
 def _from_tier(tier: BudgetTier, index: int) -> Budget:

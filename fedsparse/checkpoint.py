@@ -1,9 +1,10 @@
 """Checkpoints of a run, written atomically, so a killed run can resume where it stopped.
 
-A checkpoint holds the round it closes, the global arrays, the server loop's accumulated outcome
-and the strategy's own state (e.g. server-optimizer moments). Randomness needs no saving:
-every generator is derived from (seed, round, client). Client-private state (e.g. pFedGate's
-gates) is kept by the clients themselves under ``client_state/``, tagged by round.
+A checkpoint holds the round it closes, the global arrays, the server loop's accumulated outcome,
+the strategy's own state (e.g. server-optimizer moments) and the method's server-side state
+(e.g. a shared mask). Randomness needs no saving: every generator is derived from (seed, round,
+client). Client-private state (e.g. pFedGate's gates) is kept by the clients themselves under
+``client_state/``, tagged by round.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ class Checkpoint:
     arrays: dict[str, np.ndarray]
     outcome: Any
     strategy_state: dict[str, Any]
+    #: the method's server-side state (e.g. a shared mask and its adjustment counter)
+    method_state: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint.npz`` through a temporary file and an atomic rename."""
     meta = pickle.dumps({"round": checkpoint.server_round, "outcome": checkpoint.outcome,
-                         "strategy": checkpoint.strategy_state})
+                         "strategy": checkpoint.strategy_state, "method": checkpoint.method_state})
     buffer = io.BytesIO()
     np.savez(buffer, **{f"a/{k}": v for k, v in checkpoint.arrays.items()},
              **{_META_KEY: np.frombuffer(meta, dtype=np.uint8)})
@@ -58,7 +61,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             arrays = {k[2:]: data[k] for k in data.files if k.startswith("a/")}
     except Exception as exc:
         raise FedsparseError(f"{path} is unreadable ({exc}): start the run again") from exc
-    return Checkpoint(meta["round"], arrays, meta["outcome"], meta["strategy"])
+    return Checkpoint(meta["round"], arrays, meta["outcome"], meta["strategy"], meta.get("method", {}))
 
 
 def save_client_state(run_dir: Path, partition_id: int, server_round: int, state: Any,

@@ -17,11 +17,23 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from fedsparse.config import DeviceProfile
+from fedsparse.seeding import rng
 
 MBIT = 1e6 / 8  # bytes per second in one Mbit/s
+
+class DeviceProfile(BaseModel):
+    """A device class: training speed, link bandwidths, and the chance it is online in a round."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    flops_per_second: float = Field(gt=0.0)
+    download_bytes_per_second: float = Field(gt=0.0)
+    upload_bytes_per_second: float = Field(gt=0.0)
+    availability: float = Field(1.0, gt=0.0, le=1.0)
+
+
 
 BUILTIN_PROFILES: dict[str, DeviceProfile] = {
     # A budget Android phone (4x Cortex-A53-class cores): a few GFLOP/s of fp32 on-device
@@ -61,7 +73,7 @@ def is_online(seed: int, server_round: int, partition_id: int, availability: flo
     """Whether a client is reachable in a round (seeded, independent per round and client)."""
     if availability >= 1.0:
         return True
-    return bool(np.random.default_rng([seed, 29, server_round, partition_id]).random() < availability)
+    return bool(rng(seed, "availability", server_round, partition_id).random() < availability)
 
 
 def sample_size(clients_per_round: int, over_select: float, available: int) -> int:

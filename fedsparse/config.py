@@ -14,7 +14,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsparse.budgets import BudgetTier
+from fedsparse.clock import DeviceProfile
 from fedsparse.errors import ConfigError
+from fedsparse.training import TrainSettings
+
+TrainConfig = TrainSettings  # the ``train`` section is the training loop's own settings
 
 DatasetName = Literal[
     "synthetic", "fashion-mnist", "mnist", "emnist", "cifar10", "cifar100", "femnist"
@@ -59,6 +64,12 @@ class PartitionConfig(_Strict):
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration")
     classes_per_client: int = Field(2, ge=1, description="classes per client for 'shards'")
     min_size: int = Field(10, ge=1, description="smallest Dirichlet partition accepted")
+    server_set: bool | None = Field(
+        None, description="hold a small labelled set back from every client for the server; None: "
+                          "only when the method uses one (set true on every run of a comparison so "
+                          "all share partitions)")
+    server_samples_per_class: int = Field(
+        5, ge=1, description="labelled samples per class the server holds (FedTiny's warm-up, SNIP)")
     train: float = Field(0.6, gt=0.0, lt=1.0)
     val: float = Field(0.2, ge=0.0, lt=1.0)
     test: float = Field(0.2, gt=0.0, lt=1.0)
@@ -76,83 +87,53 @@ class ModelConfig(_Strict):
     hidden: list[int] = Field(default_factory=lambda: [200])
 
 
-class PFedGateConfig(_Strict):
-    """pFedGate knobs (Chen et al. 2023); the budget s comes from each client's declared density."""
+class MethodConfig(BaseModel):
+    """``name`` picks the method (``fedsparse methods`` lists them; plug-ins by entry point,
+    ``module:Class`` or ``path/to/file.py:Class``); every other key is a method's options
+    section (``method.pfedgate``, ``method.pruning``...), validated by that method's own options
+    model. Sections of other methods may stay, so one config switches methods by ``--method``."""
 
-    split: int = Field(5, ge=1, description="gated blocks per tensor (split factor B)")
-    sub0_fraction: float = Field(0.5, ge=0.0, le=1.0,
-                                 description="share of the budget always kept as each tensor's sub0")
-    gate_lr: float = Field(0.1, gt=0.0, description="learning rate of the private gate")
-    weight_head: bool = Field(False, description="separate head for block weights (else M = G)")
-    eval_gating: Literal["batch", "sample"] = "batch"
-    eval_after_local_training: bool = Field(
-        True, description="evaluate theta_g after one round of local joint training, as the paper "
-                          "does (on a copy: evaluation changes no state)")
-    grad_clip: float = Field(10.0, gt=0.0)
-    novel_share: float = Field(0.0, ge=0.0, lt=1.0,
-                               description="share of clients that never train the global model")
-    novel_fit_epochs: int = Field(1, ge=1, description="epochs a novel client fits its gate")
+    model_config = ConfigDict(extra="allow")
 
+    name: str = "dense"
 
-class PruningConfig(_Strict):
-    """Shared-mask sparse training: FedTiny (Huang et al. 2023) and its baselines.
+    @model_validator(mode="after")
+    def _options(self) -> MethodConfig:
+        from fedsparse.clients.registry import resolve, sections
 
-    Every client trains the server's mask at its tier's density (tiers nested); ``fedtiny``
-    picks the mask by adaptive BN selection and refines it by progressive prune-and-grow,
-    ``prune-at-init`` fixes it once by ``criterion``, ``feddst`` lets clients prune-and-grow
-    locally and the server prune the average back to the density.
-    """
+        method = resolve(self.name)  # a ConfigError, not a ValueError: it surfaces as is
+        known = {**sections(), method.section(): method}
+        extras = self.model_extra if self.model_extra is not None else {}
+        for key in list(extras):
+            if key not in known:
+                raise ValueError(f"unknown options section 'method.{key}': sections are "
+                                 f"{', '.join(sorted(known))}")
+            extras[key] = _validated_options(known[key], key, extras[key])
+        if method.section() not in extras:
+            extras[method.section()] = _validated_options(method, method.section(), {})
+        return self
 
-    criterion: Literal["magnitude", "snip", "random"] = Field(
-        "magnitude", description="prune-at-init: how the fixed mask is scored")
-    server_samples_per_class: int = Field(
-        5, ge=1, description="labelled samples per class the server holds (no client holds them), "
-                             "for FedTiny's warm-up and SNIP")
-    server_set: bool | None = Field(
-        None, description="hold the server's set back from the clients; None: only for methods that "
-                          "use it (set true on every run of a comparison so all share partitions)")
-    warmup_epochs: int = Field(5, ge=0, description="server warm-up epochs of the dense model")
-    candidates: int = Field(5, ge=1, description="FedTiny: coarse candidate masks for ABNS")
-    bn_batches: int = Field(4, ge=1, description="local mini-batches per candidate in the "
-                                                 "BN-statistics and evaluation rounds")
-    adjust_every: int = Field(5, ge=1, description="rounds between mask adjustments (Delta T)")
-    adjust_until: int | None = Field(None, ge=1, description="last round that adjusts (T_end); "
-                                                             "default 3/4 of the rounds")
-    alpha: float = Field(0.1, gt=0.0, le=1.0, description="initial share of a layer adjusted")
-    granularity: Literal["auto", "model", "block", "layer"] = Field(
-        "auto", description="scored unit per adjustment; auto: the coarsest that fits every "
-                            "client's memory budget")
+    def options_of(self, section: str) -> dict[str, Any]:
+        """The validated options of a section (with every default filled in)."""
+        extras = self.model_extra or {}
+        return dict(extras.get(section, {}))
 
 
-class MethodConfig(_Strict):
-    """``dense`` trains every weight; ``fedavg-ft`` also fine-tunes before evaluating;
-    ``magnitude`` trains each client's magnitude submodel; ``pfedgate`` gates blocks per batch;
-    ``fedtiny``, ``prune-at-init`` and ``feddst`` train a server-held shared sparse mask."""
-
-    name: Literal["dense", "fedavg-ft", "magnitude", "pfedgate", "fedtiny", "prune-at-init",
-                  "feddst"] = "dense"
-    finetune_epochs: int = Field(1, ge=1, description="fedavg-ft: local epochs before evaluation")
-    pfedgate: PFedGateConfig = PFedGateConfig()
-    pruning: PruningConfig = PruningConfig()
-
-    @property
-    def needs_server_data(self) -> bool:
-        """FedTiny warms up and SNIP scores on a small labelled set only the server holds."""
-        if self.pruning.server_set is not None:
-            return self.pruning.server_set
-        return self.name == "fedtiny" or (self.name == "prune-at-init"
-                                          and self.pruning.criterion == "snip")
-
-
-class BudgetTier(_Strict):
-    """A share of the population declaring the same budget (``None``: no limit on that cost)."""
-
-    density: float = Field(1.0, gt=0.0, le=1.0, description="fraction of parameters held and trained")
-    share: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients in this tier")
-    train_flops: float | None = Field(None, gt=0.0, description="training FLOPs per round")
-    memory_bytes: float | None = Field(None, gt=0.0, description="peak training memory")
-    upload_bytes: float | None = Field(None, gt=0.0, description="bytes uploaded per round")
-    device: str | None = Field(None, description="device profile for the simulated clock")
+def _validated_options(method: Any, section: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"method.{section} must be a mapping of options, not {type(value).__name__}")
+    try:
+        return method.Options.model_validate(value).model_dump(mode="json")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown key 'method.{section}.{loc}' of method '{method.name}': "
+                              "remove it or check its spelling") from None
+        raise ConfigError(f"'method.{section}.{loc}' {first['msg'].lower()} "
+                          f"(got {first.get('input')!r}): fix this value") from None
 
 
 class BudgetsConfig(_Strict):
@@ -167,15 +148,6 @@ class BudgetsConfig(_Strict):
         if self.file is None and abs(total - 1.0) > 1e-6:
             raise ValueError(f"tier shares must sum to 1 (got {total:g})")
         return self
-
-
-class DeviceProfile(_Strict):
-    """A device class: training speed, link bandwidths, and the chance it is online in a round."""
-
-    flops_per_second: float = Field(gt=0.0)
-    download_bytes_per_second: float = Field(gt=0.0)
-    upload_bytes_per_second: float = Field(gt=0.0)
-    availability: float = Field(1.0, gt=0.0, le=1.0)
 
 
 class ClockConfig(_Strict):
@@ -198,14 +170,6 @@ class ClockConfig(_Strict):
 class StrategyConfig(_Strict):
     name: str = "fedavg"
     options: dict[str, Any] = Field(default_factory=dict)
-
-
-class TrainConfig(_Strict):
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
 
 
 class EvalConfig(_Strict):
@@ -247,7 +211,7 @@ class ExperimentConfig(_Strict):
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()
-    method: MethodConfig = MethodConfig()
+    method: MethodConfig = Field(default_factory=MethodConfig)
     budgets: BudgetsConfig = BudgetsConfig()
     strategy: StrategyConfig = StrategyConfig()
     train: TrainConfig = TrainConfig()
@@ -263,12 +227,6 @@ class ExperimentConfig(_Strict):
                              f"{self.clients_per_round} clients sampled per round: lower it or "
                              "raise --fraction")
         return self
-
-    @property
-    def adjust_until(self) -> int:
-        """T_end of progressive pruning (FedTiny, FedDST)."""
-        until = self.method.pruning.adjust_until
-        return until if until is not None else max(1, (3 * self.rounds) // 4)
 
     @property
     def clients_per_round(self) -> int:

@@ -11,22 +11,15 @@ Conventions (stated so the numbers can be checked by hand):
 - Training memory = 4 bytes x (kept weights + their gradients + optimizer state per kept
   weight: 1 for SGD with momentum, 0 without). Activations (outputs of every counted layer,
   kept for backward, at the training batch size) are reported separately.
-- Message bytes are measured, not estimated: the serialized size of the Message's records
-  (every object of its RecordDict tree as Flower's transport pushes them). The Message header
-  (~100 bytes of ids that are random per run) is left out so that one seed gives one count.
+- Message bytes are measured, not estimated, by the Flower codec (``fedsparse.codec``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, Message, RecordDict
-from flwr.supercore.inflatable.inflatable_object import (
-    get_all_nested_objects,
-    no_object_id_recompute,
-)
 from torch import nn
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -51,6 +44,25 @@ class TrainingCost:
     flops: float
     memory_bytes: float
     activation_bytes: float
+
+
+@dataclass(frozen=True)
+class ClientRoundCost:
+    """What one client spent in one round, beside the dense model doing the same work."""
+
+    partition_id: int
+    density: float
+    train_flops: float
+    memory_bytes: float
+    activation_bytes: float
+    upload_bytes: int
+    download_bytes: int
+    dense_train_flops: float
+    dense_memory_bytes: float
+    dense_upload_bytes: int
+    dense_download_bytes: int
+    #: simulated seconds on the client's device (None when the clock is off)
+    sim_seconds: float | None = None
 
 
 class CostModel:
@@ -106,40 +118,3 @@ class CostModel:
 
     def dense_counts(self) -> dict[str, int]:
         return dict(self.param_sizes)
-
-
-def serialized_bytes(obj: Message | RecordDict | ArrayRecord) -> int:
-    """Exact bytes of a Message (or record) as serialized for Flower's transport."""
-    return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())
-
-
-class ByteCounter:
-    """``serialized_bytes`` with sizes remembered by object id.
-
-    Flower objects are content-addressed, so a model broadcast to many clients is serialized
-    once here instead of once per message. Objects counted in one call are hashed once (Flower's
-    own ``no_object_id_recompute``, as its gRPC grid uses when pushing): hashing every chunk
-    again for each nested lookup was most of the server's per-round bookkeeping.
-    """
-
-    def __init__(self) -> None:
-        self._sizes: dict[str, int] = {}
-
-    def __call__(self, obj: Message | RecordDict | ArrayRecord) -> int:
-        return self.many([obj])[0]
-
-    def many(self, objs: Sequence[Message | RecordDict | ArrayRecord]) -> list[int]:
-        """Bytes of each object; shared parts (the same model in many messages) counted once."""
-        with no_object_id_recompute():
-            return [self._count(obj) for obj in objs]
-
-    def _count(self, obj: Message | RecordDict | ArrayRecord) -> int:
-        total = 0
-        for object_id, nested in get_all_nested_objects(obj).items():
-            if object_id not in self._sizes:
-                self._sizes[object_id] = len(nested.deflate())
-            total += self._sizes[object_id]
-        return total
-
-    def forget(self) -> None:
-        self._sizes.clear()

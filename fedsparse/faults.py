@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
+from fedsparse.seeding import rng
 
 FAULT_KINDS = ("crash", "hang")
 
@@ -22,7 +22,7 @@ def injected_fault(seed: int, server_round: int, partition_id: int, rate: float,
     """The fault this client suffers in this training round, or None."""
     if rate <= 0 or not kinds:
         return None
-    rng = np.random.default_rng([seed, 23, server_round, partition_id])
-    if rng.random() >= rate:
+    draw = rng(seed, "faults", server_round, partition_id)
+    if draw.random() >= rate:
         return None
-    return str(kinds[int(rng.integers(len(kinds)))])
+    return str(kinds[int(draw.integers(len(kinds)))])

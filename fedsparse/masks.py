@@ -5,8 +5,10 @@ A ``Masks`` mapping holds masks for parameters only; a parameter without an entr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,9 +66,43 @@ def mask_gradients(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             param.grad.mul_(masks[name].to(param.grad.dtype))
 
 
-def is_prunable(name: str, tensor: torch.Tensor) -> bool:
-    """Weights of conv and linear layers; biases and normalisation parameters stay dense."""
-    return tensor.dim() >= 2 and name.endswith("weight")
+def prunable_weights(params: Mapping[str, torch.Tensor], keep_first_conv: bool = False) -> list[str]:
+    """The weights sparse methods may prune: conv and linear weights (2-D and up), never biases
+    or normalisation parameters. ``keep_first_conv``: a first conv layer stays dense too (FedTiny
+    never prunes it: it is tiny and every feature flows through it); an MLP's first layer holds
+    most of its weights and is pruned like the others."""
+    names = [n for n, t in params.items() if t.dim() >= 2 and n.endswith("weight")]
+    if keep_first_conv and names and params[names[0]].dim() == 4:
+        names = names[1:]
+    return names
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` highest scores as a boolean mask; ties go to the lower position (stable)."""
+    flat = torch.zeros(scores.numel(), dtype=torch.bool)
+    k = max(0, min(k, scores.numel()))
+    if k:
+        order = torch.sort(scores.detach().flatten(), descending=True, stable=True).indices
+        flat[order[:k]] = True
+    return flat.view_as(scores)
+
+
+def magnitude_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` largest-magnitude weights."""
+    return top_k_mask(weight.detach().abs(), k)
+
+
+def pack_mask(mask: torch.Tensor | np.ndarray) -> np.ndarray:
+    """1 bit per coordinate (numpy's "big" bit order, row-major), ceil(n/8) bytes."""
+    array = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    return np.packbits(array.reshape(-1).astype(bool))
+
+
+def unpack_mask(bits: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of ``pack_mask`` for a tensor of ``shape``."""
+    numel = math.prod(shape)
+    return torch.from_numpy(np.unpackbits(np.asarray(bits, dtype=np.uint8))[:numel].astype(bool)
+                            ).view(shape)
 
 
 def layerwise_magnitude_masks(params: Mapping[str, torch.Tensor], density: float) -> Masks:
@@ -76,25 +112,19 @@ def layerwise_magnitude_masks(params: Mapping[str, torch.Tensor], density: float
     (d * total - fixed) / prunable. Raises ``ValueError`` when the fixed tensors alone exceed
     the budget. Ties are broken by position, so the result is deterministic.
     """
-    prunable = {n: t for n, t in params.items() if is_prunable(n, t)}
+    prunable = set(prunable_weights(params))
     fixed = sum(t.numel() for n, t in params.items() if n not in prunable)
-    total = fixed + sum(t.numel() for t in prunable.values())
+    total = sum(t.numel() for t in params.values())
     allowed = int(density * total + 1e-9)
     if allowed < fixed:
         raise ValueError(f"density {density:g} allows {allowed} parameters but biases and norm "
                          f"layers alone need {fixed}")
-    prunable_total = sum(t.numel() for t in prunable.values())
+    prunable_total = total - fixed
     layer_density = min(1.0, (allowed - fixed) / max(prunable_total, 1))
     masks: Masks = {}
     for name, tensor in params.items():
         if name not in prunable:
             masks[name] = torch.ones_like(tensor, dtype=torch.bool)
-            continue
-        k = int(layer_density * tensor.numel())
-        flat = torch.zeros(tensor.numel(), dtype=torch.bool)
-        if k > 0:
-            # stable sort on -|w| keeps the lowest index among equal magnitudes
-            order = torch.sort(tensor.detach().abs().flatten(), descending=True, stable=True).indices
-            flat[order[:k]] = True
-        masks[name] = flat.view_as(tensor)
+        else:
+            masks[name] = magnitude_mask(tensor, int(layer_density * tensor.numel()))
     return masks

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsparse.aggregation import holder_average
-from fedsparse.wire import SparseUpdate
+from fedsparse.updates import SparseUpdate
 
 
 @dataclass

@@ -5,10 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fedsparse.config import TrainConfig
 from fedsparse.masks import Masks, apply_masks, mask_gradients
+
+
+class TrainSettings(BaseModel):
+    """Local training: the config's ``train`` section (strict: unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -18,7 +30,7 @@ class EvalResult:
     num_examples: int
 
 
-def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSettings,
                 generator: torch.Generator, masks: Masks | None = None,
                 proximal_mu: float = 0.0) -> tuple[float, int]:
     """Run ``cfg.local_epochs`` epochs of minibatch SGD; return (mean loss, samples seen).

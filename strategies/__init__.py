@@ -6,21 +6,20 @@ To write your own mask-aware strategy, subclass ``MaskAwareStrategy`` and overri
 
 from __future__ import annotations
 
+from fedsparse.config import ExperimentConfig
+from fedsparse.errors import ConfigError
 from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy, StrategyContext
 from fedsparse.strategies.fedavg import FedAvg
 from fedsparse.strategies.masked_fedavg import MaskedFedAvg
 from fedsparse.strategies.registry import BUILTIN, StrategySpec, available, instantiate, resolve
 
-from fedsparse.config import ExperimentConfig
-from fedsparse.errors import ConfigError
-
 
 def check_strategy(config: ExperimentConfig) -> StrategySpec:
     """Resolve the configured strategy, refusing combinations that cannot work."""
-    from fedsparse.clients import METHODS
+    from fedsparse.experiment import method_class
 
     spec = resolve(config.strategy.name)
-    if METHODS[config.method.name].sparse_updates and not spec.accepts_sparse:
+    if method_class(config).sparse_updates and not spec.accepts_sparse:
         raise ConfigError(f"strategy '{spec.name}' cannot aggregate the sparse updates of method "
                           f"'{config.method.name}': use --strategy masked-fedavg")
     return spec

@@ -1,82 +1,44 @@
 """The mask-aware base strategy: a Flower ``FedAvg`` subclass that owns everything but the math.
 
-Sampling (seeded by round, over partitions), per-client message building (each client gets its
-own submodel and budget), decoding and validation of replies, budget enforcement and cost
-accounting all live here. A subclass overrides one method, ``aggregate_updates``, which gets the
-current global arrays and the round's accepted updates and returns the new global arrays.
+It composes small parts and knows no method: sampling (``fedsparse.sampling``), per-client
+messages (``messages``), reply validation (``validation``), the method's checks of its own
+records, budget checks (``fedsparse.budgets.over_budget``) and cost accounting
+(``accounting``). A subclass overrides one method, ``aggregate_updates``, which gets the current
+global arrays and the round's accepted updates and returns the new global arrays.
 """
 
 from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from logging import WARNING
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
-from fedsparse.budgets import Budget
-from fedsparse.clock import ClockSettings, RoundTiming, client_seconds, is_online, sample_size, settle_round
-from fedsparse.costs import ByteCounter, CostModel, TrainingCost
-from fedsparse.masks import Masks
-from fedsparse.pruning_wire import ADJUST_MASK_RECORD, PAIRS_RECORD, decode_pairs
-from fedsparse.shared_mask_server import Pairs, PairsRejected, SharedMaskServer
-from fedsparse.wire import SparseUpdate, Template, UpdateRejected, decode, encode
+from fedsparse.budgets import Budget, over_budget
+from fedsparse.clock import ClockSettings, RoundTiming, client_seconds, settle_round
+from fedsparse.costs import ClientRoundCost, CostModel
+from fedsparse.method import Method
+from fedsparse.sampling import sample_clients
+from fedsparse.strategies.accounting import CostAccountant
+from fedsparse.strategies.messages import MessageBuilder
+from fedsparse.strategies.validation import (
+    ClientUpdate,
+    ReplyValidator,
+    reply_partition,
+    safe_partition,
+)
+from fedsparse.updates import Template, UpdateRejected
 
-PARTITION_KEY = "partition-id"
-MaskFn = Callable[[Mapping[str, torch.Tensor], Budget], Masks | None]
-
-
-def reply_partition(msg: Message) -> int:
-    """The partition id a client reported in its reply (first MetricRecord)."""
-    metrics = next(iter(msg.content.metric_records.values()))
-    return int(metrics[PARTITION_KEY])
-
-
-@dataclass(frozen=True)
-class ClientUpdate:
-    """One accepted, validated reply, as ``aggregate_updates`` receives it."""
-
-    partition_id: int
-    update: SparseUpdate
-    num_examples: int
-    budget: Budget
-    metrics: dict[str, float]
-    reply: Message
-
-
-@dataclass(frozen=True)
-class ClientRoundCost:
-    """What one client spent in one round, beside the dense model doing the same work."""
-
-    partition_id: int
-    density: float
-    train_flops: float
-    memory_bytes: float
-    activation_bytes: float
-    upload_bytes: int
-    download_bytes: int
-    dense_train_flops: float
-    dense_memory_bytes: float
-    dense_upload_bytes: int
-    dense_download_bytes: int
-    #: simulated seconds on the client's device (None when the clock is off)
-    sim_seconds: float | None = None
+__all__ = ["ClientRoundCost", "ClientUpdate", "MaskAwareStrategy", "RoundReport", "StrategyContext",
+           "reply_partition"]
 
 
 @dataclass
@@ -104,13 +66,8 @@ class StrategyContext:
     template: Template
     batch_size: int
     momentum: bool
-    mask_fn: MaskFn | None = None
-    #: clients that never train the global model (they only evaluate, e.g. pFedGate's novel)
-    novel: frozenset[int] = frozenset()
-    #: the method measures FLOPs, memory and compute density on the client (they are reported)
-    reported_costs: bool = False
-    #: shared-mask methods (FedTiny, prune-at-init, FedDST): the server's masks and adjustments
-    mask_server: SharedMaskServer | None = None
+    #: the method being run (its per-client submodels, records, checks and costs)
+    method: Method
     #: the simulated device clock (None: off)
     clock: ClockSettings | None = None
 
@@ -128,11 +85,13 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.server_round = 0
         self.node_of: dict[int, int] = {}
         self.report = RoundReport()
-        self._global: dict[str, np.ndarray] = {}
-        self._download: dict[int, tuple[int, int]] = {}
-        self._dense_array_bytes: int | None = None
-        self._masks_by_budget: dict[Budget, Masks | None] = {}
-        self.count_bytes = ByteCounter()
+        self.messages = MessageBuilder(context.method, context.budgets,
+                                       context.cost_model.param_sizes, self.arrayrecord_key,
+                                       self.configrecord_key)
+        self.validator = ReplyValidator(context.template, context.budgets, self.arrayrecord_key,
+                                        self.accepts_sparse, type(self).__name__)
+        self.accountant = CostAccountant(context.cost_model, context.method, context.batch_size,
+                                         context.momentum, self.arrayrecord_key)
 
     # --- the one method a plug-in overrides -------------------------------------------------
     @abstractmethod
@@ -149,25 +108,18 @@ class MaskAwareStrategy(FlowerFedAvg):
     def summary(self) -> None:
         """Flower's hook for logging the configuration; the run's config.yaml records it."""
 
-    _INFRASTRUCTURE = frozenset({"context", "node_of", "report", "server_round", "_global",
-                                 "_download", "_dense_array_bytes", "count_bytes", "_masks_by_budget",
-                                 "_pairs_of"})
+    _INFRASTRUCTURE = frozenset({"context", "node_of", "report", "server_round", "messages",
+                                 "validator", "accountant"})
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint must keep of this strategy: by default every attribute that is not
         the base's per-round machinery (e.g. a server optimizer's moments, a plug-in's
         counters). Override with ``restore_state`` if some attribute cannot be pickled."""
-        state = {k: v for k, v in vars(self).items() if k not in self._INFRASTRUCTURE}
-        if self.context.mask_server is not None:
-            state[_MASK_SERVER_KEY] = self.context.mask_server.state()
-        return state
+        return {k: v for k, v in vars(self).items() if k not in self._INFRASTRUCTURE}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            if key == _MASK_SERVER_KEY and self.context.mask_server is not None:
-                self.context.mask_server.restore(value)
-            elif key != _MASK_SERVER_KEY:
-                setattr(self, key, value)
+            setattr(self, key, value)
 
     # --- sampling and messages ----------------------------------------------------------------
     def bind_nodes(self, node_of_partition: dict[int, int]) -> None:
@@ -175,89 +127,34 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.node_of = dict(sorted(node_of_partition.items()))
 
     def sample_partitions(self, server_round: int) -> list[int]:
-        """Seeded sample of the training clients; with the clock, only online ones, and
-        ``clock.over_select`` times as many as needed."""
-        clock = self.context.clock
-        candidates = [p for p in self.node_of if p not in self.context.novel]
-        k = min(self.context.clients_per_round, len(candidates))
-        if clock is not None:
-            if clock.availability:
-                candidates = [p for p in candidates if is_online(
-                    self.context.seed, server_round, p, clock.profiles[p].availability)]
-            k = sample_size(self.context.clients_per_round, clock.over_select, len(candidates))
-        partitions = np.array(candidates, dtype=np.int64)
-        rng = np.random.default_rng([self.context.seed, 11, server_round])
-        return sorted(int(p) for p in rng.choice(partitions, size=k, replace=False))
-
-    def client_masks(self, partition_id: int) -> Masks | None:
-        """The submodel this client holds this round (None: the whole model).
-
-        The method's choice depends only on the global model and the budget, so clients with
-        equal budgets share one computation per round.
-        """
-        if self.context.mask_fn is None:
-            return None
-        budget = self.context.budgets[partition_id]
-        if budget not in self._masks_by_budget:
-            params = {n: torch.from_numpy(self._global[n]) for n in self.context.cost_model.param_sizes}
-            self._masks_by_budget[budget] = self.context.mask_fn(params, budget)
-        return self._masks_by_budget[budget]
-
-    def _messages(self, partitions: list[int], arrays: ArrayRecord, config: ConfigRecord,
-                  server_round: int, message_type: str) -> list[Message]:
-        self._global = {k: v.numpy() for k, v in arrays.items()}
-        self._masks_by_budget: dict[Budget, Masks | None] = {}
-        config["server-round"] = server_round
-        messages = []
-        for pid in partitions:
-            masks = self.client_masks(pid)
-            if masks is None:
-                payload = arrays
-            else:
-                state = {k: torch.from_numpy(v) for k, v in self._global.items()}
-                payload = encode(state, masks)
-            budget = self.context.budgets[pid]
-            client_config = ConfigRecord({**config, "budget-density": budget.density,
-                                          "novel": int(pid in self.context.novel)})
-            record = RecordDict({self.arrayrecord_key: payload,
-                                 self.configrecord_key: client_config})
-            server = self.context.mask_server
-            if server is not None and message_type == MessageType.TRAIN:
-                bits = server.adjust_mask_bits(budget)
-                if bits:
-                    record[ADJUST_MASK_RECORD] = ArrayRecord(
-                        array_dict={n: Array(b) for n, b in bits.items()})
-            messages.append(Message(content=record, message_type=message_type,
-                                    dst_node_id=self.node_of[pid]))
-        return messages
+        """Seeded sample of the training clients (never the method's novel clients)."""
+        novel = self.context.method.novel_clients()
+        return sample_clients(self.context.seed, server_round,
+                              [p for p in self.node_of if p not in novel],
+                              self.context.clients_per_round, self.context.clock)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         partitions = self.sample_partitions(server_round)
-        if self.context.mask_server is not None:
-            self.context.mask_server.plan_round(server_round)
-            config = ConfigRecord({**config, **self.context.mask_server.train_config()})
-        messages = self._messages(partitions, arrays, config, server_round, MessageType.TRAIN)
-        self.count_bytes.forget()
-        sizes = self.count_bytes.many([arrays, *(part for msg in messages for part in (
-            msg.content, msg.content[self.arrayrecord_key]))])
-        self._dense_array_bytes = sizes[0]
-        self._download = {pid: (sent, sent - arrays_sent + self._dense_array_bytes)
-                          for pid, sent, arrays_sent in zip(partitions, sizes[1::2], sizes[2::2],
-                                                            strict=True)}
+        planned = self.context.method.begin_round(server_round)
+        if planned:
+            config = ConfigRecord({**config, **planned})
+        messages = self.messages.build(partitions, self.node_of, arrays, config, server_round,
+                                       MessageType.TRAIN)
+        self.accountant.downloads(arrays, partitions, messages)
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Every client evaluates the model it would deploy; none is skipped."""
-        return self._messages(list(self.node_of), arrays, config, server_round, MessageType.EVALUATE)
+        return self.messages.build(list(self.node_of), self.node_of, arrays, config, server_round,
+                                   MessageType.EVALUATE)
 
     # --- replies --------------------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.server_round = server_round
         report = RoundReport()
-        self._pairs_of: dict[int, Pairs | None] = {}  # FedTiny pairs of this round, decoded once
         accepted: list[ClientUpdate] = []
         losses: list[tuple[float, int]] = []
         # arrival order varies between runs; partition order keeps every float sum reproducible
@@ -266,13 +163,15 @@ class MaskAwareStrategy(FlowerFedAvg):
                 report.failed += 1
                 continue
             try:
-                client, cost = self._check_reply(reply)
+                client, cost = self._accept(reply)
             except UpdateRejected as exc:
-                pid = _safe_partition(reply)
+                pid = safe_partition(reply)
                 report.rejected.append((pid, str(exc)))
                 log(WARNING, "round %d: update of client %s rejected: %s", server_round, pid, exc)
                 continue
-            problem = self._over_budget(client.budget, cost)
+            problem = over_budget(client.budget, {
+                "density": cost.density, "train_flops": cost.train_flops,
+                "memory_bytes": cost.memory_bytes, "upload_bytes": cost.upload_bytes})
             if problem:
                 report.violations.append((client.partition_id, problem))
                 log(WARNING, "round %d: client %d over budget: %s", server_round,
@@ -288,14 +187,22 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.report = report
         if not accepted:
             return None, None
-        new_state = self.aggregate_updates(self._global, accepted)
-        if self.context.mask_server is not None:
-            new_state = self.context.mask_server.after_aggregate(
-                dict(new_state), [self._pairs_of.get(c.partition_id) or {} for c in accepted])
+        global_arrays = self.messages.global_arrays
+        new_state = self.aggregate_updates(global_arrays, accepted)
+        new_state = self.context.method.after_aggregate(dict(new_state),
+                                                        [c.partition_id for c in accepted])
         total = sum(n for _, n in losses)
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
                                 "num-examples": total})
         return ArrayRecord(array_dict=_as_arrays(new_state)), metrics
+
+    def _accept(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
+        """Generic checks, the method's checks of its records, then the round's cost."""
+        checked = self.validator.check(reply, self.node_of)
+        client = checked.client
+        self.context.method.check_reply(client.partition_id, client.budget, checked.records,
+                                        client.metrics)
+        return client, self.accountant.cost(client, checked.samples_seen)
 
     def _keep_finishers(self, report: RoundReport, accepted: list[ClientUpdate],
                         losses: list[tuple[float, int]]
@@ -315,109 +222,9 @@ class MaskAwareStrategy(FlowerFedAvg):
         report.layer_kept = [report.layer_kept[i] for i in keep]
         return [accepted[i] for i in keep], [losses[i] for i in keep]
 
-    def _check_reply(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
-        content = reply.content
-        if self.arrayrecord_key not in content.array_records or "metrics" not in content.metric_records:
-            raise UpdateRejected("reply lacks its arrays or metrics record")
-        metrics = {k: float(v) for k, v in content["metrics"].items()
-                   if isinstance(v, (int, float))}
-        pid = int(metrics.get(PARTITION_KEY, -1))
-        if pid not in self.node_of or self.node_of[pid] != reply.metadata.src_node_id:
-            raise UpdateRejected(f"reply names partition {pid}, which its node does not serve")
-        num_examples = metrics.get("num-examples", -1)
-        samples = metrics.get("samples-seen", -1)
-        if not (num_examples > 0 and samples >= 0 and math.isfinite(num_examples + samples)):
-            raise UpdateRejected(f"absurd sample counts (num-examples={num_examples}, "
-                                 f"samples-seen={samples})")
-        update = decode(content[self.arrayrecord_key], self.context.template)
-        if not self.accepts_sparse and (
-                any(t.index is not None for t in update.tensors.values())
-                or set(update.tensors) != set(self.context.template)):
-            raise UpdateRejected(f"{type(self).__name__} cannot aggregate sparse updates: "
-                                 "use strategy masked-fedavg")
-        client = ClientUpdate(pid, update, int(num_examples), self.context.budgets[pid], metrics,
-                              reply)
-        if self.context.mask_server is not None:
-            try:
-                pairs = _pairs(reply)
-                self.context.mask_server.check_pairs(pairs)
-            except (PairsRejected, ValueError) as exc:
-                raise UpdateRejected(str(exc)) from None
-            self._pairs_of[pid] = pairs
-        return client, self._cost(client, reply, int(samples))
-
-    def _cost(self, client: ClientUpdate, reply: Message, samples: int) -> ClientRoundCost:
-        model = self.context.cost_model
-        kept = {n: client.update.tensors[n].nnz if n in client.update.tensors else 0
-                for n in model.param_sizes}
-        sparse = model.training_cost(kept, samples, self.context.batch_size, self.context.momentum)
-        dense = model.training_cost(model.dense_counts(), samples, self.context.batch_size,
-                                    self.context.momentum)
-        density = client.update.density(model.param_sizes)
-        if self.context.reported_costs:
-            sparse, density = self._reported(client.metrics, sparse, dense)
-        if self.context.mask_server is not None:
-            server = self.context.mask_server
-            sparse = TrainingCost(sparse.flops + server.extra_flops(client.budget),
-                                  sparse.memory_bytes + server.extra_memory(client.budget),
-                                  sparse.activation_bytes)
-        upload, arrays_up = self.count_bytes.many([reply.content, reply.content[self.arrayrecord_key]])
-        down, dense_down = self._download.get(client.partition_id, (0, 0))
-        dense_arrays = self._dense_array_bytes or arrays_up
-        return ClientRoundCost(
-            partition_id=client.partition_id, density=density,
-            train_flops=sparse.flops, memory_bytes=sparse.memory_bytes,
-            activation_bytes=sparse.activation_bytes, upload_bytes=upload,
-            download_bytes=down, dense_train_flops=dense.flops,
-            dense_memory_bytes=dense.memory_bytes,
-            dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down)
-
-    @staticmethod
-    def _reported(metrics: Mapping[str, float], computed: TrainingCost,
-                  dense: TrainingCost) -> tuple[TrainingCost, float]:
-        """Client-measured costs, refused when absent or implausible."""
-        try:
-            flops, memory = metrics["train-flops"], metrics["memory-bytes"]
-            density = metrics["compute-density"]
-        except KeyError as exc:
-            raise UpdateRejected(f"reply lacks the cost metric {exc}") from None
-        if not (0 <= density <= 1 and flops >= 0 and memory > 0 and math.isfinite(flops + memory)):
-            raise UpdateRejected(f"implausible reported costs (train-flops={flops}, "
-                                 f"memory-bytes={memory}, compute-density={density})")
-        return TrainingCost(flops=flops, memory_bytes=memory,
-                            activation_bytes=computed.activation_bytes), density
-
-    @staticmethod
-    def _over_budget(budget: Budget, cost: ClientRoundCost) -> str | None:
-        checks = [("density", cost.density, budget.density),
-                  ("train_flops", cost.train_flops, budget.train_flops),
-                  ("memory_bytes", cost.memory_bytes, budget.memory_bytes),
-                  ("upload_bytes", cost.upload_bytes, budget.upload_bytes)]
-        for name, spent, limit in checks:
-            if limit is not None and spent > limit * (1 + 1e-9):
-                return f"{name} {spent:.6g} exceeds its declared {limit:.6g}"
-        return None
-
-
-_MASK_SERVER_KEY = "__mask_server__"
-
-
-def _pairs(reply: Message) -> Pairs | None:
-    """FedTiny's top-K pairs in a reply (None when it sent none); ValueError when malformed."""
-    if PAIRS_RECORD not in reply.content.array_records:
-        return None
-    return decode_pairs(reply.content[PAIRS_RECORD])
-
 
 def _arrival_independent_key(reply: Message) -> tuple[int, int, int]:
-    return (reply.has_error(), _safe_partition(reply), reply.metadata.src_node_id)
-
-
-def _safe_partition(reply: Message) -> int:
-    try:
-        return reply_partition(reply)
-    except Exception:
-        return -1
+    return (reply.has_error(), safe_partition(reply), reply.metadata.src_node_id)
 
 
 def _as_arrays(state: Mapping[str, np.ndarray]) -> dict[str, Array]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy, StrategyContext
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy, StrategyContext
 
 
 class _NodesOnly:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy
 
 from fedsparse.aggregation import masked_fedavg
+from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy
 
 
 class MaskedFedAvg(MaskAwareStrategy):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy, StrategyContext
 
 from fedsparse.server_opt import ServerOptimizer, robust_aggregate
+from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy, StrategyContext
 
 
 class _MaskedServerOpt(MaskAwareStrategy):

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from fedsparse.strategies import ClientUpdate, MaskAwareStrategy, StrategyContext
 
 from fedsparse.aggregation import masked_fedavg
-from fedsparse.wire import SparseUpdate, TensorUpdate
+from fedsparse.strategies import ClientUpdate, MaskAwareStrategy, StrategyContext
+from fedsparse.updates import SparseUpdate, TensorUpdate
 
 
 class NormClippedFedAvg(MaskAwareStrategy):

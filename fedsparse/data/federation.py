@@ -18,6 +18,8 @@ from fedsparse.data.loaders import load_pool
 from fedsparse.data.partition import ClientSplit, partition_indices, split_client
 from fedsparse.data.pool import DataPool
 from fedsparse.errors import DataError
+from fedsparse.experiment import needs_server_data
+from fedsparse.seeding import rng
 
 _POOL_CACHE: dict[str, DataPool] = {}
 
@@ -51,8 +53,8 @@ def build_federation(config: ExperimentConfig) -> Federation:
     """Partition the pool among ``config.num_clients`` clients and split each one."""
     pool = cached_pool(config)
     server = np.zeros(0, dtype=np.int64)
-    if config.method.needs_server_data:
-        server = reserve_server_set(pool, config.method.pruning.server_samples_per_class, config.seed)
+    if needs_server_data(config):
+        server = reserve_server_set(pool, config.partition.server_samples_per_class, config.seed)
     if len(server):
         keep = np.setdiff1d(np.arange(len(pool)), server)
         rest = replace(pool, x=pool.x[keep], y=pool.y[keep],
@@ -70,11 +72,11 @@ def reserve_server_set(pool: DataPool, per_class: int, seed: int) -> np.ndarray:
 
     A rare class gives at most half its samples, so clients keep some of every class.
     """
-    rng = np.random.default_rng([seed, 23])
+    draw = rng(seed, "server-set")
     picks = []
     for label in range(pool.num_classes):
         members = np.flatnonzero(pool.y == label)
-        picks.append(rng.choice(members, size=min(per_class, len(members) // 2), replace=False))
+        picks.append(draw.choice(members, size=min(per_class, len(members) // 2), replace=False))
     server = np.sort(np.concatenate(picks)).astype(np.int64)
     if len(server) == 0:
         raise DataError("the data has too few samples per class to hold any back for the server: "

@@ -14,6 +14,7 @@ import numpy as np
 from fedsparse.config import PartitionConfig
 from fedsparse.data.pool import DataPool
 from fedsparse.errors import DataError
+from fedsparse.seeding import rng
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,8 @@ def split_client(indices: np.ndarray, cfg: PartitionConfig, seed: int, client: i
 
     Train and test always get at least one sample each; validation may be empty.
     """
-    rng = np.random.default_rng([seed, 7, client])
-    shuffled = indices[rng.permutation(len(indices))]
+    draw = rng(seed, "client-split", client)
+    shuffled = indices[draw.permutation(len(indices))]
     n = len(shuffled)
     n_test = max(1, round(cfg.test * n))
     n_val = round(cfg.val * n) if cfg.val > 0 else 0

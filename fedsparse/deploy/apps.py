@@ -24,7 +24,6 @@ from fedsparse.data.federation import build_federation
 from fedsparse.deploy.run_config import deployed_config
 from fedsparse.results import RunRecorder, new_run_dir
 from fedsparse.simulation.client_app import make_client_app
-from fedsparse.simulation.mask_setup import MaskSetup
 from fedsparse.simulation.runner import RunResult, finish_run, strategy_context
 from fedsparse.simulation.server_app import ServerLoop, handshake, wait_for_nodes
 from fedsparse.strategies import build_strategy, check_strategy
@@ -52,8 +51,7 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
     context = strategy_context(config, federation, budgets)
     strategy = build_strategy(config, context)
     recorder = RunRecorder(new_run_dir(config), config)
-    setup = MaskSetup(config, federation, context.mask_server) if context.mask_server else None
-    loop = ServerLoop(config, federation, strategy, recorder, setup=setup)
+    loop = ServerLoop(config, federation, strategy, recorder)
     loop.run(grid, node_of=node_of)
     result = finish_run(config, loop, recorder, started)
     log(INFO, "fedsparse: run folder %s", result.run_dir)

@@ -1,7 +1,9 @@
-"""Flower ClientApp: unpack a Message, call the method's local training, pack the reply.
+"""Flower ClientApp: unpack a Message into a ``ClientTask``, call the method, pack the reply.
 
-The app closes over the config as JSON and the path of the run's partition file only, so a
-message carries no data; each worker process loads its data once and caches it.
+The app knows no method: training, evaluation and a method's own query rounds (message type
+``query.method``, the action in its config) all go to the configured ``Method``. The app closes
+over the config as JSON and the path of the run's partition file only, so a message carries no
+data; each worker process loads its data once and caches it.
 """
 
 from __future__ import annotations
@@ -18,24 +20,22 @@ from flwr.clientapp import ClientApp
 
 from fedsparse.budgets import DECLARED_BUDGET, declared_budget_fields
 from fedsparse.checkpoint import load_client_state, save_client_state
-from fedsparse.clients import METHODS
-from fedsparse.clients.dense import DenseClient, Exchange, LocalData
+from fedsparse.codec import decode, encode, from_record, pack_records, to_record, unpack_records
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import build_federation, cached_pool, load_partitions
 from fedsparse.data.partition import ClientSplit
 from fedsparse.deploy.run_config import deployed_config_json
+from fedsparse.experiment import cached_method
 from fedsparse.faults import InjectedCrash, injected_fault
-from fedsparse.fedtiny import candidate_bn_stats, candidate_loss_sums, local_batches
 from fedsparse.masks import Masks
+from fedsparse.method import ClientState, ClientTask, LocalData, Method
 from fedsparse.models import build_model
-from fedsparse.pruning_wire import (
-    BN_EVAL_ACTION,
-    BN_STATS_ACTION,
-    pack_candidate_stats,
-    unpack_candidate_stats,
-    unpack_candidates,
-)
-from fedsparse.wire import decode, encode, template_of
+from fedsparse.seeding import client_seed
+from fedsparse.strategies.validation import PARTITION_KEY
+from fedsparse.updates import template_of
+
+#: the message type of a method's query rounds; the action travels in the config
+METHOD_QUERY = "method"
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,30 @@ def _runtime(config_json: str, partitions_path: str | None) -> ClientRuntime:
                          Path(partitions_path) if partitions_path else None)
 
 
-@lru_cache(maxsize=2)
-def _method(config_json: str) -> DenseClient:
-    """One method object per worker and experiment (it may cache per-model helpers)."""
-    config = ExperimentConfig.model_validate_json(config_json)
-    return METHODS[config.method.name](config)
-
-
 def _partition_id(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+    return int(context.node_config[PARTITION_KEY])
+
+
+def _private_state(context: Context) -> dict[str, dict]:
+    """The node's persistent state as the method sees it (name -> arrays)."""
+    return {name: from_record(record) for name, record in context.state.array_records.items()}
+
+
+def _keep_private_state(context: Context, state: ClientState) -> None:
+    for name, arrays in state.items():
+        context.state[name] = to_record(arrays)
+
+
+def _task(runtime: ClientRuntime, msg: Message, pid: int, stream_round: int,
+          state: ClientState) -> ClientTask:
+    """The method's view of a message: model, masks, data, seeded generator, config, records."""
+    model, masks = runtime.model(msg.content["arrays"])
+    config = dict(msg.content["config"])
+    generator = torch.Generator().manual_seed(client_seed(runtime.config.seed, stream_round, pid))
+    return ClientTask(model=model, masks=masks, data=runtime.data(pid), generator=generator,
+                      partition_id=pid, server_round=int(config.get("server-round", 0)),
+                      budget_density=float(config.get("budget-density", 1.0)), config=config,
+                      inbox=unpack_records(msg.content, skip={"arrays"}), state=state)
 
 
 class RebuiltClientApp(ClientApp):
@@ -143,12 +158,12 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
             save_client_state(run_dir, pid, server_round, context.state,
                               keep_from=(server_round - 1) // every * every)
 
-    def setup(context: Context) -> tuple[ClientRuntime, DenseClient]:
+    def setup(context: Context) -> tuple[ClientRuntime, Method]:
         exp_json = config_json if config_json is not None else deployed_config_json(
             dict(context.run_config))
         runtime = _runtime(exp_json, partitions_path)
         torch.set_num_threads(max(1, int(runtime.config.simulation.cpus_per_client)))
-        return runtime, _method(exp_json)
+        return runtime, cached_method(exp_json)
 
     @app.query()
     def handshake(msg: Message, context: Context) -> Message:
@@ -157,7 +172,7 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         runtime, _ = setup(context)
         pid = _partition_id(context)
         split = runtime.split(pid)
-        metrics = MetricRecord({"partition-id": pid, "num-train": len(split.train),
+        metrics = MetricRecord({PARTITION_KEY: pid, "num-train": len(split.train),
                                 "num-test": len(split.test)})
         content = RecordDict({"metrics": metrics})
         declared = declared_budget_fields(dict(context.node_config))
@@ -172,74 +187,42 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         server_round = int(msg.content["config"]["server-round"])
         _maybe_fail(runtime.config, server_round, pid)
         restore(context, pid)
-        model, masks = runtime.model(msg.content["arrays"])
-        generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
-        torch.manual_seed(_stream_seed(runtime.config.seed, server_round, pid))
-        server_config = {**dict(msg.content["config"]), "partition-id": pid}
-        exchange = Exchange(inbox=msg.content)
-        metrics, upload = method.fit(model, masks, runtime.data(pid), generator, server_config,
-                                     context.state, exchange)
-        metrics["partition-id"] = pid
+        task = _task(runtime, msg, pid, server_round, _private_state(context))
+        torch.manual_seed(client_seed(runtime.config.seed, server_round, pid))
+        result = method.fit(task)
+        _keep_private_state(context, task.state)
         persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
-        content = RecordDict({"arrays": encode(model.state_dict(), upload),
-                              "metrics": MetricRecord(metrics)})
-        for key, record in exchange.outbox.items():
-            content[key] = record
+        content = RecordDict({"arrays": encode(task.model.state_dict(), result.upload),
+                              "metrics": MetricRecord({**result.metrics, PARTITION_KEY: pid})})
+        for name, record in pack_records(result.outbox).items():
+            content[name] = record
         return Message(content, reply_to=msg)
 
-    @app.query(BN_STATS_ACTION)
-    def bn_stats(msg: Message, context: Context) -> Message:
-        """ABNS round A: re-estimate every candidate's BN statistics on local batches."""
-        runtime, _ = setup(context)
+    @app.query(METHOD_QUERY)
+    def method_query(msg: Message, context: Context) -> Message:
+        """A method's own query round (e.g. FedTiny's adaptive BN selection)."""
+        runtime, method = setup(context)
         pid = _partition_id(context)
-        model, candidates, batches = _abns_inputs(runtime, msg, pid)
-        record = pack_candidate_stats(candidate_bn_stats(model, candidates, batches))
-        metrics = MetricRecord({"partition-id": pid,
-                                "num-examples": sum(len(y) for _, y in batches)})
-        return Message(RecordDict({"bn-stats": record, "metrics": metrics}), reply_to=msg)
-
-    @app.query(BN_EVAL_ACTION)
-    def bn_eval(msg: Message, context: Context) -> Message:
-        """ABNS round B: each candidate's loss with the averaged BN statistics."""
-        runtime, _ = setup(context)
-        pid = _partition_id(context)
-        model, candidates, batches = _abns_inputs(runtime, msg, pid)
-        stats = unpack_candidate_stats(msg.content["bn-stats"], len(candidates))
-        sums = candidate_loss_sums(model, candidates, stats, batches)
-        metrics = MetricRecord({"partition-id": pid, "num-examples": sum(len(y) for _, y in batches),
-                                **{f"loss-sum-{k}": v for k, v in enumerate(sums)}})
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+        task = _task(runtime, msg, pid, 0, _private_state(context))
+        records, metrics = method.answer(str(task.config["action"]), task)
+        content = RecordDict({**pack_records(records),
+                              "metrics": MetricRecord({**metrics, PARTITION_KEY: pid})})
+        return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         runtime, method = setup(context)
         pid = _partition_id(context)
-        model, masks = runtime.model(msg.content["arrays"])
         server_round = int(msg.content["config"]["server-round"])
         restore(context, pid)
-        generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, -server_round, pid))
-        server_config = {**dict(msg.content["config"]), "partition-id": pid}
-        metrics = method.evaluate(model, masks, runtime.data(pid), generator, server_config,
-                                  context.state)
-        metrics["partition-id"] = pid
+        task = _task(runtime, msg, pid, -server_round, _private_state(context))
+        metrics = method.evaluate(task)
+        _keep_private_state(context, task.state)
         persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        return Message(RecordDict({"metrics": MetricRecord({**metrics, PARTITION_KEY: pid})}),
+                       reply_to=msg)
 
     return app
-
-
-def _abns_inputs(runtime: ClientRuntime, msg: Message, pid: int
-                 ) -> tuple[torch.nn.Module, list[Masks], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The warmed-up model, the candidate masks and this client's seeded ABNS batches."""
-    model, _ = runtime.model(msg.content["arrays"])
-    config = msg.content["config"]
-    candidates = unpack_candidates(msg.content["candidates"], int(config["candidates"]),
-                                   dict(model.named_parameters()))
-    data = runtime.data(pid)
-    generator = torch.Generator().manual_seed(_stream_seed(runtime.config.seed, 0, pid))
-    batches = local_batches(data.x_train, data.y_train, int(config["bn-batches"]),
-                            runtime.config.train.batch_size, generator)
-    return model, candidates, batches
 
 
 def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) -> None:
@@ -251,8 +234,3 @@ def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) 
         time.sleep(sim.hang_seconds or sim.round_timeout + 5)
     if fault is not None:
         raise InjectedCrash(f"injected {fault} of client {partition_id} in round {server_round}")
-
-
-def _stream_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """An independent, reproducible seed for one client in one round."""
-    return (seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**63)

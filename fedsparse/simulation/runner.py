@@ -17,22 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedsparse.budgets import Budget, assign_budgets
+from fedsparse.budgets import Budget
 from fedsparse.checkpoint import load_checkpoint
-from fedsparse.clients import METHODS
 from fedsparse.clock import ClockSettings, build_clock, time_to_accuracy
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
 from fedsparse.data.federation import Federation, build_federation, save_partitions
 from fedsparse.errors import ConfigError, SimulationError
+from fedsparse.experiment import budgets_of, build_method
+from fedsparse.method import ServerSetup
 from fedsparse.models import build_model
 from fedsparse.results import PARTITIONS_FILE, RunRecorder, new_run_dir
-from fedsparse.simulation.mask_setup import MaskSetup, build_mask_server
 from fedsparse.simulation.server_app import RoundCallback, ServerLoop, mean_costs
 from fedsparse.strategies import StrategyContext, build_strategy, check_strategy
-from fedsparse.wire import template_of
+from fedsparse.updates import template_of
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -107,9 +105,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     checkpoint = load_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         recorder.truncate_rounds(checkpoint.server_round)
-    setup = MaskSetup(config, federation, context.mask_server) if context.mask_server else None
-    loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint,
-                      setup=setup)
+    loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint)
     # on a Ray cluster, workers may run on other machines: they partition locally (same seed)
     # instead of reading this machine's partition file, and keep private state in memory only
     client_app = make_client_app(
@@ -151,25 +147,27 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
 
 def strategy_context(config: ExperimentConfig, federation: Federation,
                      budgets: list[Budget] | None = None) -> StrategyContext:
-    """Budgets, the cost model and the method's mask choice, checked before anything starts.
+    """Budgets, the cost model and the method's server side, checked before anything starts.
 
     ``budgets``: what the clients declared (deployment); by default assigned from the config.
     """
     pool = federation.pool
     model = build_model(config.model, pool.input_shape, pool.num_classes)
     if budgets is None:
-        budgets = assign_budgets(config.budgets, config.num_clients, config.seed)
-    method = METHODS[config.method.name]
-    method.check_budgets(budgets, dict(model.named_parameters()))
+        budgets = budgets_of(config)
     cost_model = CostModel(model, pool.input_shape)
-    mask_server = build_mask_server(config, model, budgets, cost_model)
+    method = build_method(config)
+    server_data = pool.tensors(federation.server) if len(federation.server) else None
+    try:
+        method.setup(ServerSetup(model=model, budgets=budgets, cost_model=cost_model,
+                                 server_data=server_data))
+    except ValueError as exc:
+        raise ConfigError(f"method '{method.name}': {exc}") from None
     return StrategyContext(
         seed=config.seed, clients_per_round=config.clients_per_round, budgets=budgets,
         cost_model=cost_model, template=template_of(model.state_dict()),
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
-        mask_fn=mask_server.masks_for if mask_server else method.server_masks,
-        novel=novel_clients(config), reported_costs=method.reported_costs,
-        mask_server=mask_server, clock=clock_settings(config, budgets))
+        method=method, clock=clock_settings(config, budgets))
 
 
 def clock_settings(config: ExperimentConfig, budgets: list[Budget]) -> ClockSettings | None:
@@ -197,17 +195,6 @@ def clock_summary(config: ExperimentConfig, loop: ServerLoop) -> dict[str, Any] 
             "time_to_target": reached, "clients_late": outcome.clients_late,
             "clients_surplus": outcome.clients_surplus, "deadline": config.clock.deadline,
             "over_select": config.clock.over_select}
-
-
-def novel_clients(config: ExperimentConfig) -> frozenset[int]:
-    """pFedGate's novel clients: a seeded share that never trains the global model."""
-    if config.method.name != "pfedgate" or config.method.pfedgate.novel_share == 0:
-        return frozenset()
-    count = round(config.method.pfedgate.novel_share * config.num_clients)
-    if count >= config.num_clients:
-        raise ConfigError("method.pfedgate.novel_share leaves no client to train: lower it")
-    rng = np.random.default_rng([config.seed, 17])
-    return frozenset(int(c) for c in rng.choice(config.num_clients, size=count, replace=False))
 
 
 def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path) -> None:
@@ -245,20 +232,14 @@ def _keep_ray_logs(ray_tmp: Path, run_dir: Path) -> None:
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def pruning_summary(loop: ServerLoop) -> dict[str, Any] | None:
-    """How a shared-mask method chose and changed its mask (None for other methods)."""
-    server = loop.strategy.context.mask_server
-    if server is None:
-        return None
-    return {**server.info, "adjustments": server.adjustments}
-
-
 def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                   run_dir: Path) -> dict[str, Any]:
     """``summary.json``: the stable, machine-readable contract of a run."""
     outcome = loop.outcome
+    method = loop.method
     return {
         "method": config.method.name,
+        "sparse_updates": method.sparse_updates,
         "strategy": config.strategy.name,
         "dataset": config.data.dataset,
         "model": config.model.name,
@@ -270,10 +251,9 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "wall_seconds": round(wall, 3),
         "accuracy": outcome.accuracy,
         "evaluated_round": outcome.evaluated_round,
-        "eval_gating": config.method.pfedgate.eval_gating if config.method.name == "pfedgate"
-        else None,
-        "novel_clients": len(loop.strategy.context.novel),
-        "pruning": pruning_summary(loop),
+        "eval_gating": None,  # pFedGate's gating at evaluation (from its summary below)
+        "novel_clients": len(method.novel_clients()),
+        "pruning": None,  # a shared-mask method's mask choice and adjustments (below)
         "clock": clock_summary(config, loop),
         "failures": {"clients_failed": outcome.clients_failed,
                      "updates_rejected": outcome.updates_rejected},
@@ -284,4 +264,5 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                    "tiers": [t.model_dump() for t in config.budgets.tiers]
                    if config.budgets.file is None else str(config.budgets.file)},
         "run_dir": str(run_dir),
+        **method.summary(),
     }

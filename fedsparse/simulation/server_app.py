@@ -22,14 +22,17 @@ from flwr.supercore import log
 
 from fedsparse.budgets import DECLARED_BUDGET, Budget, parse_declared_budget
 from fedsparse.checkpoint import Checkpoint, save_checkpoint
+from fedsparse.codec import to_record
 from fedsparse.config import ExperimentConfig
+from fedsparse.costs import ClientRoundCost
 from fedsparse.data.federation import Federation
 from fedsparse.errors import SimulationError
 from fedsparse.models import build_model
 from fedsparse.results import RunRecorder, bottom_decile
 from fedsparse.simulation.grid_io import send_and_receive
+from fedsparse.simulation.queries import make_ask
 from fedsparse.strategies import MaskAwareStrategy
-from fedsparse.strategies.base import ClientRoundCost, reply_partition
+from fedsparse.strategies.validation import PARTITION_KEY, reply_partition
 from fedsparse.training import evaluate
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -97,10 +100,9 @@ class ServerLoop:
 
     def __init__(self, config: ExperimentConfig, federation: Federation, strategy: MaskAwareStrategy,
                  recorder: RunRecorder, on_round: RoundCallback | None = None,
-                 resume: Checkpoint | None = None, setup: Any = None) -> None:
+                 resume: Checkpoint | None = None) -> None:
         self.config = config
-        #: a shared-mask method's choice of the first mask (``MaskSetup``), run before round 1
-        self.setup = setup
+        self.method = strategy.context.method
         self.federation = federation
         self.strategy = strategy
         self.recorder = recorder
@@ -116,6 +118,7 @@ class ServerLoop:
                 k: Array(np.array(v, order="C", copy=True)) for k, v in resume.arrays.items()})
             self.outcome = resume.outcome
             strategy.restore_state(resume.strategy_state)
+            self.method.load_state_dict(resume.method_state)
 
     def _initial_arrays(self) -> ArrayRecord:
         torch.manual_seed(self.config.seed)
@@ -135,8 +138,8 @@ class ServerLoop:
             node_of, _ = handshake(grid, nodes, sim.node_wait_timeout)
         self.strategy.bind_nodes(node_of)
         arrays = self.initial_arrays
-        if self.setup is not None and self.first_round == 1:
-            arrays = self.setup(grid, self.strategy, arrays)
+        if self.first_round == 1:
+            arrays = self.start_method(grid, arrays)
         for server_round in range(self.first_round, self.config.rounds + 1):
             started = time.perf_counter()
             record, arrays = self.train_round(grid, server_round, arrays)
@@ -151,10 +154,17 @@ class ServerLoop:
             if server_round % sim.checkpoint_every == 0 or server_round == self.config.rounds:
                 save_checkpoint(self.recorder.run_dir, Checkpoint(
                     server_round, {k: v.numpy() for k, v in arrays.items()}, self.outcome,
-                    self.strategy.checkpoint_state()))
+                    self.strategy.checkpoint_state(), self.method.state_dict()))
             if self.on_round is not None:
                 self.on_round(record)
         return self.outcome
+
+    def start_method(self, grid: Grid, arrays: ArrayRecord) -> ArrayRecord:
+        """The method's step before round 1 (e.g. FedTiny's warm-up and ABNS query rounds)."""
+        state = {k: v.numpy() for k, v in arrays.items()}
+        ask = make_ask(grid, self.strategy, self.config.simulation.round_timeout)
+        started = self.method.start(state, ask)
+        return arrays if started is state else to_record(started)
 
     def train_round(self, grid: Grid, server_round: int,
                     arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
@@ -207,16 +217,17 @@ class ServerLoop:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         replies = send_and_receive(grid, messages, self.config.simulation.round_timeout)
         rows = []
+        novel = self.method.novel_clients()
         for reply in replies:
             if reply.has_error():
                 continue
             metrics = reply.content["metrics"]
-            pid = int(metrics["partition-id"])
+            pid = int(metrics[PARTITION_KEY])
             split = self.federation.clients[pid]
             extra = {k.replace("-", "_"): float(v) for k, v in metrics.items()
-                     if k not in ("partition-id", "accuracy", "loss", "num-examples")}
+                     if k not in (PARTITION_KEY, "accuracy", "loss", "num-examples")}
             rows.append({"partition_id": pid, "num_train": len(split.train),
-                         "num_test": len(split.test), "novel": int(pid in self.strategy.context.novel),
+                         "num_test": len(split.test), "novel": int(pid in novel),
                          "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"]),
                          **extra})
         rows.sort(key=lambda row: row["partition_id"])
@@ -231,7 +242,7 @@ class ServerLoop:
             "bottom_decile": bottom_decile(accuracies),
             "global": self.global_accuracy(arrays) if self.config.eval.global_model else None,
         }
-        if self.strategy.context.novel:
+        if novel:
             accuracy["seen"] = _mean([r["accuracy"] for r in rows if not r["novel"]])
             accuracy["novel"] = _mean([r["accuracy"] for r in rows if r["novel"]])
         self.outcome.accuracy = accuracy

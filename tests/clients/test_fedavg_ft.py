@@ -1,7 +1,7 @@
 import torch
-from fedsparse.clients import DenseClient, FedAvgFTClient
 from flwr.app import RecordDict
 
+from fedsparse.clients import DenseClient, FedAvgFTClient
 from fedsparse.config import load_config
 from fedsparse.models import build_model
 

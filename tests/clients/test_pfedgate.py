@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from flwr.app import RecordDict
+
 from fedsparse.clients import PFedGateClient
 from fedsparse.clients.dense import LocalData
 from fedsparse.clients.pfedgate import GATE_KEY
-from flwr.app import RecordDict
-
 from fedsparse.config import load_config
 from fedsparse.models import build_model
 

@@ -2,10 +2,10 @@
 
 import numpy as np
 import torch
-from fedsparse.clients import FedDSTClient, FedTinyClient
-from fedsparse.clients.dense import Exchange, LocalData
 from flwr.app import Array, ArrayRecord, RecordDict
 
+from fedsparse.clients import FedDSTClient, FedTinyClient
+from fedsparse.clients.dense import Exchange, LocalData
 from fedsparse.config import load_config
 from fedsparse.fedtiny import prunable_weights
 from fedsparse.models import build_model

@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from fedsparse.clients.magnitude import MagnitudeClient
-from fedsparse.strategies import FedAvg, MaskedFedAvg, StrategyContext
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsparse.budgets import Budget
+from fedsparse.clients.magnitude import MagnitudeClient
 from fedsparse.config import ModelConfig
 from fedsparse.costs import CostModel
 from fedsparse.models import build_model
+from fedsparse.strategies import FedAvg, MaskedFedAvg, StrategyContext
 from fedsparse.wire import decode, encode, template_of
 
 BUDGETS = [Budget(density=0.2), Budget(density=0.5, upload_bytes=1e9), Budget(density=1.0),
@@ -126,8 +126,9 @@ def test_dense_runs_cost_exactly_dense(task_identity, cls):
 
 
 def test_flower_fedprox_adapter_sends_mu_and_aggregates_like_fedavg(task_identity):
-    from fedsparse.strategies.flower_adapter import FlowerStrategy
     from flwr.serverapp.strategy import FedProx
+
+    from fedsparse.strategies.flower_adapter import FlowerStrategy
 
     _, arrays = make(MaskedFedAvg, mask_fn=None)
     base, _ = make(MaskedFedAvg, mask_fn=None)

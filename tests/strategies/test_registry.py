@@ -3,12 +3,12 @@
 from pathlib import Path
 
 import pytest
-from fedsparse.strategies import check_strategy
-from fedsparse.strategies.registry import available, resolve
 from flwr.serverapp.strategy import FedProx
 
 from fedsparse.config import load_config
 from fedsparse.errors import ConfigError
+from fedsparse.strategies import check_strategy
+from fedsparse.strategies.registry import available, resolve
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_strategy"
 

@@ -5,12 +5,12 @@ train nested subsets of it (``pruning.subset_masks``). Every round it plans whet
 adjust, checks what clients report for the adjustment, and applies the adjustment to the
 aggregated weights:
 
-- ``fedtiny``: every ``adjust_every`` rounds until T_end one scored unit (cycled from the output
+- ``pairs`` (FedTiny): every ``adjust_every`` rounds until T_end one scored unit (cycled from the output
   end by an adjustment counter) gets K_l = ceil(alpha_t * nnz_l) prune-and-grow steps from the
   clients' top-K gradient pairs at pruned positions;
-- ``feddst``: clients prune-and-grow locally (their masks differ); the server averages each
+- ``local`` (FedDST): clients prune-and-grow locally (their masks differ); the server averages each
   weight over its holders (the mask-aware FedAvg) and prunes every layer back to its count;
-- ``prune-at-init``: the mask never changes.
+- ``fixed`` (prune-at-init): the mask never changes.
 """
 
 from __future__ import annotations
@@ -18,27 +18,33 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from fedsparse.budgets import Budget
-from fedsparse.config import PruningConfig
-from fedsparse.costs import CostModel
-from fedsparse.fedtiny import adjustment_count, adjustment_fraction, prune_and_grow
-from fedsparse.masks import Masks
-from fedsparse.pruning import (
+from fedsparse.clients.shared_mask.options import PruningOptions
+from fedsparse.clients.shared_mask.pruning import (
     PAIR_BYTES,
     VALUE_BYTES,
+    adjustment_count,
+    adjustment_fraction,
     adjustment_memory,
     layer_count,
     prunable_density,
+    prune_and_grow,
     prune_back,
     scoring_units,
     subset_masks,
 )
+from fedsparse.costs import CostModel
+from fedsparse.masks import Masks, pack_mask, unpack_mask
 
 GRANULARITIES = ("model", "block", "layer")
+#: how the mask changes: never (prune-at-init), by the server from clients' top-K gradient pairs
+#: over scored units (FedTiny), or by clients locally with the server pruning back (FedDST)
+AdjustMode = Literal["fixed", "pairs", "local"]
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -58,10 +64,10 @@ class AdjustPlan:
 class SharedMaskServer:
     """Masks, adjustment plans and their application for one experiment."""
 
-    def __init__(self, method: str, cfg: PruningConfig, prunable: Sequence[str],
+    def __init__(self, adjust: AdjustMode, cfg: PruningOptions, prunable: Sequence[str],
                  shapes: Mapping[str, tuple[int, ...]], budgets: Sequence[Budget],
                  cost_model: CostModel, momentum: bool, adjust_until: int) -> None:
-        self.method = method
+        self.adjust = adjust
         self.cfg = cfg
         self.prunable = list(prunable)
         self.shapes = {n: tuple(s) for n, s in shapes.items()}
@@ -99,7 +105,7 @@ class SharedMaskServer:
                             momentum: bool) -> str:
         """The coarsest scored unit every client's memory budget holds (FedTiny only)."""
         wanted = self.cfg.granularity
-        if self.method != "fedtiny":
+        if self.adjust != "pairs":
             return "model"
         # ABNS may give a layer up to 1.5x the target density: size K for that worst case
         nnz = {n: min(self.sizes[n], math.ceil(1.5 * self.top_density * self.sizes[n]))
@@ -144,7 +150,7 @@ class SharedMaskServer:
 
     # --- adjustment plan --------------------------------------------------------------------
     def is_adjust_round(self, server_round: int) -> bool:
-        return (self.method in ("fedtiny", "feddst") and server_round % self.cfg.adjust_every == 0
+        return (self.adjust != "fixed" and server_round % self.cfg.adjust_every == 0
                 and server_round < self.adjust_until)
 
     def plan_round(self, server_round: int) -> AdjustPlan:
@@ -153,13 +159,13 @@ class SharedMaskServer:
         fraction = 0.0
         if self.is_adjust_round(server_round):
             fraction = adjustment_fraction(server_round, self.adjust_until, self.cfg.alpha)
-            layers = (self.units[self.adjustments % len(self.units)] if self.method == "fedtiny"
+            layers = (self.units[self.adjustments % len(self.units)] if self.adjust == "pairs"
                       else self.prunable)
             k = {n: adjustment_count(fraction, int(self.masks[n].sum())) for n in layers}
             k = {n: v for n, v in k.items() if v > 0}
         self.plan = AdjustPlan(server_round, k, fraction)
-        self._top_bits = {n: np.packbits(self.masks[n].numpy().ravel()) for n in k} \
-            if self.method == "fedtiny" else {}
+        self._top_bits = {n: pack_mask(self.masks[n]) for n in k} \
+            if self.adjust == "pairs" else {}
         return self.plan
 
     def train_config(self) -> dict[str, list[str] | list[int]]:
@@ -179,7 +185,7 @@ class SharedMaskServer:
         if not self.plan.k:
             return 0.0
         dense_grad = sum(self.sizes[n] for n in self.plan.k) * VALUE_BYTES
-        if self.method == "feddst":
+        if self.adjust == "local":
             return float(dense_grad)
         bits = sum(len(b) for b in self.adjust_mask_bits(budget).values())
         return float(dense_grad + sum(self.plan.k.values()) * PAIR_BYTES + bits)
@@ -196,7 +202,7 @@ class SharedMaskServer:
     def check_pairs(self, pairs: Pairs | None) -> None:
         """A FedTiny report must hold, per scored layer, at most K unique in-range indices at
         positions the top mask prunes, with finite values."""
-        if self.method != "fedtiny" or not self.plan.k:
+        if self.adjust != "pairs" or not self.plan.k:
             return
         if pairs is None:
             raise PairsRejected("reply lacks its top-K gradient pairs")
@@ -222,7 +228,7 @@ class SharedMaskServer:
                         reports: Sequence[Pairs]) -> dict[str, np.ndarray]:
         """Apply the round's adjustment to the aggregated weights; return the masked weights."""
         out = dict(arrays)
-        if self.plan.k and self.method == "fedtiny":
+        if self.plan.k and self.adjust == "pairs":
             for name, k in self.plan.k.items():
                 rows = [r[name] for r in reports if name in r]
                 rows += [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * (len(reports) - len(rows))
@@ -230,7 +236,7 @@ class SharedMaskServer:
                 out[name] = weight.numpy().astype(arrays[name].dtype)
                 self.masks[name] = mask
             self.adjustments += 1
-        elif self.plan.k and self.method == "feddst":
+        elif self.plan.k and self.adjust == "local":
             counts = {n: int(m.sum()) for n, m in self.masks.items()}
             self.masks = prune_back({n: torch.from_numpy(out[n]) for n in counts}, counts)
             self.adjustments += 1
@@ -238,13 +244,12 @@ class SharedMaskServer:
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, object]:
-        return {"masks": {n: np.packbits(m.numpy().ravel()) for n, m in self.masks.items()},
+        return {"masks": {n: pack_mask(m) for n, m in self.masks.items()},
                 "adjustments": self.adjustments, "info": self.info}
 
     def restore(self, state: Mapping[str, object]) -> None:
         bits = state["masks"]
         assert isinstance(bits, dict)
-        self.masks = {n: torch.from_numpy(np.unpackbits(b)[:self.sizes[n]].astype(bool)).view(
-            self.shapes[n]) for n, b in bits.items()}
+        self.masks = {n: unpack_mask(b, self.shapes[n]) for n, b in bits.items()}
         self.adjustments = int(state["adjustments"])  # type: ignore[arg-type]
         self.info = dict(state.get("info", {}))  # type: ignore[call-overload]

@@ -13,30 +13,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from fedsparse.clients.dense import DenseClient
 
 from fedsparse.budgets import Budget
-from fedsparse.errors import ConfigError
+from fedsparse.clients.dense import Dense
 from fedsparse.masks import Masks, layerwise_magnitude_masks
+from fedsparse.method import ServerSetup
 
 
-class MagnitudeClient(DenseClient):
-    """Trains the magnitude submodel the server selected for its budget."""
+class Magnitude(Dense):
+    """Each client trains the layer-wise largest weights of the global model at its density."""
 
+    name = "magnitude"
     sparse_updates = True
 
-    @classmethod
-    def name(cls) -> str:
-        return "magnitude"
-
-    @staticmethod
-    def server_masks(params: Mapping[str, torch.Tensor], budget: Budget) -> Masks | None:
-        return layerwise_magnitude_masks(params, budget.density)
-
-    @classmethod
-    def check_budgets(cls, budgets: list[Budget], params: Mapping[str, torch.Tensor]) -> None:
-        lowest = min(b.density for b in budgets)
+    def setup(self, setup: ServerSetup) -> None:
+        lowest = min(b.density for b in setup.budgets)
         try:
-            layerwise_magnitude_masks(params, lowest)
+            layerwise_magnitude_masks(dict(setup.model.named_parameters()), lowest)
         except ValueError as exc:
-            raise ConfigError(f"method 'magnitude': {exc}: declare a larger density") from None
+            raise ValueError(f"{exc}: declare a larger density") from None
+
+    def client_masks(self, params: Mapping[str, torch.Tensor], budget: Budget) -> Masks | None:
+        return layerwise_magnitude_masks(params, budget.density)

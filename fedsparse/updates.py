@@ -1,7 +1,8 @@
-"""Compact wire format for sparse model tensors, carried in Flower ArrayRecords.
+"""Sparse model updates and their compact encoding as named numpy arrays (free of Flower).
 
-Each tensor travels as exactly one Flower ``Array`` (Flower adds a fixed header per Array, so
-one Array per tensor keeps sparse messages smaller than dense ones even for tiny tensors):
+Each tensor travels as exactly one array (Flower adds a fixed header per Array, so one array
+per tensor keeps sparse messages smaller than dense ones even for tiny tensors); the Flower
+codec (``fedsparse.codec``) turns the arrays into an ``ArrayRecord`` and back:
 
 - ``name``: dense values (all kept, or a buffer such as BatchNorm statistics);
 - ``name#bits``: uint8 bytes = the mask bit-packed (1 bit per coordinate, numpy bit order
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+
+from fedsparse.masks import pack_mask
 
 SEP = "#"
 BITS, INDEX = "bits", "index"
@@ -111,24 +113,24 @@ class SparseUpdate:
         return state
 
 
-def encode(state: Mapping[str, torch.Tensor],
-           masks: Mapping[str, torch.Tensor] | None = None) -> ArrayRecord:
+def encode_arrays(state: Mapping[str, torch.Tensor],
+                  masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """Encode tensors, each masked by ``masks[name]`` if present, in its smallest form."""
-    arrays: dict[str, Array] = {}
+    arrays: dict[str, np.ndarray] = {}
     for name, tensor in state.items():
         array = tensor.detach().cpu().numpy()
         mask = None if masks is None or name not in masks else masks[name].cpu().numpy().reshape(-1)
         if mask is None or mask.all():
-            arrays[name] = Array(np.array(array, order="C", copy=True))  # keeps 0-d shapes
+            arrays[name] = np.array(array, order="C", copy=True)  # keeps 0-d shapes
             continue
         kept = np.flatnonzero(mask)
         values = array.reshape(-1)[kept].astype(array.dtype.newbyteorder("<")).tobytes()
         if kept.size * 4 < (mask.size + 7) // 8:
             head, kind = kept.astype("<i4").tobytes(), INDEX
         else:
-            head, kind = np.packbits(mask).tobytes(), BITS
-        arrays[f"{name}{SEP}{kind}"] = Array(np.frombuffer(head + values, dtype=np.uint8))
-    return ArrayRecord(array_dict=arrays)
+            head, kind = pack_mask(mask).tobytes(), BITS
+        arrays[f"{name}{SEP}{kind}"] = np.frombuffer(head + values, dtype=np.uint8)
+    return arrays
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -136,19 +138,15 @@ def _split_key(key: str) -> tuple[str, str]:
     return (base, part) if sep and part in (BITS, INDEX) else (key, "")
 
 
-def decode(record: ArrayRecord, template: Template) -> SparseUpdate:
+def decode_arrays(arrays: Mapping[str, np.ndarray], template: Template) -> SparseUpdate:
     """Parse and validate an encoded update; raise ``UpdateRejected`` naming the first problem."""
     tensors: dict[str, TensorUpdate] = {}
-    for key, array in record.items():
+    for key, data in arrays.items():
         base, kind = _split_key(key)
         if base not in template:
             raise UpdateRejected(f"unknown tensor '{base}'")
         if base in tensors:
             raise UpdateRejected(f"tensor '{base}' is sent twice")
-        try:
-            data = array.numpy()
-        except Exception as exc:  # unreadable payload
-            raise UpdateRejected(f"tensor '{key}' cannot be read: {exc}") from exc
         tensors[base] = _decode_tensor(base, kind, data, template[base])
     return SparseUpdate(tensors)
 

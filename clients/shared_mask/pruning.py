@@ -1,11 +1,13 @@
 """Shared-mask pruning algorithms (plain torch): densities, prune-at-init criteria, nested tier
-masks, scored units and the memory each one needs.
+masks, scored units and the memory each one needs, and the prune-and-grow steps FedTiny and
+FedDST share.
 
 Conventions shared by FedTiny, prune-at-init and FedDST here:
 - a budget's ``density`` is the share of *all* parameters a client may hold; a first conv
   layer, biases and normalisation parameters are never pruned, so the prunable weights get the
   density that makes the whole model's density the budget (``prunable_density``);
-- masks cover the prunable weights only (``fedtiny.prunable_weights``); a tier's mask keeps,
+- masks cover the prunable weights only (``masks.prunable_weights`` with the first conv layer
+  kept dense); a tier's mask keeps,
   per layer, the largest-magnitude weights of the next larger tier's mask, so tiers nest.
 """
 
@@ -14,10 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from fedsparse.masks import Masks
+from fedsparse.masks import Masks, magnitude_mask, top_k_mask
 
 PAIR_BYTES = 8  # an upload pair: int32 index + float32 value on a device
 VALUE_BYTES = 4
@@ -37,16 +40,6 @@ def prunable_density(sizes: Mapping[str, int], prunable: Sequence[str], density:
     return min(1.0, (allowed - fixed) / max(sum(sizes[n] for n in prunable), 1))
 
 
-def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` highest scores (ties to the lower position), as a boolean mask."""
-    flat = torch.zeros(scores.numel(), dtype=torch.bool)
-    k = max(0, min(k, scores.numel()))
-    if k:
-        order = torch.sort(scores.detach().flatten(), descending=True, stable=True).indices
-        flat[order[:k]] = True
-    return flat.view_as(scores)
-
-
 def layer_count(numel: int, density: float) -> int:
     """Weights a layer keeps at ``density`` (floor, so the budget is never exceeded; at least 1)."""
     return max(1, min(numel, math.floor(density * numel + 1e-9)))
@@ -54,13 +47,13 @@ def layer_count(numel: int, density: float) -> int:
 
 def magnitude_masks(weights: Mapping[str, torch.Tensor], density: float) -> Masks:
     """Layer-wise magnitude pruning: every layer keeps the same share of its largest weights."""
-    return {n: _top_k_mask(w.abs(), layer_count(w.numel(), density)) for n, w in weights.items()}
+    return {n: magnitude_mask(w, layer_count(w.numel(), density)) for n, w in weights.items()}
 
 
 def random_masks(weights: Mapping[str, torch.Tensor], density: float, seed: int) -> Masks:
     """Layer-wise uniformly random masks at ``density`` (the random prune-at-init baseline)."""
     generator = torch.Generator().manual_seed(seed)
-    return {n: _top_k_mask(torch.rand(w.shape, generator=generator), layer_count(w.numel(), density))
+    return {n: top_k_mask(torch.rand(w.shape, generator=generator), layer_count(w.numel(), density))
             for n, w in weights.items()}
 
 
@@ -79,7 +72,7 @@ def snip_masks(model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch
     model.zero_grad(set_to_none=True)
     flat = torch.cat([s.flatten() for s in scores.values()])
     k = max(1, math.floor(density * flat.numel() + 1e-9))
-    keep = _top_k_mask(flat, k)
+    keep = top_k_mask(flat, k)
     masks: Masks = {}
     start = 0
     for n, s in scores.items():
@@ -101,13 +94,13 @@ def subset_masks(weights: Mapping[str, torch.Tensor], top: Masks, fraction: floa
         kept = int(mask.sum())
         k = max(1, math.floor(fraction * kept + 1e-9)) if kept else 0
         scores = torch.where(mask, weights[name].detach().abs(), torch.full_like(weights[name], -1.0))
-        out[name] = _top_k_mask(scores, k) & mask
+        out[name] = top_k_mask(scores, k) & mask
     return out
 
 
 def prune_back(weights: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> Masks:
     """FedDST's server step: per layer keep the ``counts[name]`` largest averaged weights."""
-    return {n: _top_k_mask(weights[n].abs(), counts[n]) for n in counts}
+    return {n: magnitude_mask(weights[n], counts[n]) for n in counts}
 
 
 def scoring_units(prunable: Sequence[str], granularity: str) -> list[list[str]]:
@@ -133,3 +126,72 @@ def adjustment_memory(unit: Sequence[str], sizes: Mapping[str, int], nnz: Mappin
     dense_grad = sum(sizes[n] for n in unit) * VALUE_BYTES
     pairs = sum(math.ceil(alpha * nnz[n]) for n in unit) * PAIR_BYTES
     return dense_grad + pairs
+
+
+def adjustment_fraction(server_round: int, end_round: int, alpha: float = 0.1) -> float:
+    """alpha_t = alpha / 2 * (1 + cos(pi * t / T_end)); 0 after T_end."""
+    if server_round >= end_round:
+        return 0.0
+    return alpha / 2 * (1 + math.cos(math.pi * server_round / end_round))
+
+
+def adjustment_count(fraction: float, nnz: int) -> int:
+    """K_l = ceil(alpha_t * nnz_l)."""
+    return math.ceil(fraction * nnz)
+
+
+def topk_pruned_gradients(grad: torch.Tensor, mask: torch.Tensor, k: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """A client's report for one adjusted layer: at most ``k`` (flat index, gradient) pairs,
+    the largest gradient magnitudes among the currently pruned positions."""
+    flat_grad = grad.detach().flatten()
+    pruned = torch.nonzero(~mask.flatten()).flatten()
+    k = min(k, pruned.numel())
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    top = torch.topk(flat_grad[pruned].abs(), k, sorted=True).indices
+    index = pruned[top]
+    order = torch.argsort(index)
+    return index[order].numpy().astype(np.int64), flat_grad[index[order]].numpy().astype(np.float32)
+
+
+def prune_and_grow(weight: torch.Tensor, mask: torch.Tensor,
+                   reports: Sequence[tuple[np.ndarray, np.ndarray]], k: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's prune-and-grow step; returns the new (weight, mask). Density is unchanged.
+
+    Reported gradients are averaged over all reporting clients (entries a client did not send
+    count as 0). The k active weights of smallest magnitude are pruned (set to 0) and the k
+    pruned positions with the largest averaged gradient magnitude are grown, starting at 0.
+    """
+    flat_mask = mask.flatten().clone()
+    flat_weight = weight.detach().flatten().clone()
+    avg = torch.zeros(flat_mask.numel(), dtype=torch.float64)
+    for index, values in reports:
+        avg[torch.from_numpy(index)] += torch.from_numpy(values.astype(np.float64))
+    avg /= max(len(reports), 1)
+    pruned = torch.nonzero(~flat_mask).flatten()
+    active = torch.nonzero(flat_mask).flatten()
+    k = min(k, pruned.numel(), active.numel())
+    if k <= 0:
+        return weight.detach().clone(), mask.clone()
+    grow = pruned[torch.topk(avg[pruned].abs(), k, sorted=True).indices]
+    drop = active[torch.topk(flat_weight[active].abs(), k, largest=False, sorted=True).indices]
+    flat_mask[drop] = False
+    flat_weight[drop] = 0.0
+    flat_mask[grow] = True
+    flat_weight[grow] = 0.0
+    return flat_weight.view_as(weight), flat_mask.view_as(mask)
+
+
+def pruned_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Dense gradients of ``layers`` on one mini-batch at the current (masked) weights; only
+    these layers' gradients are kept (a device materialises only the scored unit's)."""
+    params = dict(model.named_parameters())
+    model.train()
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: params[n].grad.detach().clone() for n in layers}
+    model.zero_grad(set_to_none=True)
+    return grads

@@ -16,62 +16,119 @@ shared model to use under the client's declared density; model and gate train jo
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
-from fedsparse.clients.dense import DenseClient, Exchange, LocalData
-from flwr.app import ArrayRecord, RecordDict
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from fedsparse.budgets import Budget
-from fedsparse.costs import CostModel
-from fedsparse.errors import ConfigError
-from fedsparse.gating import BlockLayout, GateNet, gated_scales, kept_from_scales, make_layout
-from fedsparse.masks import Masks
+from fedsparse.clients.pfedgate.gating import (
+    BlockLayout,
+    GateNet,
+    gated_scales,
+    kept_from_scales,
+    make_layout,
+)
+from fedsparse.costs import CostModel, TrainingCost
+from fedsparse.method import (
+    ClientState,
+    ClientTask,
+    FitResult,
+    LocalData,
+    Method,
+    MethodOptions,
+    RunInfo,
+    ServerSetup,
+)
+from fedsparse.seeding import private_init_seed, rng
+from fedsparse.updates import UpdateRejected
 
 GATE_KEY = "pfedgate-gate"
 
 
-class PFedGateClient(DenseClient):
-    """Jointly trains the shared model and its private gate; deploys the gated sparse model."""
+class PFedGateOptions(MethodOptions):
+    """pFedGate knobs (Chen et al. 2023); the budget s comes from each client's declared density."""
 
-    reported_costs = True
+    split: int = Field(5, ge=1, description="gated blocks per tensor (split factor B)")
+    sub0_fraction: float = Field(0.5, ge=0.0, le=1.0,
+                                 description="share of the budget always kept as each tensor's sub0")
+    gate_lr: float = Field(0.1, gt=0.0, description="learning rate of the private gate")
+    weight_head: bool = Field(False, description="separate head for block weights (else M = G)")
+    eval_gating: Literal["batch", "sample"] = "batch"
+    eval_after_local_training: bool = Field(
+        True, description="evaluate theta_g after one round of local joint training, as the paper "
+                          "does (on a copy: evaluation changes no state)")
+    grad_clip: float = Field(10.0, gt=0.0)
+    novel_share: float = Field(0.0, ge=0.0, lt=1.0,
+                               description="share of clients that never train the global model")
+    novel_fit_epochs: int = Field(1, ge=1, description="epochs a novel client fits its gate")
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.options = config.method.pfedgate
-        self._cost_models: dict[int, CostModel] = {}
 
+class PFedGate(Method):
+    """pFedGate: a private gate picks blocks of the shared model per batch under the budget."""
+
+    name = "pfedgate"
+    Options = PFedGateOptions
     sparse_updates = True
+    options: PFedGateOptions
 
-    @classmethod
-    def name(cls) -> str:
-        return "pfedgate"
+    def __init__(self, options: PFedGateOptions, run: RunInfo) -> None:
+        super().__init__(options, run)
+        self._cost_models: dict[int, CostModel] = {}
+        self._novel: frozenset[int] = frozenset()
 
-    @classmethod
-    def check_budgets(cls, budgets: list[Budget], params: Mapping[str, torch.Tensor]) -> None:
-        """Any density in (0, 1] is feasible: sub0 shrinks with s."""
-        if any(not 0 < b.density <= 1 for b in budgets):
-            raise ConfigError("pfedgate needs densities in (0, 1]: fix the budgets")
+    # --- server side ------------------------------------------------------------------------
+    def setup(self, setup: ServerSetup) -> None:
+        """Any density in (0, 1] is feasible (sub0 shrinks with s); picks the novel clients."""
+        count = round(self.options.novel_share * self.run.num_clients)
+        if count >= self.run.num_clients:
+            raise ValueError("method.pfedgate.novel_share leaves no client to train: lower it")
+        if count:
+            picks = rng(self.run.seed, "novel").choice(self.run.num_clients, size=count,
+                                                                  replace=False)
+            self._novel = frozenset(int(c) for c in picks)
+
+    def novel_clients(self) -> frozenset[int]:
+        return self._novel
+
+    def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
+                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+        """Client-measured FLOPs, memory and compute density (only the client sees its per-batch
+        masks), refused when absent or implausible; the server checks them against the budget."""
+        try:
+            flops, memory = metrics["train-flops"], metrics["memory-bytes"]
+            reported = metrics["compute-density"]
+        except KeyError as exc:
+            raise UpdateRejected(f"reply lacks the cost metric {exc}") from None
+        if not (0 <= reported <= 1 and flops >= 0 and memory > 0 and math.isfinite(flops + memory)):
+            raise UpdateRejected(f"implausible reported costs (train-flops={flops}, "
+                                 f"memory-bytes={memory}, compute-density={reported})")
+        return TrainingCost(flops=flops, memory_bytes=memory,
+                            activation_bytes=computed.activation_bytes), reported
+
+    def summary(self) -> dict[str, Any]:
+        return {"eval_gating": self.options.eval_gating}
 
     # --- gate state -------------------------------------------------------------------------
-    def _gate(self, state: RecordDict, layout: BlockLayout, input_shape: tuple[int, ...],
+    def _gate(self, state: ClientState, layout: BlockLayout, input_shape: tuple[int, ...],
               partition_id: int) -> GateNet:
         with torch.random.fork_rng():
-            torch.manual_seed(self.config.seed * 7919 + partition_id)  # same gate whenever created
+            torch.manual_seed(private_init_seed(self.run.seed, partition_id))  # same gate whenever created
             gate = GateNet(input_shape, layout.num_blocks, self.options.weight_head)
-        if GATE_KEY in state.array_records:
-            gate.load_state_dict(state[GATE_KEY].to_torch_state_dict())
+        if GATE_KEY in state:
+            gate.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state[GATE_KEY].items()})
         return gate
 
     @staticmethod
-    def _save_gate(state: RecordDict, gate: GateNet) -> None:
-        state[GATE_KEY] = ArrayRecord(gate.state_dict())
+    def _save_gate(state: ClientState, gate: GateNet) -> None:
+        state[GATE_KEY] = {k: v.detach().numpy().copy() for k, v in gate.state_dict().items()}
 
-    def _layout(self, model: nn.Module, server_config: Mapping[str, Any]) -> BlockLayout:
-        density = float(server_config["budget-density"])
+    def _layout(self, model: nn.Module, density: float) -> BlockLayout:
         return make_layout(dict(model.named_parameters()), density, self.options.split,
                            self.options.sub0_fraction)
 
@@ -82,21 +139,19 @@ class PFedGateClient(DenseClient):
         return self._cost_models[key]
 
     # --- training ---------------------------------------------------------------------------
-    def fit(self, model: nn.Module, masks: Masks | None, data: LocalData, generator: torch.Generator,
-            server_config: Mapping[str, Any], state: RecordDict,
-            exchange: Exchange | None = None) -> tuple[dict[str, float], Masks | None]:
-        pid = int(server_config["partition-id"])
+    def fit(self, task: ClientTask) -> FitResult:
+        model, data = task.model, task.data
         input_shape = tuple(data.x_train.shape[1:])
-        layout = self._layout(model, server_config)
-        gate = self._gate(state, layout, input_shape, pid)
-        stats = self._train(model, gate, layout, data, generator, train_model=True,
-                            epochs=self.config.train.local_epochs)
-        self._save_gate(state, gate)
+        layout = self._layout(model, task.budget_density)
+        gate = self._gate(task.state, layout, input_shape, task.partition_id)
+        stats = self._train(model, gate, layout, data, task.generator, train_model=True,
+                            epochs=self.run.train.local_epochs)
+        self._save_gate(task.state, gate)
         params = dict(model.named_parameters())
         touched = stats.pop("touched")
         gate_params = sum(p.numel() for p in gate.parameters())
         trained = sum(int(t.sum()) for t in touched.values())
-        momentum = 1 if self.config.train.momentum > 0 else 0
+        momentum = 1 if self.run.train.momentum > 0 else 0
         memory = 4 * (sum(p.numel() for p in params.values()) + gate_params  # weights held
                       + stats["max_kept"] + gate_params  # gradients of the weights in use
                       + momentum * (trained + gate_params))  # momentum where training happened
@@ -108,7 +163,7 @@ class PFedGateClient(DenseClient):
                    "compute-density": stats["max_kept"] / layout.total,
                    "mean-compute-density": stats["kept_sum"] / max(stats["batches"], 1) / layout.total,
                    "gate-flops": float(3 * samples * self._gate_flops(gate))}
-        return metrics, touched
+        return FitResult(metrics, touched)
 
     @staticmethod
     def _gate_flops(gate: GateNet) -> int:
@@ -117,7 +172,7 @@ class PFedGateClient(DenseClient):
 
     def _train(self, model: nn.Module, gate: GateNet, layout: BlockLayout, data: LocalData,
                generator: torch.Generator, train_model: bool, epochs: int) -> dict[str, Any]:
-        cfg = self.config.train
+        cfg = self.run.train
         params = dict(model.named_parameters())
         groups = [{"params": list(gate.parameters()), "lr": self.options.gate_lr}]
         if train_model:
@@ -192,9 +247,7 @@ class PFedGateClient(DenseClient):
             density_sum += kept / layout.total * len(target)
         return loss_sum, correct, density_sum
 
-    def evaluate(self, model: nn.Module, masks: Masks | None, data: LocalData,
-                 generator: torch.Generator, server_config: Mapping[str, Any],
-                 state: RecordDict) -> dict[str, float]:
+    def evaluate(self, task: ClientTask) -> dict[str, float]:
         """The personalised sparse model: the global model gated by the private gate.
 
         As in the paper, a seen client evaluates theta_g after its local joint training (on
@@ -202,21 +255,21 @@ class PFedGateClient(DenseClient):
         ``eval_after_local_training: false`` evaluates the received model as is). A novel
         client (one that never trains the global model) fits only its gate, and keeps it.
         """
-        pid = int(server_config["partition-id"])
-        layout = self._layout(model, server_config)
-        gate = self._gate(state, layout, tuple(data.x_test.shape[1:]), pid)
-        if int(server_config.get("novel", 0)):
+        model, data, generator = task.model, task.data, task.generator
+        layout = self._layout(model, task.budget_density)
+        gate = self._gate(task.state, layout, tuple(data.x_test.shape[1:]), task.partition_id)
+        if int(task.config.get("novel", 0)):
             self._train(model, gate, layout, data, generator, train_model=False,
                         epochs=self.options.novel_fit_epochs)
-            self._save_gate(state, gate)
+            self._save_gate(task.state, gate)
         elif self.options.eval_after_local_training:
             model = copy.deepcopy(model)  # the paper's protocol: personalise, then evaluate
             self._train(model, gate, layout, data, generator, train_model=True,
-                        epochs=self.config.train.local_epochs)
+                        epochs=self.run.train.local_epochs)
         model.eval()
         gate.eval()
         loss = correct = density = 0.0
-        step = self.config.train.batch_size  # batch-level gating sees batches as in training
+        step = self.run.train.batch_size  # batch-level gating sees batches as in training
         for start in range(0, len(data.y_test), step):
             x, y = data.x_test[start:start + step], data.y_test[start:start + step]
             parts = self._gated_eval(model, gate, layout, x, y)

@@ -1,0 +1,49 @@
+"""FedDST (Bibikar et al., AAAI 2022): clients prune-and-grow locally, the server prunes back.
+
+In an adjustment round each client first prunes its K smallest kept weights and grows the K
+pruned positions of largest gradient per layer (new weights start at 0), then trains and uploads
+under its own new mask, so masks differ between clients; the server averages each weight over
+its holders (the mask-aware FedAvg) and prunes every layer back to its count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from fedsparse.clients.shared_mask import SharedMask
+from fedsparse.clients.shared_mask.method import adjust_plan, one_batch
+from fedsparse.clients.shared_mask.pruning import (
+    prune_and_grow,
+    pruned_gradients,
+    topk_pruned_gradients,
+)
+from fedsparse.masks import Masks
+from fedsparse.method import ClientTask, FitResult, LocalData
+
+
+class FedDST(SharedMask):
+    """FedDST: local prune-and-grow in adjustment rounds; the server prunes the average back."""
+
+    name = "feddst"
+    adjust = "local"
+
+    def fit(self, task: ClientTask) -> FitResult:
+        plan = adjust_plan(task.config)
+        if plan and task.masks:
+            task.masks = self._readjust(task.model, dict(task.masks), task.data, task.generator, plan)
+        return super().fit(task)
+
+    def _readjust(self, model: torch.nn.Module, masks: Masks, data: LocalData,
+                  generator: torch.Generator, plan: Mapping[str, int]) -> Masks:
+        x, y = one_batch(data, self.run.train.batch_size, generator)
+        layers = [n for n in plan if n in masks]
+        grads = pruned_gradients(model, x, y, layers)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in layers:
+                report = topk_pruned_gradients(grads[name], masks[name], plan[name])
+                weight, masks[name] = prune_and_grow(params[name], masks[name], [report], plan[name])
+                params[name].copy_(weight)
+        return masks

@@ -1,0 +1,74 @@
+"""Find a method by name: built-ins, installed plug-ins, or ``module:Class`` / ``file.py:Class``.
+
+Resolution order for ``--method NAME``:
+1. a built-in name (``fedsparse methods`` lists them);
+2. an entry point named NAME in the group ``fedsparse.methods`` (installed plug-ins);
+3. ``package.module:Class`` or ``path/to/file.py:Class``.
+The class must subclass ``fedsparse.method.Method``. Its options are the config section
+``method.<section>`` (its ``options_key``, default its name), validated by its ``Options`` model.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from fedsparse.clients.dense import Dense
+from fedsparse.clients.fedavg_ft import FedAvgFT
+from fedsparse.clients.feddst import FedDST
+from fedsparse.clients.fedtiny import FedTiny
+from fedsparse.clients.magnitude import Magnitude
+from fedsparse.clients.pfedgate import PFedGate
+from fedsparse.clients.prune_at_init import PruneAtInit
+from fedsparse.errors import ConfigError
+from fedsparse.method import Method
+from fedsparse.plugins import entry_point, installed, load_object
+
+ENTRY_POINT_GROUP = "fedsparse.methods"
+
+BUILTIN: dict[str, type[Method]] = {cls.name: cls for cls in (
+    Dense, FedAvgFT, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST)}
+
+
+def _checked(name: str, obj: object) -> type[Method]:
+    if inspect.isclass(obj) and issubclass(obj, Method) and not inspect.isabstract(obj):
+        if not getattr(obj, "name", None):
+            raise ConfigError(f"method '{name}': {obj.__name__} sets no 'name': give the class a "
+                              "name = '...' attribute")
+        return obj
+    what = f"an abstract {obj.__name__}" if inspect.isclass(obj) else f"a {type(obj).__name__}"
+    raise ConfigError(f"method '{name}' is {what}, not a concrete subclass of "
+                      "fedsparse.method.Method: implement fit() and subclass Method")
+
+
+def resolve(name: str) -> type[Method]:
+    """Turn a method name into its class, or raise a one-line ConfigError."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    obj = entry_point(ENTRY_POINT_GROUP, name, "method")
+    if obj is None:
+        if ":" not in name:
+            raise ConfigError(f"unknown method '{name}': run 'fedsparse methods' to list names, "
+                              "or pass module:Class or path/to/file.py:Class")
+        obj = load_object(name, "method")
+    return _checked(name, obj)
+
+
+def sections() -> dict[str, type[Method]]:
+    """Config section -> a method reading it, for every built-in and installed method."""
+    out = {cls.section(): cls for cls in BUILTIN.values()}
+    for _name, _target, obj in installed(ENTRY_POINT_GROUP):
+        if inspect.isclass(obj) and issubclass(obj, Method):
+            out.setdefault(obj.section(), obj)
+    return out
+
+
+def available() -> list[tuple[str, str]]:
+    """(name, one-line description) of every method that can be named."""
+    rows = [(name, cls.describe()) for name, cls in BUILTIN.items()]
+    for name, target, obj in installed(ENTRY_POINT_GROUP):
+        if isinstance(obj, Exception):
+            rows.append((name, f"plug-in {target} (fails to load: {obj})"))
+        else:
+            line = obj.describe() if inspect.isclass(obj) and issubclass(obj, Method) else ""
+            rows.append((name, f"plug-in {target}: {line}"))
+    return rows

@@ -1,0 +1,161 @@
+"""The shared-mask family's method base: masked training of one server-held mask.
+
+FedTiny, prune-at-init and FedDST share it: the server (``SharedMaskServer``) holds the mask of
+the largest tier, each tier trains a nested subset of it, and the method decides when and how
+the mask changes (``adjust``). Subclasses add what their adjustment rounds do on the client.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsparse.budgets import Budget
+from fedsparse.clients.shared_mask.options import PruningOptions
+from fedsparse.clients.shared_mask.pruning import magnitude_masks, random_masks, snip_masks
+from fedsparse.clients.shared_mask.server import AdjustMode, SharedMaskServer
+from fedsparse.costs import TrainingCost
+from fedsparse.masks import Masks, prunable_weights
+from fedsparse.method import (
+    Ask,
+    ClientTask,
+    FitResult,
+    LocalData,
+    Method,
+    RunInfo,
+    ServerSetup,
+)
+from fedsparse.training import train_local
+
+
+def adjust_plan(config: Mapping[str, Any]) -> dict[str, int]:
+    """This round's adjustment (layer -> K) from the round config; empty when none."""
+    layers = list(config.get("adjust-layers", []))
+    ks = list(config.get("adjust-k", []))
+    return {str(n): int(k) for n, k in zip(layers, ks, strict=True)}
+
+
+def one_batch(data: LocalData, batch_size: int, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    pick = torch.randperm(len(data.y_train), generator=generator)[:batch_size]
+    return data.x_train[pick], data.y_train[pick]
+
+
+class SharedMask(Method):
+    """Base of the shared-mask family (not a method by itself)."""
+
+    Options = PruningOptions
+    options_key = "pruning"
+    sparse_updates = True
+    #: how the mask changes after the first one
+    adjust: ClassVar[AdjustMode] = "fixed"
+    options: PruningOptions
+
+    def __init__(self, options: PruningOptions, run: RunInfo) -> None:
+        super().__init__(options, run)
+        self.server: SharedMaskServer | None = None
+        self._model: nn.Module | None = None
+        self._server_data: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def uses_server_data(cls, options: PruningOptions) -> bool:  # type: ignore[override]
+        return options.criterion == "snip"
+
+    # --- server side ------------------------------------------------------------------------
+    def setup(self, setup: ServerSetup) -> None:
+        """Build the mask server; budgets it cannot serve fail here, before anything starts."""
+        model = setup.model
+        self.server = SharedMaskServer(
+            self.adjust, self.options, prunable_weights(dict(model.named_parameters()), True),
+            {n: tuple(p.shape) for n, p in model.named_parameters()}, setup.budgets,
+            setup.cost_model, self.run.train.momentum > 0, self.options.end_round(self.run.rounds))
+        self.server.batch_size = self.run.train.batch_size
+        self._model = copy.deepcopy(model)
+        self._server_data = setup.server_data
+
+    @property
+    def mask_server(self) -> SharedMaskServer:
+        if self.server is None:
+            raise RuntimeError("setup() has not run")
+        return self.server
+
+    def start(self, state: dict[str, np.ndarray], ask: Ask) -> dict[str, np.ndarray]:
+        """Choose the first shared mask; the server's ``info`` records how."""
+        server = self.mask_server
+        model = self._model
+        assert model is not None
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+        rho = server.top_density
+        server.info = {"granularity": server.granularity, "prunable_density": rho}
+        if rho >= 1.0:
+            masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()
+                     if n in server.prunable}
+        else:
+            masks = self.first_masks(model, rho, ask)
+        server.set_masks(masks)
+        server.info["density_of_prunable"] = float(
+            sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()))
+        return server.apply({k: v.detach().numpy() for k, v in model.state_dict().items()})
+
+    def first_masks(self, model: nn.Module, rho: float, ask: Ask) -> Masks:
+        """The first mask by ``criterion`` (magnitude, SNIP on the server's set, random)."""
+        server = self.mask_server
+        params = dict(model.named_parameters())
+        weights = {n: params[n].detach() for n in server.prunable}
+        criterion = self.options.criterion
+        server.info["criterion"] = criterion
+        if criterion == "random":
+            return random_masks(weights, rho, self.run.seed)
+        if criterion == "snip":
+            x, y = self.server_data()
+            return snip_masks(model, server.prunable, x, y, rho)
+        return magnitude_masks(weights, rho)
+
+    def server_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._server_data is None:
+            raise RuntimeError(f"method '{self.name}' needs the server's data set")
+        return self._server_data
+
+    def begin_round(self, server_round: int) -> dict[str, Any]:
+        self.mask_server.plan_round(server_round)
+        return self.mask_server.train_config()
+
+    def client_masks(self, params: Mapping[str, torch.Tensor], budget: Budget) -> Masks | None:
+        return self.mask_server.masks_for(params, budget)
+
+    def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
+                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+        """Masked training plus, in adjustment rounds, the extra mini-batch, the scored unit's
+        dense gradient and the K pairs (or FedDST's local prune-and-grow)."""
+        server = self.mask_server
+        return TrainingCost(computed.flops + server.extra_flops(budget),
+                            computed.memory_bytes + server.extra_memory(budget),
+                            computed.activation_bytes), density
+
+    def after_aggregate(self, arrays: dict[str, np.ndarray],
+                        accepted: list[int]) -> dict[str, np.ndarray]:
+        return self.mask_server.after_aggregate(dict(arrays), [])
+
+    def summary(self) -> dict[str, Any]:
+        server = self.mask_server
+        return {"pruning": {**server.info, "adjustments": server.adjustments}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.mask_server.state()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.mask_server.restore(state)
+
+    # --- client side ------------------------------------------------------------------------
+    def fit(self, task: ClientTask) -> FitResult:
+        """Train the mask the server sent: masked weights stay zero, only kept ones are uploaded."""
+        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train, self.run.train,
+                                 task.generator, task.masks,
+                                 proximal_mu=float(task.config.get("proximal-mu", 0.0)))
+        return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
+                          "samples-seen": float(seen)}, task.masks)

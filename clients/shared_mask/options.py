@@ -1,0 +1,37 @@
+"""Options of the shared-mask family (config section ``method.pruning``, shared by all three)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fedsparse.method import MethodOptions
+
+
+class PruningOptions(MethodOptions):
+    """Shared-mask sparse training: FedTiny (Huang et al. 2023) and its baselines.
+
+    Every client trains the server's mask at its tier's density (tiers nested); ``fedtiny``
+    picks the mask by adaptive BN selection and refines it by progressive prune-and-grow,
+    ``prune-at-init`` fixes it once by ``criterion``, ``feddst`` lets clients prune-and-grow
+    locally and the server prune the average back to the density.
+    """
+
+    criterion: Literal["magnitude", "snip", "random"] = Field(
+        "magnitude", description="prune-at-init and feddst: how the first mask is scored")
+    warmup_epochs: int = Field(5, ge=0, description="server warm-up epochs of the dense model")
+    candidates: int = Field(5, ge=1, description="FedTiny: coarse candidate masks for ABNS")
+    bn_batches: int = Field(4, ge=1, description="local mini-batches per candidate in the "
+                                                 "BN-statistics and evaluation rounds")
+    adjust_every: int = Field(5, ge=1, description="rounds between mask adjustments (Delta T)")
+    adjust_until: int | None = Field(None, ge=1, description="last round that adjusts (T_end); "
+                                                             "default 3/4 of the rounds")
+    alpha: float = Field(0.1, gt=0.0, le=1.0, description="initial share of a layer adjusted")
+    granularity: Literal["auto", "model", "block", "layer"] = Field(
+        "auto", description="scored unit per adjustment; auto: the coarsest that fits every "
+                            "client's memory budget")
+
+    def end_round(self, rounds: int) -> int:
+        """T_end of progressive pruning: ``adjust_until``, or 3/4 of the run's rounds."""
+        return self.adjust_until if self.adjust_until is not None else max(1, (3 * rounds) // 4)

@@ -1,0 +1,63 @@
+"""Cost accounting: what each client spent in a round, beside the dense model doing the same.
+
+FLOPs and memory are counted by the server from the coordinates a client uploaded (the method
+adds what masked training does not show, or substitutes what only the client can measure);
+bytes are measured on the messages themselves.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Message
+
+from fedsparse.codec import ByteCounter
+from fedsparse.costs import ClientRoundCost, CostModel
+from fedsparse.method import Method
+from fedsparse.strategies.validation import ClientUpdate
+
+
+class CostAccountant:
+    """Download sizes when a round's messages are built; each accepted reply's full cost."""
+
+    def __init__(self, cost_model: CostModel, method: Method, batch_size: int, momentum: bool,
+                 arrays_key: str) -> None:
+        self.cost_model = cost_model
+        self.method = method
+        self.batch_size = batch_size
+        self.momentum = momentum
+        self.arrays_key = arrays_key
+        self.count_bytes = ByteCounter()
+        self._download: dict[int, tuple[int, int]] = {}
+        self._dense_array_bytes: int | None = None
+
+    def downloads(self, arrays: ArrayRecord, partitions: list[int], messages: list[Message]) -> None:
+        """Remember each client's download (and a dense model's) for this round's messages."""
+        self.count_bytes.forget()
+        sizes = self.count_bytes.many([arrays, *(part for msg in messages for part in (
+            msg.content, msg.content[self.arrays_key]))])
+        self._dense_array_bytes = sizes[0]
+        self._download = {pid: (sent, sent - arrays_sent + self._dense_array_bytes)
+                          for pid, sent, arrays_sent in zip(partitions, sizes[1::2], sizes[2::2],
+                                                            strict=True)}
+
+    def cost(self, client: ClientUpdate, samples: int) -> ClientRoundCost:
+        """The client's round: server-counted FLOPs and memory of the coordinates it uploaded
+        (adjusted by the method), measured bytes. ``UpdateRejected`` from the method passes."""
+        model = self.cost_model
+        kept = {n: client.update.tensors[n].nnz if n in client.update.tensors else 0
+                for n in model.param_sizes}
+        sparse = model.training_cost(kept, samples, self.batch_size, self.momentum)
+        dense = model.training_cost(model.dense_counts(), samples, self.batch_size, self.momentum)
+        sparse, density = self.method.round_cost(client.budget, sparse,
+                                                 client.update.density(model.param_sizes),
+                                                 client.metrics)
+        reply = client.reply
+        upload, arrays_up = self.count_bytes.many([reply.content, reply.content[self.arrays_key]])
+        down, dense_down = self._download.get(client.partition_id, (0, 0))
+        dense_arrays = self._dense_array_bytes or arrays_up
+        return ClientRoundCost(
+            partition_id=client.partition_id, density=density,
+            train_flops=sparse.flops, memory_bytes=sparse.memory_bytes,
+            activation_bytes=sparse.activation_bytes, upload_bytes=upload,
+            download_bytes=down, dense_train_flops=dense.flops,
+            dense_memory_bytes=dense.memory_bytes,
+            dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down)
