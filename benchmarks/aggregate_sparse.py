@@ -17,11 +17,11 @@ import time
 import torch
 
 from fedsparse.aggregation import masked_fedavg
+from fedsparse.codec import decode, encode, serialized_bytes
 from fedsparse.config import ModelConfig
-from fedsparse.costs import serialized_bytes
 from fedsparse.masks import layerwise_magnitude_masks
 from fedsparse.models import build_model
-from fedsparse.wire import decode, encode, template_of
+from fedsparse.updates import template_of
 
 
 def main() -> None:

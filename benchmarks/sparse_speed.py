@@ -20,16 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import RecordDict
 
-from fedsparse.clients import FedTinyClient, PFedGateClient
-from fedsparse.clients.dense import DenseClient, LocalData
+from fedsparse.clients.shared_mask.pruning import magnitude_masks, prunable_density
 from fedsparse.config import load_config
 from fedsparse.costs import CostModel
-from fedsparse.fedtiny import prunable_weights
-from fedsparse.masks import Masks
+from fedsparse.experiment import build_method
+from fedsparse.masks import Masks, prunable_weights
+from fedsparse.method import ClientTask, LocalData, Method
 from fedsparse.models import ConvNet, build_model
-from fedsparse.pruning import magnitude_masks, prunable_density
 
 SHAPE = (1, 28, 28)
 
@@ -66,8 +64,8 @@ def fedtiny_masks(model: torch.nn.Module, density: float) -> Masks | None:
     if density >= 1.0:
         return None
     sizes = {n: p.numel() for n, p in model.named_parameters()}
-    names = prunable_weights(model)
     params = dict(model.named_parameters())
+    names = prunable_weights(params, keep_first_conv=True)
     return magnitude_masks({n: params[n].detach() for n in names},
                            prunable_density(sizes, names, density))
 
@@ -84,26 +82,25 @@ def main() -> None:
     base = ["model.name=cnn-bn", "train.batch_size=32", "train.local_epochs=1", "data.dataset=fashion-mnist"]
     cost = CostModel(build_model(load_config(None, base).model, SHAPE, 10), SHAPE)
 
-    def run(method: str, density: float) -> tuple[float, float]:
-        cfg = load_config(None, [*base, f"method.name={method}"])
+    def fit(method: Method, model: torch.nn.Module, masks: Masks | None, density: float,
+            state: dict) -> None:
+        method.fit(ClientTask(model=model, masks=masks, data=data,
+                              generator=torch.Generator().manual_seed(0), partition_id=0,
+                              server_round=1, budget_density=density, config={}, state=state))
+
+    def run(name: str, density: float) -> tuple[float, float | None]:
+        cfg = load_config(None, [*base, f"method.name={name}"])
         torch.manual_seed(0)
         model = build_model(cfg.model, SHAPE, 10)
-        conf = {"budget-density": density, "partition-id": 0, "server-round": 1}
-        if method == "pfedgate":
-            client = PFedGateClient(cfg)
-            state = RecordDict()
+        method = build_method(cfg)
+        masks = fedtiny_masks(model, density) if name == "fedtiny" else None
+        state: dict = {}
 
-            def step() -> None:
-                client.fit(model, None, data, torch.Generator().manual_seed(0), conf, state)
+        def step() -> None:
+            fit(method, model, masks, density, state)
 
-            flops = None
-        else:
-            client = DenseClient(cfg) if method == "dense" else FedTinyClient(cfg)
-            masks = fedtiny_masks(model, density) if method == "fedtiny" else None
-
-            def step() -> None:
-                client.fit(model, masks, data, torch.Generator().manual_seed(0), conf, RecordDict())
-
+        flops = None
+        if name != "pfedgate":  # pFedGate's per-batch masks are only seen by the client
             kept = {n: int(masks[n].sum()) if masks and n in masks else s
                     for n, s in cost.param_sizes.items()}
             flops = cost.forward_flops_per_sample(kept) / cost.forward_flops_per_sample(cost.dense_counts())
@@ -120,17 +117,14 @@ def main() -> None:
                          "ratio": seconds / dense_seconds, "flops_ratio": flops})
     dense_params = sum(cost.param_sizes.values())
     dense_flops = cost.forward_flops_per_sample(cost.dense_counts())
-    dense_cfg = load_config(None, [*base, "method.name=dense"])
+    dense = build_method(load_config(None, [*base, "method.name=dense"]))
     for density in (0.5, 0.3, 0.1):
         torch.manual_seed(0)
         model = channel_sliced_cnn_bn(density ** 0.5)
         sliced = CostModel(model, SHAPE)
-        client = DenseClient(dense_cfg)
-        conf = {"budget-density": 1.0, "partition-id": 0, "server-round": 1}
 
-        def step(model: torch.nn.Module = model, client: DenseClient = client,
-                 conf: dict = conf) -> None:
-            client.fit(model, None, data, torch.Generator().manual_seed(0), conf, RecordDict())
+        def step(model: torch.nn.Module = model) -> None:
+            fit(dense, model, None, 1.0, {})
 
         step()
         seconds = timed(step, args.repeats)

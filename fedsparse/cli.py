@@ -264,14 +264,12 @@ def deploy_compose(
 ) -> None:
     """Write docker compose files for N SuperNodes with their partition ids and budgets."""
     from fedsparse.budgets import assign_budgets, parse_budget_shorthand
-    from fedsparse.config import BudgetsConfig
     from fedsparse.deploy.compose import write_compose
 
     with _user_errors(debug):
         if clients < 1:
             raise ConfigError("--clients must be at least 1")
-        tiers = BudgetsConfig(tiers=parse_budget_shorthand(budgets))
-        plain, tls = write_compose(out, assign_budgets(tiers, clients, seed))
+        plain, tls = write_compose(out, assign_budgets(parse_budget_shorthand(budgets), clients, seed))
         console.print(f"wrote {plain} and {tls}")
 
 

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsparse.aggregation import masked_fedavg
-from fedsparse.wire import decode, encode, template_of
+from fedsparse.codec import decode, encode
+from fedsparse.updates import template_of
 
 
 def reference(global_state, states, masks, weights):

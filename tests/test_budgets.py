@@ -4,12 +4,12 @@ from collections import Counter
 import pytest
 
 from fedsparse.budgets import assign_budgets, load_budget_file, parse_budget_shorthand, tier_counts
-from fedsparse.config import BudgetsConfig, load_config
+from fedsparse.config import load_config
 from fedsparse.errors import ConfigError
 
 
 def test_tiers_assign_the_declared_shares_deterministically():
-    cfg = BudgetsConfig(tiers=parse_budget_shorthand("0.1:0.5,0.3:0.3,1.0:0.2"))
+    cfg = parse_budget_shorthand("0.1:0.5,0.3:0.3,1.0:0.2")
     budgets = assign_budgets(cfg, 100, seed=0)
     assert Counter(b.density for b in budgets) == {0.1: 50, 0.3: 30, 1.0: 20}
     assert Counter(b.tier for b in budgets) == {0: 50, 1: 30, 2: 20}
@@ -44,7 +44,7 @@ def test_per_client_csv_and_json(tmp_path):
     json_path = tmp_path / "b.json"
     json_path.write_text(json.dumps([{"client": 0, "density": 1.0, "train_flops": 5e6},
                                      {"client": 1, "density": 0.2}]))
-    budgets = assign_budgets(BudgetsConfig(file=json_path), 2, seed=0)
+    budgets = assign_budgets([], 2, seed=0, file=json_path)
     assert budgets[0].train_flops == 5e6 and budgets[1].density == 0.2
 
 
@@ -65,7 +65,7 @@ def test_bad_budget_files(tmp_path, text, needle):
 def test_tiers_and_files_name_device_profiles(tmp_path):
     tiers = parse_budget_shorthand("0.1:0.5:low-end-phone,1.0:0.5")
     assert [t.device for t in tiers] == ["low-end-phone", None]
-    budgets = assign_budgets(BudgetsConfig(tiers=tiers), 4, seed=0)
+    budgets = assign_budgets(tiers, 4, seed=0)
     assert Counter(b.device for b in budgets) == {"low-end-phone": 2, None: 2}
     path = tmp_path / "b.csv"
     path.write_text("client,density,device\n0,0.5,laptop\n1,1.0,\n")

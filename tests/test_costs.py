@@ -5,9 +5,9 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import push_objects
 from torch import nn
 
-from fedsparse.costs import ByteCounter, CostModel, serialized_bytes
+from fedsparse.codec import ByteCounter, encode, serialized_bytes
+from fedsparse.costs import CostModel
 from fedsparse.masks import layerwise_magnitude_masks
-from fedsparse.wire import encode
 
 
 class Tiny(nn.Module):

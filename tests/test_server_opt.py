@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsparse.codec import decode, encode
 from fedsparse.server_opt import ServerOptimizer, robust_aggregate
-from fedsparse.wire import decode, encode, template_of
+from fedsparse.updates import template_of
 
 SHAPES = {"w": (3, 4), "b": (5,)}
 

@@ -8,23 +8,28 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsparse.budgets import Budget
-from fedsparse.clients.magnitude import MagnitudeClient
+from fedsparse.clients.dense import Dense
+from fedsparse.clients.magnitude import Magnitude
+from fedsparse.codec import decode, encode
 from fedsparse.config import ModelConfig
 from fedsparse.costs import CostModel
+from fedsparse.method import NoOptions, RunInfo
 from fedsparse.models import build_model
 from fedsparse.strategies import FedAvg, MaskedFedAvg, StrategyContext
-from fedsparse.wire import decode, encode, template_of
+from fedsparse.training import TrainSettings
+from fedsparse.updates import template_of
 
 BUDGETS = [Budget(density=0.2), Budget(density=0.5, upload_bytes=1e9), Budget(density=1.0),
            Budget(density=0.5, upload_bytes=100.0)]
 
 
-def make(cls, mask_fn=MagnitudeClient.server_masks):
+def make(cls, method=Magnitude):
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp", hidden=[16]), (6,), 3)
     ctx = StrategyContext(seed=0, clients_per_round=4, budgets=BUDGETS,
                           cost_model=CostModel(model, (6,)), template=template_of(model.state_dict()),
-                          batch_size=8, momentum=False, mask_fn=mask_fn)
+                          batch_size=8, momentum=False,
+                          method=method(NoOptions(), RunInfo(0, 4, 1, TrainSettings())))
     strategy = cls(ctx)
     strategy.bind_nodes({p: 100 + p for p in range(4)})
     return strategy, ArrayRecord(model.state_dict())
@@ -115,7 +120,7 @@ def test_sampling_is_seeded_and_bounded():
 
 @pytest.mark.parametrize("cls", [MaskedFedAvg, FedAvg])
 def test_dense_runs_cost_exactly_dense(task_identity, cls):
-    strategy, arrays = make(cls, mask_fn=None)
+    strategy, arrays = make(cls, method=Dense)
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
     replies = [reply_to(m, p, m.content["arrays"]) for p, m in enumerate(messages)]
     strategy.aggregate_train(1, replies)
@@ -130,8 +135,8 @@ def test_flower_fedprox_adapter_sends_mu_and_aggregates_like_fedavg(task_identit
 
     from fedsparse.strategies.flower_adapter import FlowerStrategy
 
-    _, arrays = make(MaskedFedAvg, mask_fn=None)
-    base, _ = make(MaskedFedAvg, mask_fn=None)
+    _, arrays = make(MaskedFedAvg, method=Dense)
+    base, _ = make(MaskedFedAvg, method=Dense)
     dense_budgets = StrategyContext(**{**base.context.__dict__, "budgets": [Budget()] * 4})
     strategy = FlowerStrategy(dense_budgets, FedProx(proximal_mu=0.3))
     strategy.bind_nodes(base.node_of)

@@ -8,11 +8,14 @@ import torch
 from torch import nn
 
 from fedsparse.budgets import Budget
-from fedsparse.config import PruningConfig
+from fedsparse.clients.shared_mask.options import PruningOptions
+from fedsparse.clients.shared_mask.pruning import adjustment_fraction, adjustment_memory, magnitude_masks
+from fedsparse.clients.shared_mask.server import PairsRejected, SharedMaskServer
 from fedsparse.costs import CostModel
-from fedsparse.fedtiny import adjustment_fraction, prunable_weights
-from fedsparse.pruning import adjustment_memory, magnitude_masks
-from fedsparse.shared_mask_server import PairsRejected, SharedMaskServer
+from fedsparse.masks import prunable_weights
+
+#: the family member each adjustment mode belongs to
+MODES = {"fedtiny": "pairs", "feddst": "local", "prune-at-init": "fixed"}
 
 
 def net() -> nn.Module:
@@ -23,7 +26,8 @@ def net() -> nn.Module:
 
 def make(method="fedtiny", budgets=(Budget(0.3),), **cfg) -> tuple[SharedMaskServer, nn.Module]:
     model = net()
-    server = SharedMaskServer(method, PruningConfig(**cfg), prunable_weights(model),
+    params = dict(model.named_parameters())
+    server = SharedMaskServer(MODES[method], PruningOptions(**cfg), prunable_weights(params, True),
                               {n: tuple(p.shape) for n, p in model.named_parameters()}, list(budgets),
                               CostModel(model, (1, 8, 8)), False, adjust_until=20)
     weights = {n: p.detach() for n, p in model.named_parameters() if n in server.prunable}

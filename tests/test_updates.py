@@ -5,7 +5,8 @@ from flwr.app import Array, ArrayRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsparse.wire import UpdateRejected, decode, encode, template_of
+from fedsparse.codec import decode, encode
+from fedsparse.updates import UpdateRejected, template_of
 
 shapes = st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple)
 

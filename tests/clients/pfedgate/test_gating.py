@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsparse.clients.pfedgate.gating import GateNet, gated_scales, kept_from_scales, knapsack, make_layout
 from fedsparse.config import ModelConfig
-from fedsparse.gating import GateNet, gated_scales, kept_from_scales, knapsack, make_layout
 from fedsparse.models import build_model
 
 items = st.integers(1, 9).flatmap(lambda n: st.tuples(

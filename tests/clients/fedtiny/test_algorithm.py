@@ -1,4 +1,4 @@
-"""FedTiny's plain-torch algorithms (the Flower integration is not built yet)."""
+"""FedTiny's plain-torch algorithms and the prune-and-grow steps it shares with FedDST."""
 
 import math
 
@@ -9,20 +9,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fedsparse.config import ModelConfig
-from fedsparse.fedtiny import (
+from fedsparse.clients.fedtiny.algorithm import (
+    average_bn,
+    candidate_bn_stats,
+    candidate_loss_sums,
+    candidate_masks,
+    local_batches,
+    mean_losses,
+    reestimate_bn,
+)
+from fedsparse.clients.shared_mask.pruning import (
     adjustment_count,
     adjustment_fraction,
-    average_bn,
-    candidate_masks,
-    masks_density,
-    mean_losses,
-    nested_masks,
-    prunable_weights,
     prune_and_grow,
-    reestimate_bn,
     topk_pruned_gradients,
 )
+from fedsparse.config import ModelConfig
+from fedsparse.masks import overall_density, prunable_weights
 from fedsparse.models import build_model
 
 
@@ -36,11 +39,12 @@ def test_candidates_hit_the_target_density_within_two_percent(rho):
     model = cnn()
     candidates = candidate_masks(model, rho, count=5, seed=0)
     assert len(candidates) == 5
-    names = prunable_weights(model)
+    names = prunable_weights(dict(model.named_parameters()), keep_first_conv=True)
     assert "features.0.weight" not in names  # the first conv layer is never pruned
     assert all(set(c) == set(names) for c in candidates)
     for masks in candidates:
-        assert abs(masks_density(masks) - rho) <= 0.02 * rho + 1e-3  # + rounding of small layers
+        sizes = {n: m.numel() for n, m in masks.items()}
+        assert abs(overall_density(masks, sizes) - rho) <= 0.02 * rho + 1e-3  # + rounding of small layers
     assert any(not torch.equal(candidates[0][n], candidates[1][n]) for n in names)
 
 
@@ -101,19 +105,7 @@ def test_prune_and_grow_keeps_density_and_grows_the_top_averaged_gradients(seed,
     assert (new_w.flatten()[grown] == 0).all() and (new_w.flatten()[~new_mask.flatten()] == 0).all()
 
 
-def test_nested_tier_masks_are_subsets():
-    model = cnn()
-    weights = {n: p for n, p in model.named_parameters() if n in prunable_weights(model)}
-    tiers = nested_masks(weights, [0.5, 0.01, 0.1])
-    assert list(tiers) == [0.01, 0.1, 0.5]
-    for small, large in ((0.01, 0.1), (0.1, 0.5)):
-        for name in weights:
-            assert torch.equal(tiers[small][name] & tiers[large][name], tiers[small][name])
-
-
 def test_abns_client_rounds_score_each_candidate_with_its_own_statistics():
-    from fedsparse.fedtiny import candidate_bn_stats, candidate_loss_sums, local_batches
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     with torch.no_grad():

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsparse.fedtiny import prunable_weights
-from fedsparse.pruning import (
+from fedsparse.clients.shared_mask.pruning import (
     adjustment_memory,
     layer_count,
     magnitude_masks,
@@ -18,6 +17,7 @@ from fedsparse.pruning import (
     snip_masks,
     subset_masks,
 )
+from fedsparse.masks import prunable_weights
 
 
 def net() -> nn.Module:
@@ -26,13 +26,18 @@ def net() -> nn.Module:
                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 3))
 
 
+def prunable_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {n: params[n].detach() for n in prunable_weights(params, True)}
+
+
 def sizes(model: nn.Module) -> dict[str, int]:
     return {n: p.numel() for n, p in model.named_parameters()}
 
 
 def test_prunable_density_makes_the_whole_model_hit_the_budget():
     model = net()
-    names = prunable_weights(model)
+    names = prunable_weights(dict(model.named_parameters()), True)
     assert "0.weight" not in names and all(n.endswith("weight") for n in names)
     rho = prunable_density(sizes(model), names, 0.2)
     kept = sum(s for n, s in sizes(model).items() if n not in names) + rho * sum(
@@ -44,7 +49,7 @@ def test_prunable_density_makes_the_whole_model_hit_the_budget():
 
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.03])
 def test_magnitude_and_random_masks_keep_each_layer_at_density(density):
-    weights = {n: p.detach() for n, p in net().named_parameters() if n in prunable_weights(net())}
+    weights = prunable_of(net())
     for masks in (magnitude_masks(weights, density), random_masks(weights, density, seed=3)):
         for name, mask in masks.items():
             assert int(mask.sum()) == layer_count(weights[name].numel(), density)
@@ -58,7 +63,7 @@ def test_magnitude_and_random_masks_keep_each_layer_at_density(density):
 
 def test_snip_ranks_connection_sensitivity_globally():
     model = net()
-    names = prunable_weights(model)
+    names = prunable_weights(dict(model.named_parameters()), True)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
     masks = snip_masks(model, names, x, y, 0.1)
     total = sum(m.numel() for m in masks.values())
@@ -72,7 +77,7 @@ def test_snip_ranks_connection_sensitivity_globally():
 
 
 def test_subset_masks_are_nested_and_sized():
-    weights = {n: p.detach() for n, p in net().named_parameters() if n in prunable_weights(net())}
+    weights = prunable_of(net())
     top = magnitude_masks(weights, 0.4)
     small = subset_masks(weights, top, 0.25)
     smaller = subset_masks(weights, small, 0.5)

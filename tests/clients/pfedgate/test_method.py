@@ -1,0 +1,146 @@
+"""pFedGate's method on its own: budgets, private gate state, costs, novel clients."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedsparse.budgets import Budget
+from fedsparse.clients.pfedgate.method import GATE_KEY, PFedGate
+from fedsparse.costs import TrainingCost
+from fedsparse.method import RunInfo
+from fedsparse.models import build_model
+from fedsparse.training import TrainSettings
+from fedsparse.updates import UpdateRejected
+from tests.clients.helpers import make_data, make_method, make_task
+
+
+def setup(**options):
+    extra = [f"method.pfedgate.{k}={v}" for k, v in options.items()]
+    method, model = make_method("pfedgate", "train.momentum=0.9", "model.hidden=[16]",
+                                "train.batch_size=16", *extra)
+    return method, model
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 1.0])
+def test_density_tracks_the_budget(density):
+    method, model = setup()
+    result = method.fit(make_task(model, make_data(0), density))
+    metrics, touched = result.metrics, result.upload
+    assert metrics["compute-density"] <= density + 1e-12
+    assert metrics["mean-compute-density"] <= metrics["compute-density"]
+    union = sum(int(t.sum()) for t in touched.values()) / sum(p.numel() for p in model.parameters())
+    assert union >= metrics["compute-density"] - 1e-12  # the upload is the epoch's union
+    evaluated = method.evaluate(make_task(model, make_data(0), density))
+    assert evaluated["eval-density"] <= density + 1e-12 and 0 <= evaluated["accuracy"] <= 1
+
+
+def test_untouched_weights_do_not_move():
+    method, model = setup()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    touched = method.fit(make_task(model, make_data(0), 0.1)).upload
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach()[~touched[name]], before[name][~touched[name]])
+
+
+def test_gate_persists_between_rounds_and_differs_between_clients():
+    method, model = setup()
+    states = [{}, {}]
+    for pid, state in enumerate(states):
+        torch.manual_seed(0)
+        fresh = build_model(method_model_config(), (12,), 4)
+        method.fit(make_task(fresh, make_data(pid), 0.5, seed=pid, partition_id=pid, state=state))
+        assert GATE_KEY in state
+    first = {k: v.copy() for k, v in states[0][GATE_KEY].items()}
+    other = states[1][GATE_KEY]
+    assert any(not np.array_equal(first[k], other[k]) for k in first)
+    # round 2 starts from the saved gate, not a fresh one
+    method.fit(make_task(model, make_data(0), 0.5, seed=5, state=states[0]))
+    second = states[0][GATE_KEY]
+    fresh_gate = method._gate({}, method._layout(model, 0.5), (12,), 0)
+    fresh_w = fresh_gate.state_dict()["score.0.weight"].numpy()
+    assert not np.array_equal(second["score.0.weight"], fresh_w)
+    assert not np.array_equal(second["score.0.weight"], first["score.0.weight"])
+
+
+def method_model_config():
+    from fedsparse.config import ModelConfig
+
+    return ModelConfig(name="mlp", hidden=[16])
+
+
+def test_novel_client_fits_only_its_gate_at_evaluation():
+    method, model = setup()
+    state: dict = {}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method.evaluate(make_task(model, make_data(3), 0.5, state=state, novel=1))
+    assert GATE_KEY in state
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name])
+
+
+def test_per_sample_gating_option():
+    method, model = setup(eval_gating="sample")
+    result = method.evaluate(make_task(model, make_data(1), 0.3))
+    assert result["eval-density"] <= 0.3 + 1e-12
+    assert method.summary() == {"eval_gating": "sample"}
+
+
+def test_joint_training_learns():
+    method, model = setup(eval_after_local_training="false")
+    state, data = {}, make_data(0, n=300)
+    acc0 = method.evaluate(make_task(model, data, 0.5, state=state))["accuracy"]
+    for r in range(6):
+        method.fit(make_task(model, data, 0.5, seed=r, state=state))
+    acc = method.evaluate(make_task(model, data, 0.5, state=state))["accuracy"]
+    assert acc > max(0.6, acc0 + 0.2)
+
+
+def test_evaluation_after_local_training_changes_no_state():
+    method, model = setup()
+    state: dict = {}
+    method.fit(make_task(model, make_data(0), 0.5, state=state))
+    saved = {k: v.copy() for k, v in state[GATE_KEY].items()}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    method.evaluate(make_task(model, make_data(0), 0.5, seed=1, state=state))
+    assert all(np.array_equal(saved[k], v) for k, v in state[GATE_KEY].items())
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def run(num_clients=10):
+    return RunInfo(seed=3, num_clients=num_clients, rounds=5, train=TrainSettings())
+
+
+def test_novel_clients_are_a_seeded_share_and_never_all():
+    from fedsparse.method import ServerSetup
+
+    options = PFedGate.Options(novel_share=0.3)
+    method = PFedGate(options, run())
+    model = build_model(method_model_config(), (12,), 4)
+    method.setup(ServerSetup(model, [Budget()] * 10, cost_model=None))  # type: ignore[arg-type]
+    novel = method.novel_clients()
+    assert len(novel) == 3 and novel == _novel_of(options)
+    with pytest.raises(ValueError, match="leaves no client"):
+        PFedGate(PFedGate.Options(novel_share=0.99), run(2)).setup(
+            ServerSetup(model, [Budget()] * 2, cost_model=None))  # type: ignore[arg-type]
+
+
+def _novel_of(options):
+    from fedsparse.method import ServerSetup
+
+    other = PFedGate(options, run())
+    other.setup(ServerSetup(build_model(method_model_config(), (12,), 4), [Budget()] * 10,
+                            cost_model=None))  # type: ignore[arg-type]
+    return other.novel_clients()
+
+
+def test_reported_costs_are_required_and_checked():
+    method = PFedGate(PFedGate.Options(), run())
+    computed = TrainingCost(10.0, 20.0, 5.0)
+    cost, density = method.round_cost(Budget(), computed, 0.9, {
+        "train-flops": 3.0, "memory-bytes": 4.0, "compute-density": 0.2})
+    assert (cost.flops, cost.memory_bytes, cost.activation_bytes, density) == (3.0, 4.0, 5.0, 0.2)
+    with pytest.raises(UpdateRejected, match="lacks the cost metric"):
+        method.round_cost(Budget(), computed, 0.9, {"train-flops": 3.0})
+    with pytest.raises(UpdateRejected, match="implausible"):
+        method.round_cost(Budget(), computed, 0.9, {
+            "train-flops": 3.0, "memory-bytes": 4.0, "compute-density": 1.5})
