@@ -87,7 +87,7 @@ def simulate(
     batch_size: Annotated[int | None, typer.Option(help="local batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="local learning rate")] = None,
     method: Annotated[str | None, typer.Option(
-        help="dense, fedavg-ft, magnitude, pfedgate, fedtiny, prune-at-init or feddst")] = None,
+        help="a name from 'fedsparse methods', module:Class or file.py:Class")] = None,
     strategy: Annotated[str | None, typer.Option(help="a name from 'fedsparse strategies', "
                                                  "module:Class or file.py:Class")] = None,
     budgets: Annotated[str | None, typer.Option(help="budget tiers as density:share pairs, "
@@ -185,6 +185,24 @@ def compare(
         wide.print(table)
         md, png = write_comparison(runs, out)
         Console().print(f"markdown: {md}\nplot: {png}")
+
+
+@app.command("methods")
+def list_methods(
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """List the methods --method accepts, one line each."""
+    from fedsparse.clients.registry import available
+
+    with _user_errors(debug):
+        table = Table(show_header=True, header_style="bold")
+        table.add_column("name")
+        table.add_column("what it does")
+        for name, line in available():
+            table.add_row(name, line)
+        Console().print(table)
+        Console().print("Also: --method package.module:Class or --method path/to/file.py:Class "
+                        "(a subclass of fedsparse.method.Method)")
 
 
 @app.command("strategies")

@@ -101,6 +101,9 @@ class MethodConfig(BaseModel):
     def _options(self) -> MethodConfig:
         from fedsparse.clients.registry import resolve, sections
 
+        location, sep, attr = self.name.rpartition(":")
+        if sep and location.endswith(".py"):  # workers in other folders must find the file too
+            self.name = f"{Path(location).expanduser().resolve()}:{attr}"
         method = resolve(self.name)  # a ConfigError, not a ValueError: it surfaces as is
         known = {**sections(), method.section(): method}
         extras = self.model_extra if self.model_extra is not None else {}

@@ -105,13 +105,10 @@ def unpack_mask(bits: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
                             ).view(shape)
 
 
-def layerwise_magnitude_masks(params: Mapping[str, torch.Tensor], density: float) -> Masks:
-    """Keep the largest-magnitude weights so that the *overall* density is at most ``density``.
-
-    Non-prunable tensors are kept whole, so prunable tensors get a uniform per-layer density
-    (d * total - fixed) / prunable. Raises ``ValueError`` when the fixed tensors alone exceed
-    the budget. Ties are broken by position, so the result is deterministic.
-    """
+def uniform_layer_density(params: Mapping[str, torch.Tensor], density: float) -> float:
+    """The density every prunable weight tensor gets so that the *overall* density is at most
+    ``density`` when biases and normalisation parameters are kept whole: (d * total - fixed) /
+    prunable. Raises ``ValueError`` when the fixed tensors alone exceed the budget."""
     prunable = set(prunable_weights(params))
     fixed = sum(t.numel() for n, t in params.items() if n not in prunable)
     total = sum(t.numel() for t in params.values())
@@ -119,12 +116,20 @@ def layerwise_magnitude_masks(params: Mapping[str, torch.Tensor], density: float
     if allowed < fixed:
         raise ValueError(f"density {density:g} allows {allowed} parameters but biases and norm "
                          f"layers alone need {fixed}")
-    prunable_total = total - fixed
-    layer_density = min(1.0, (allowed - fixed) / max(prunable_total, 1))
-    masks: Masks = {}
-    for name, tensor in params.items():
-        if name not in prunable:
-            masks[name] = torch.ones_like(tensor, dtype=torch.bool)
-        else:
-            masks[name] = magnitude_mask(tensor, int(layer_density * tensor.numel()))
-    return masks
+    return min(1.0, (allowed - fixed) / max(total - fixed, 1))
+
+
+def layerwise_masks(params: Mapping[str, torch.Tensor], density: float,
+                    scores: Mapping[str, torch.Tensor]) -> Masks:
+    """Per prunable tensor, the ``uniform_layer_density`` share of highest ``scores``; the other
+    tensors whole. Ties are broken by position, so the result is deterministic."""
+    layer_density = uniform_layer_density(params, density)
+    prunable = set(prunable_weights(params))
+    return {name: top_k_mask(scores[name], int(layer_density * tensor.numel())) if name in prunable
+            else torch.ones_like(tensor, dtype=torch.bool) for name, tensor in params.items()}
+
+
+def layerwise_magnitude_masks(params: Mapping[str, torch.Tensor], density: float) -> Masks:
+    """Keep the largest-magnitude weights so that the *overall* density is at most ``density``
+    (biases and normalisation parameters whole, every prunable tensor at one density)."""
+    return layerwise_masks(params, density, {n: t.detach().abs() for n, t in params.items()})

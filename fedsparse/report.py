@@ -12,8 +12,6 @@ from fedsparse import plots
 from fedsparse.errors import FedsparseError
 from fedsparse.results import CLIENTS_FILE, LAYERS_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
 
-DENSE_METHODS = {"dense", "fedavg-ft"}
-
 
 @dataclass
 class RunData:
@@ -32,7 +30,12 @@ class RunData:
 
     @property
     def sparse(self) -> bool:
-        return self.summary.get("method", "dense") not in DENSE_METHODS
+        """Whether the method's uploads may be sparse (runs older than the ``sparse_updates``
+        key: whether their mean density was below 1)."""
+        if "sparse_updates" in self.summary:
+            return bool(self.summary["sparse_updates"])
+        density = (self.summary.get("cost") or {}).get("density")
+        return density is not None and density < 1.0
 
 
 def load_run(path: Path) -> RunData:

@@ -1,4 +1,5 @@
-"""Strategies from outside the package, and Flower's own, through the real CLI, Flower and Ray."""
+"""Strategies and methods from outside the package, and Flower's own strategies, through the real
+CLI, Flower and Ray: a plug-in needs one file (by path) or one installed package (by name)."""
 
 import json
 import os
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients.test_registry import EXAMPLE as METHOD_EXAMPLE
+from tests.clients.test_registry import write_dist_info as write_method_dist_info
 from tests.strategies.test_registry import EXAMPLE, write_dist_info
 
 pytestmark = pytest.mark.e2e
@@ -27,19 +30,29 @@ def simulate(out: Path, *args: str, env: dict | None = None) -> dict:
     return summary
 
 
-def test_example_plugin_by_path_with_sparse_budgets(tmp_path):
+def test_example_plugins_by_path_with_sparse_budgets(tmp_path):
+    """The example strategy and the example method, each one file named by path."""
     summary = simulate(tmp_path, "--strategy", f"{EXAMPLE / 'norm_clipped_fedavg.py'}:NormClippedFedAvg",
-                       "--set", "strategy.options.max_norm=0.5", "--method", "magnitude",
-                       "--budgets", "0.3:0.5,1.0:0.5")
-    assert summary["cost"]["density"] < 1.0
+                       "--set", "strategy.options.max_norm=0.5",
+                       "--method", f"{METHOD_EXAMPLE / 'federated_dropout.py'}:FederatedDropout",
+                       "--set", "method.federated-dropout.redraw_every=1",
+                       "--budgets", "0.3:0.5,0.5:0.5")
+    assert summary["method"].endswith("federated_dropout.py:FederatedDropout")
+    assert summary["cost"]["density"] < 1.0 and summary["budget"]["violations"] == 0
+    assert 0.3 < summary["federated_dropout"]["coverage"] < 1.0
 
 
-def test_example_plugin_by_entry_point(tmp_path):
+def test_example_plugins_by_entry_point(tmp_path):
+    """Both examples installed (their entry points on the path) and named like built-ins."""
     site = tmp_path / "site"
     write_dist_info(site)
-    path = os.pathsep.join([str(site), str(EXAMPLE), os.environ.get("PYTHONPATH", "")])
-    summary = simulate(tmp_path / "runs", "--strategy", "norm-clipped", env={"PYTHONPATH": path})
-    assert summary["strategy"] == "norm-clipped"
+    write_method_dist_info(site)
+    path = os.pathsep.join([str(site), str(EXAMPLE), str(METHOD_EXAMPLE),
+                            os.environ.get("PYTHONPATH", "")])
+    summary = simulate(tmp_path / "runs", "--strategy", "norm-clipped", "--method",
+                       "federated-dropout", "--budgets", "0.5:1", env={"PYTHONPATH": path})
+    assert summary["strategy"] == "norm-clipped" and summary["method"] == "federated-dropout"
+    assert summary["sparse_updates"] and summary["cost"]["train_flops_ratio"] < 0.8
 
 
 def test_flower_fedprox_runs_a_dense_simulation_by_name(tmp_path):
