@@ -30,12 +30,9 @@ class RunData:
 
     @property
     def sparse(self) -> bool:
-        """Whether the method's uploads may be sparse (runs older than the ``sparse_updates``
-        key: whether their mean density was below 1)."""
-        if "sparse_updates" in self.summary:
-            return bool(self.summary["sparse_updates"])
-        density = (self.summary.get("cost") or {}).get("density")
-        return density is not None and density < 1.0
+        """Whether the method's uploads may be sparse (then cost and layer plots are drawn).
+        Runs older than the ``sparse_updates`` key try them and say what they lack."""
+        return bool(self.summary.get("sparse_updates", True))
 
 
 def load_run(path: Path) -> RunData:

@@ -4,11 +4,21 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
+
+from fedsparse.cli import app
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The real console script in its own process."""
     return subprocess.run([sys.executable, "-m", "fedsparse.cli", *args], capture_output=True,
                           text=True, timeout=120, cwd=cwd)
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess:
+    """The same CLI in this process (no interpreter start-up), with the same result fields."""
+    result = CliRunner().invoke(app, list(args), prog_name="fedsparse")
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +50,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
-    result = run_cli("simulate", "--out", str(tmp_path), *args)
+    result = invoke("simulate", "--out", str(tmp_path), *args)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]

@@ -22,6 +22,7 @@ def write_run(folder, method="magnitude", with_costs=True, old=False):
                "accuracy": {"mean": 0.6, "bottom_decile": 0.3, "global": 0.7},
                "failures": {"clients_failed": 0}}
     if not old:
+        summary["sparse_updates"] = method != "dense"
         summary["cost"] = {"train_flops_ratio": 0.5, "memory_bytes_ratio": 0.4,
                            "upload_bytes_ratio": 0.25, "download_bytes_ratio": 1.0}
         header = ",".join(CLIENTS[0])
