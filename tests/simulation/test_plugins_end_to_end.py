@@ -1,5 +1,6 @@
 """Strategies and methods from outside the package, and Flower's own strategies, through the real
-CLI, Flower and Ray: a plug-in needs one file (by path) or one installed package (by name)."""
+CLI, Flower and Ray: a plug-in needs one file (by path) or one installed package (by name).
+Flower's FedProx by name runs in ``test_end_to_end``'s image test."""
 
 import json
 import os
@@ -53,9 +54,3 @@ def test_example_plugins_by_entry_point(tmp_path):
                        "federated-dropout", "--budgets", "0.5:1", env={"PYTHONPATH": path})
     assert summary["strategy"] == "norm-clipped" and summary["method"] == "federated-dropout"
     assert summary["sparse_updates"] and summary["cost"]["train_flops_ratio"] < 0.8
-
-
-def test_flower_fedprox_runs_a_dense_simulation_by_name(tmp_path):
-    summary = simulate(tmp_path, "--strategy", "fedprox", "--set", "strategy.options.proximal_mu=0.1",
-                       "--method", "dense", "--budgets", "1.0:1")
-    assert summary["strategy"] == "fedprox" and summary["cost"]["upload_bytes_ratio"] == 1.0

@@ -20,9 +20,8 @@ def client_rows(run):
         return list(csv.DictReader(handle))
 
 
-def test_fedtiny_selects_by_abns_and_adjusts_nested_tiers(tmp_path):
-    run = simulate(tmp_path, *SMALL, "--method", "fedtiny", "--budgets", "0.2:0.5,0.4:0.5",
-                   "--name", "fedtiny")
+def test_fedtiny_selects_by_abns_and_adjusts_nested_tiers(fedtiny_runs):
+    run = fedtiny_runs.whole  # SMALL with budgets 0.2:0.5,0.4:0.5 (conftest.FEDTINY)
     summary = check_run_folder(run, clients=8, rounds=4)
     pruning = summary["pruning"]
     losses = pruning["candidate_losses"]

@@ -1,0 +1,99 @@
+"""Runs several end-to-end tests share: each starts one whole run and, at the same time, a run
+that is killed with SIGKILL after two rounds (the resume tests continue it). Sharing them keeps
+the suite's Ray start-ups few; running the two side by side overlaps their start-up waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+#: pFedGate with two tiers, novel clients, momentum and a server optimizer (FedAdam), so a resume
+#: must restore the optimizer's moments and the clients' gates
+PFEDGATE = ["--clients", "6", "--rounds", "4", "--fraction", "0.5", "--budgets", "0.1:0.5,0.5:0.5",
+            "--set", "method.pfedgate.novel_share=0.34", "--set", "train.momentum=0.9",
+            "--strategy", "masked-fedadam", "--set", "strategy.options.server_lr=0.05",
+            "--set", "eval.every=2", "--set", "simulation.checkpoint_every=1"]
+#: FedTiny with nested tiers; its mask changes in rounds 1 and 2 (T_end = 3 of 4), so a resume
+#: must restore the server's masks and adjustment counter
+FEDTINY = ["--clients", "8", "--rounds", "4", "--fraction", "0.5", "--model", "mlp",
+           "--set", "model.hidden=[16,128,64]", "--strategy", "masked-fedavg",
+           "--set", "method.pruning.adjust_every=1", "--set", "method.pruning.warmup_epochs=2",
+           "--method", "fedtiny", "--budgets", "0.2:0.5,0.4:0.5",
+           "--set", "simulation.checkpoint_every=1", "--set", "eval.every=2"]
+
+
+@dataclass(frozen=True)
+class RunPair:
+    args: list[str]
+    #: the uninterrupted run's folder
+    whole: Path
+    #: the folder of the run killed after two rounds (resumable)
+    killed: Path
+
+
+def cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fedsparse.cli", "simulate", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Ray's GCS, raylet and workers of a driver)."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines()[1:]:
+        child, parent = (int(v) for v in line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver and the Ray processes it started (they would outlive it)."""
+    tree = descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def run_pair(root: Path, args: list[str]) -> RunPair:
+    whole = cli("--out", str(root / "whole"), *args)
+    victim = cli("--out", str(root / "killed"), *args)
+    deadline = time.monotonic() + 240
+    metrics = None
+    try:
+        while time.monotonic() < deadline and victim.poll() is None:
+            runs = list((root / "killed").glob("*/metrics.jsonl"))
+            if runs and len(runs[0].read_text().splitlines()) >= 2:
+                metrics = runs[0]
+                break
+            time.sleep(0.2)
+    finally:
+        kill_tree(victim)
+    assert metrics is not None, f"the run never finished two rounds: {victim.stderr.read()[-3000:]}"
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
+    (reference,) = (root / "whole").iterdir()
+    return RunPair(args, reference, metrics.parent)
+
+
+@pytest.fixture(scope="session")
+def pfedgate_runs(tmp_path_factory: pytest.TempPathFactory) -> RunPair:
+    return run_pair(tmp_path_factory.mktemp("pfedgate"), PFEDGATE)
+
+
+@pytest.fixture(scope="session")
+def fedtiny_runs(tmp_path_factory: pytest.TempPathFactory) -> RunPair:
+    return run_pair(tmp_path_factory.mktemp("fedtiny"), FEDTINY)
