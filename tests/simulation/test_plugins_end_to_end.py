@@ -31,18 +31,6 @@ def simulate(out: Path, *args: str, env: dict | None = None) -> dict:
     return summary
 
 
-def test_example_plugins_by_path_with_sparse_budgets(tmp_path):
-    """The example strategy and the example method, each one file named by path."""
-    summary = simulate(tmp_path, "--strategy", f"{EXAMPLE / 'norm_clipped_fedavg.py'}:NormClippedFedAvg",
-                       "--set", "strategy.options.max_norm=0.5",
-                       "--method", f"{METHOD_EXAMPLE / 'federated_dropout.py'}:FederatedDropout",
-                       "--set", "method.federated-dropout.redraw_every=1",
-                       "--budgets", "0.3:0.5,0.5:0.5")
-    assert summary["method"].endswith("federated_dropout.py:FederatedDropout")
-    assert summary["cost"]["density"] < 1.0 and summary["budget"]["violations"] == 0
-    assert 0.3 < summary["federated_dropout"]["coverage"] < 1.0
-
-
 def test_example_plugins_by_entry_point(tmp_path):
     """Both examples installed (their entry points on the path) and named like built-ins."""
     site = tmp_path / "site"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.simulation.test_end_to_end import check_run_folder, simulate
+from tests.simulation.test_end_to_end import check_run_folder
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -34,17 +34,6 @@ def test_fedtiny_selects_by_abns_and_adjusts_nested_tiers(fedtiny_runs):
     assert summary["cost"]["train_flops_ratio"] < 0.5
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["updates_rejected"] == 0 for r in records)
-
-
-@pytest.mark.parametrize("method, extra", [("prune-at-init", ["--set", "method.pruning.criterion=snip"]),
-                                           ("feddst", [])])
-def test_fixed_and_dynamic_mask_baselines_run(tmp_path, method, extra):
-    run = simulate(tmp_path, *SMALL, "--method", method, "--budgets", "0.3:1", *extra,
-                   "--name", method)
-    summary = check_run_folder(run, clients=8, rounds=4)
-    assert summary["pruning"]["adjustments"] == (2 if method == "feddst" else 0)
-    densities = {round(float(r["density"]), 6) for r in client_rows(run) if r["density"]}
-    assert densities and max(densities) <= 0.3 + 1e-9
 
 
 def test_a_memory_budget_too_small_for_one_layer_fails_at_start(tmp_path):
