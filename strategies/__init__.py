@@ -14,19 +14,19 @@ from fedsparse.strategies.masked_fedavg import MaskedFedAvg
 from fedsparse.strategies.registry import BUILTIN, StrategySpec, available, instantiate, resolve
 
 
-def check_strategy(config: ExperimentConfig) -> StrategySpec:
-    """Resolve the configured strategy, refusing combinations that cannot work."""
-    from fedsparse.experiment import method_class
-
+def check_strategy(config: ExperimentConfig, sparse_updates: bool) -> StrategySpec:
+    """Resolve the configured strategy, refusing one that cannot aggregate the method's updates
+    (``sparse_updates``: the method's uploads may be sparse)."""
     spec = resolve(config.strategy.name)
-    if method_class(config).sparse_updates and not spec.accepts_sparse:
+    if sparse_updates and not spec.accepts_sparse:
         raise ConfigError(f"strategy '{spec.name}' cannot aggregate the sparse updates of method "
                           f"'{config.method.name}': use --strategy masked-fedavg")
     return spec
 
 
 def build_strategy(config: ExperimentConfig, context: StrategyContext) -> MaskAwareStrategy:
-    return instantiate(check_strategy(config), context, dict(config.strategy.options))
+    spec = check_strategy(config, context.method.sparse_updates)
+    return instantiate(spec, context, dict(config.strategy.options))
 
 
 __all__ = ["BUILTIN", "ClientUpdate", "FedAvg", "MaskAwareStrategy", "MaskedFedAvg",

@@ -22,6 +22,7 @@ from fedsparse.budgets import Budget
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import build_federation
 from fedsparse.deploy.run_config import deployed_config
+from fedsparse.experiment import method_class
 from fedsparse.results import RunRecorder, new_run_dir
 from fedsparse.simulation.client_app import make_client_app
 from fedsparse.simulation.runner import RunResult, finish_run, strategy_context
@@ -40,7 +41,7 @@ def declared_budgets(declared: dict[int, Budget], num_clients: int) -> list[Budg
 def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
     """The experiment on real SuperNodes: budgets come from the nodes."""
     started = time.perf_counter()
-    check_strategy(config)
+    check_strategy(config, method_class(config).sparse_updates)
     federation = build_federation(config)
     timeout = config.simulation.node_wait_timeout
     nodes = wait_for_nodes(grid, config.num_clients, timeout)

@@ -24,7 +24,7 @@ from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
 from fedsparse.data.federation import Federation, build_federation, save_partitions
 from fedsparse.errors import ConfigError, SimulationError
-from fedsparse.experiment import budgets_of, build_method
+from fedsparse.experiment import budgets_of, build_method, method_class
 from fedsparse.method import ServerSetup
 from fedsparse.models import build_model
 from fedsparse.results import PARTITIONS_FILE, RunRecorder, new_run_dir
@@ -91,7 +91,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     from fedsparse.simulation.client_app import make_client_app
 
     os.environ.update(QUIET_ENV)
-    check_strategy(config)  # bad input fails here, before any folder or process exists
+    # bad input fails here, before any folder or process exists
+    check_strategy(config, method_class(config).sparse_updates)
     if config.simulation.ray_address:
         check_ray_address(config.simulation.ray_address)
     federation = build_federation(config)

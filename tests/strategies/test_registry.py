@@ -7,6 +7,7 @@ from flwr.serverapp.strategy import FedProx
 
 from fedsparse.config import load_config
 from fedsparse.errors import ConfigError
+from fedsparse.experiment import method_class
 from fedsparse.strategies import check_strategy
 from fedsparse.strategies.registry import available, resolve
 
@@ -66,4 +67,4 @@ def test_broken_plugin_file(tmp_path):
 def test_flower_strategy_refuses_sparse_methods():
     cfg = load_config(None, ["strategy.name=fedprox", "method.name=magnitude"])
     with pytest.raises(ConfigError, match="cannot aggregate the sparse updates"):
-        check_strategy(cfg)
+        check_strategy(cfg, method_class(cfg).sparse_updates)
