@@ -160,6 +160,8 @@ def _parse_row(row: Any, path: Path, line: int) -> tuple[int, Budget]:
     return client, _from_tier(tier, int(row.get("tier") or 0))
 
 
+#: the node-config key (and reply metric) naming the partition a node serves
+PARTITION_KEY = "partition-id"
 #: the ConfigRecord in a node's handshake reply that carries the budget it declares
 DECLARED_BUDGET = "declared-budget"
 #: node-config keys a SuperNode declares its budget with -> Budget fields

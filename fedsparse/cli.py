@@ -195,14 +195,8 @@ def list_methods(
     from fedsparse.clients.registry import available
 
     with _user_errors(debug):
-        table = Table(show_header=True, header_style="bold")
-        table.add_column("name")
-        table.add_column("what it does")
-        for name, line in available():
-            table.add_row(name, line)
-        Console().print(table)
-        Console().print("Also: --method package.module:Class or --method path/to/file.py:Class "
-                        "(a subclass of fedsparse.method.Method)")
+        _print_names(available(), "Also: --method package.module:Class or --method "
+                                  "path/to/file.py:Class (a subclass of fedsparse.method.Method)")
 
 
 @app.command("strategies")
@@ -210,13 +204,18 @@ def list_strategies() -> None:
     """List the strategies --strategy accepts, one line each."""
     from fedsparse.strategies import available
 
+    _print_names(available(), "Also: --strategy package.module:Class or --strategy "
+                              "path/to/file.py:Class")
+
+
+def _print_names(rows: list[tuple[str, str]], footer: str) -> None:
     table = Table(show_header=True, header_style="bold")
     table.add_column("name")
     table.add_column("what it does")
-    for name, line in available():
+    for name, line in rows:
         table.add_row(name, line)
     Console().print(table)
-    Console().print("Also: --strategy package.module:Class or --strategy path/to/file.py:Class")
+    Console().print(footer)
 
 
 def _tensorboard_writer() -> Any:

@@ -6,49 +6,13 @@ A ``Masks`` mapping holds masks for parameters only; a parameter without an entr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 Masks = dict[str, torch.Tensor]
-
-
-def tensor_density(mask: torch.Tensor) -> float:
-    return float(mask.sum()) / max(mask.numel(), 1)
-
-
-def kept(masks: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> int:
-    """Number of kept parameters; tensors in ``sizes`` without a mask count as fully kept."""
-    return sum(int(masks[n].sum()) if n in masks else size for n, size in sizes.items())
-
-
-def overall_density(masks: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> float:
-    """Fraction of all parameters (named in ``sizes``) that the masks keep."""
-    total = sum(sizes.values())
-    return kept(masks, sizes) / max(total, 1)
-
-
-def param_sizes(model: nn.Module) -> dict[str, int]:
-    return {name: p.numel() for name, p in model.named_parameters()}
-
-
-def union(a: Masks, b: Masks) -> Masks:
-    return {n: a[n] | b[n] for n in _same_keys(a, b)}
-
-
-def intersection(a: Masks, b: Masks) -> Masks:
-    return {n: a[n] & b[n] for n in _same_keys(a, b)}
-
-
-def _same_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Iterable[str]:
-    if set(a) != set(b):
-        raise ValueError(f"masks cover different tensors: {sorted(set(a) ^ set(b))[:3]}")
-    for n in a:
-        if a[n].shape != b[n].shape:
-            raise ValueError(f"mask shapes differ for {n}: {tuple(a[n].shape)} vs {tuple(b[n].shape)}")
-    return a
 
 
 @torch.no_grad()

@@ -8,12 +8,13 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedsparse.budgets import Budget
+from fedsparse.budgets import PARTITION_KEY, Budget
 from fedsparse.codec import decode, unpack_records
 from fedsparse.method import Records
 from fedsparse.updates import SparseUpdate, Template, UpdateRejected
 
-PARTITION_KEY = "partition-id"
+__all__ = ["PARTITION_KEY", "CheckedReply", "ClientUpdate", "ReplyValidator", "reply_partition",
+           "safe_partition"]
 
 
 def reply_partition(msg: Message) -> int:

@@ -1,4 +1,5 @@
-"""The Flower App that ``flwr run .`` deploys (named in pyproject.toml's ``[tool.flwr.app]``).
+"""The ServerApp that ``flwr run .`` deploys (named in pyproject.toml's ``[tool.flwr.app]``;
+the ClientApp is ``fedsparse.deploy.client``).
 
 The ServerApp runs the same round loop, strategies and methods as the simulation; the only
 differences are where things come from: the experiment from the run config
@@ -24,7 +25,6 @@ from fedsparse.data.federation import build_federation
 from fedsparse.deploy.run_config import deployed_config
 from fedsparse.experiment import method_class
 from fedsparse.results import RunRecorder, new_run_dir
-from fedsparse.simulation.client_app import make_client_app
 from fedsparse.simulation.runner import RunResult, finish_run, strategy_context
 from fedsparse.simulation.server_app import ServerLoop, handshake, wait_for_nodes
 from fedsparse.strategies import build_strategy, check_strategy
@@ -66,5 +66,3 @@ server_app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run_deployed(grid, deployed_config(dict(context.run_config)))
 
-
-client_app = make_client_app(None, None)

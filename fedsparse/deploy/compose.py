@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from fedsparse.budgets import NODE_BUDGET_KEYS, Budget
+from fedsparse.budgets import NODE_BUDGET_KEYS, PARTITION_KEY, Budget
 
 SUPERLINK_PORT = 8000
 NODE_RUNTIME_PORT = 9094
@@ -40,7 +40,7 @@ def superlink_command(port: int = SUPERLINK_PORT, tls: Path | None = None, node_
 
 def node_config(partition_id: int, num_partitions: int, budget: Budget) -> str:
     """``--node-config``: the partition this node serves and the budget it declares."""
-    fields = {"partition-id": partition_id, "num-partitions": num_partitions}
+    fields = {PARTITION_KEY: partition_id, "num-partitions": num_partitions}
     values = budget.as_dict()
     for key, name in NODE_BUDGET_KEYS.items():
         value = values[name]

@@ -2,7 +2,11 @@
 
 The processes run exactly what the compose files run (same command builders, ``--isolation
 process`` with a SuperExec beside the SuperLink and each SuperNode), on loopback. Every process
-is started in its own session and stopped by its PID (its process group) when the test ends.
+is started in its own session and stopped by its PID (its process group) when the tests end.
+
+A deployed round mostly waits (a SuperNode polls its SuperLink every 3 s when idle and starts a
+Python process per ClientApp message), so the insecure and the TLS deployment are started and
+run side by side by one fixture; each test then checks its own.
 """
 
 import json
@@ -60,13 +64,9 @@ class Processes:
                 proc.wait()
 
 
-@pytest.fixture
-def deployment(tmp_path):
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    procs = Processes(tmp_path, env)
-    yield procs
-    procs.stop()
+def deployment_env(folder: Path) -> dict[str, str]:
+    return {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
 
 def write_connection(home: Path, port: int, ca: Path | None) -> None:
@@ -92,10 +92,17 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> Non
     raise AssertionError(f"nothing listens on {port}")
 
 
-def run_app_and_check(deployment, out: Path) -> None:
-    result = flwr(deployment.env, "run", ".", "fedsparse", "--run-config", RUN_CONFIG.format(out=out),
-                  "--stream", timeout=400)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+def launch_app(deployment: Processes, out: Path) -> subprocess.Popen:
+    """``flwr run .`` against the deployment's SuperLink, in the background."""
+    return subprocess.Popen([str(BIN / "flwr"), "run", ".", "fedsparse", "--run-config",
+                             RUN_CONFIG.format(out=out), "--stream"], env=deployment.env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def check_app(run: subprocess.Popen, out: Path) -> None:
+    stdout, stderr = run.communicate(timeout=400)
+    assert run.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    result = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
     runs = list(out.iterdir())
     assert len(runs) == 1, result.stdout[-2000:]
     summary = json.loads((runs[0] / "summary.json").read_text())
@@ -124,29 +131,62 @@ def start_node(deployment, name: str, link_port: int, pid: int, density: float, 
     return node
 
 
-def test_insecure_deployment_learns_budgets_from_the_nodes(deployment, tmp_path):
+def start_insecure(deployment: Processes, folder: Path) -> None:
     port = free_port()
-    write_connection(tmp_path / "flwr-home", port, None)
+    write_connection(folder / "flwr-home", port, None)
     start_link(deployment, port, None)
     for i, density in enumerate(DENSITIES):
         start_node(deployment, f"node{i}", port, i, density, None, None)
-    run_app_and_check(deployment, tmp_path / "runs")
 
 
-def test_tls_deployment_admits_only_registered_nodes(deployment, tmp_path):
-    certs = tmp_path / "certs"
+def start_tls(deployment: Processes, folder: Path) -> subprocess.Popen:
+    """A TLS SuperLink with node authentication, three registered nodes and one stranger (an
+    unregistered key); returns the stranger's process."""
+    certs = folder / "certs"
     subprocess.run(["bash", str(ROOT / "docker" / "generate-certs.sh"), str(certs), "4"], check=True,
                    capture_output=True)
     port = free_port()
-    write_connection(tmp_path / "flwr-home", port, certs / "ca.crt")
+    write_connection(folder / "flwr-home", port, certs / "ca.crt")
     start_link(deployment, port, certs)
     for i in range(3):
         registered = flwr(deployment.env, "supernode", "register", str(certs / f"supernode-{i}.pub"),
                           "fedsparse")
         assert registered.returncode == 0, registered.stdout + registered.stderr
     stranger = start_node(deployment, "stranger", port, 2, 1.0, certs, certs / "supernode-3")
-    assert stranger.wait(timeout=60) != 0  # key 3 was never registered: refused
-    assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
     for i, density in enumerate(DENSITIES):
         start_node(deployment, f"node{i}", port, i, density, certs, certs / f"supernode-{i}")
-    run_app_and_check(deployment, tmp_path / "runs")
+    return stranger
+
+
+@pytest.fixture(scope="module")
+def deployments(tmp_path_factory):
+    """Both deployments up and their app runs started; stopped when the module's tests end."""
+    plain_dir, tls_dir = tmp_path_factory.mktemp("insecure"), tmp_path_factory.mktemp("tls")
+    plain, tls = Processes(plain_dir, deployment_env(plain_dir)), Processes(tls_dir, deployment_env(tls_dir))
+    runs: dict[str, tuple[subprocess.Popen, Path]] = {}
+    try:
+        start_insecure(plain, plain_dir)
+        stranger = start_tls(tls, tls_dir)
+        runs["insecure"] = (launch_app(plain, plain_dir / "runs"), plain_dir)
+        runs["tls"] = (launch_app(tls, tls_dir / "runs"), tls_dir)
+        yield runs, stranger
+    finally:
+        for run, _ in runs.values():
+            if run.poll() is None:
+                run.kill()
+        plain.stop()
+        tls.stop()
+
+
+def test_insecure_deployment_learns_budgets_from_the_nodes(deployments):
+    runs, _ = deployments
+    run, folder = runs["insecure"]
+    check_app(run, folder / "runs")
+
+
+def test_tls_deployment_admits_only_registered_nodes(deployments):
+    runs, stranger = deployments
+    run, folder = runs["tls"]
+    assert stranger.wait(timeout=60) != 0  # key 3 was never registered: refused
+    assert "Failed to activate SuperNode" in (folder / "stranger.log").read_text()
+    check_app(run, folder / "runs")
