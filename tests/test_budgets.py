@@ -82,3 +82,14 @@ def test_declared_node_budgets_are_validated():
     assert declared_budget_fields({"partition-id": 1}) == {}
     with pytest.raises(ConfigError, match="node serving partition 4 declares a bad budget"):
         parse_declared_budget({"density": 1.5}, 4)
+
+
+def test_over_budget_names_the_first_limit_exceeded():
+    from fedsparse.budgets import Budget, over_budget
+
+    spent = {"density": 0.3, "train_flops": 2e6, "memory_bytes": 5e3, "upload_bytes": 900.0}
+    assert over_budget(Budget(density=0.3), spent) is None  # equal is within
+    assert over_budget(Budget(density=0.2), spent).startswith("density 0.3 exceeds its declared 0.2")
+    problem = over_budget(Budget(density=0.5, upload_bytes=800.0), spent)
+    assert problem == "upload_bytes 900 exceeds its declared 800"
+    assert over_budget(Budget(density=1.0, train_flops=1e6), spent).startswith("train_flops")

@@ -102,6 +102,16 @@ def test_malformed_and_lying_replies_are_rejected(task_identity):
     assert any("does not serve" in r for _, r in strategy.report.rejected)
 
 
+def test_records_a_method_did_not_ask_for_are_rejected(task_identity):
+    """The base hands a reply's extra ArrayRecords to the method, whose default refuses them."""
+    strategy, arrays = make(MaskedFedAvg)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    reply = trained_reply(strategy, messages[2], 2)
+    reply.content["smuggled"] = ArrayRecord(array_dict={"x": Array(np.zeros(3, np.float32))})
+    new, _ = strategy.aggregate_train(1, [reply])
+    assert new is None and "unexpected records ['smuggled']" in strategy.report.rejected[0][1]
+
+
 def test_fedavg_refuses_sparse_updates(task_identity):
     strategy, arrays = make(FedAvg)
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
