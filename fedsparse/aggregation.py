@@ -55,3 +55,15 @@ def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[Spar
         mean, _ = holder_average(old, name, updates, weights)
         new_state[name] = mean.astype(old.dtype).reshape(old.shape)
     return new_state
+
+
+def unusable(state: Mapping[str, np.ndarray]) -> str | None:
+    """Why a new global model must not be used (a NaN or Inf value, a negative BatchNorm
+    variance), or None when it is fine."""
+    for name, array in state.items():
+        if np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                return f"'{name}' holds NaN or Inf values"
+            if name.endswith("running_var") and (array < 0).any():
+                return f"'{name}' holds negative variances"
+    return None

@@ -22,7 +22,7 @@ BUDGET_FIELDS = ("density", "train_flops", "memory_bytes", "upload_bytes")
 class BudgetTier(BaseModel):
     """A share of the population declaring the same budget (``None``: no limit on that cost)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     density: float = Field(1.0, gt=0.0, le=1.0, description="fraction of parameters held and trained")
     share: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients in this tier")
@@ -128,11 +128,21 @@ def load_budget_file(path: Path, num_clients: int) -> list[Budget]:
         else:
             with path.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
-    except (json.JSONDecodeError, csv.Error, TypeError) as exc:
+    except (json.JSONDecodeError, csv.Error, TypeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"budget file {path} is malformed ({exc}): fix its syntax") from exc
+    if not isinstance(rows, list):
+        raise ConfigError(f"budget file {path} must hold a list of rows (or a mapping client -> "
+                          "budget): fix its structure")
     budgets: dict[int, Budget] = {}
     for line, row in enumerate(rows, start=1):
-        budgets.update([_parse_row(row, path, line)])
+        client, budget = _parse_row(row, path, line)
+        if client in budgets:
+            raise ConfigError(f"budget file {path} row {line} declares client {client} again: give "
+                              "each client one row")
+        if not 0 <= client < num_clients:
+            raise ConfigError(f"budget file {path} row {line} names client {client}, but the run has "
+                              f"clients 0..{num_clients - 1}: fix the row or --clients")
+        budgets[client] = budget
     missing = sorted(set(range(num_clients)) - set(budgets))
     if missing:
         raise ConfigError(f"budget file {path} has no row for client {missing[0]} "

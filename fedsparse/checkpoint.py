@@ -33,12 +33,15 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     #: the method's server-side state (e.g. a shared mask and its adjustment counter)
     method_state: dict[str, Any] = field(default_factory=dict)
+    #: the experiment-defining part of the config the rounds were run with (a resume must match)
+    experiment: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint.npz`` through a temporary file and an atomic rename."""
     meta = pickle.dumps({"round": checkpoint.server_round, "outcome": checkpoint.outcome,
-                         "strategy": checkpoint.strategy_state, "method": checkpoint.method_state})
+                         "strategy": checkpoint.strategy_state, "method": checkpoint.method_state,
+                         "experiment": checkpoint.experiment})
     buffer = io.BytesIO()
     np.savez(buffer, **{f"a/{k}": v for k, v in checkpoint.arrays.items()},
              **{_META_KEY: np.frombuffer(meta, dtype=np.uint8)})
@@ -61,7 +64,22 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             arrays = {k[2:]: data[k] for k in data.files if k.startswith("a/")}
     except Exception as exc:
         raise FedsparseError(f"{path} is unreadable ({exc}): start the run again") from exc
-    return Checkpoint(meta["round"], arrays, meta["outcome"], meta["strategy"], meta.get("method", {}))
+    return Checkpoint(meta["round"], arrays, meta["outcome"], meta["strategy"], meta.get("method", {}),
+                      meta.get("experiment", {}))
+
+
+def first_difference(saved: Any, current: Any, path: str = "") -> str | None:
+    """The dotted key where two config trees first differ (None when equal)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in saved or key not in current:
+                return where
+            found = first_difference(saved[key], current[key], where)
+            if found:
+                return found
+        return None
+    return None if saved == current else (path or "(top level)")
 
 
 def save_client_state(run_dir: Path, partition_id: int, server_round: int, state: Any,

@@ -26,7 +26,7 @@ MBIT = 1e6 / 8  # bytes per second in one Mbit/s
 class DeviceProfile(BaseModel):
     """A device class: training speed, link bandwidths, and the chance it is online in a round."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     flops_per_second: float = Field(gt=0.0)
     download_bytes_per_second: float = Field(gt=0.0)

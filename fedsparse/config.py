@@ -29,7 +29,8 @@ PartitionKind = Literal["natural", "iid", "dirichlet", "shards"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: unknown keys are errors; so are inf and NaN, which no setting means
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Strict):
@@ -207,7 +208,7 @@ class OutputConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="one seed fixes data, budgets, sampling, init")
     num_clients: int = Field(100, ge=1)
     rounds: int = Field(20, ge=1)
     fraction: float = Field(0.1, gt=0.0, le=1.0, description="share of clients sampled per round")
@@ -246,7 +247,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (not UTF-8): pass a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

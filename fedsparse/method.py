@@ -33,7 +33,7 @@ from fedsparse.budgets import Budget
 from fedsparse.costs import CostModel, TrainingCost
 from fedsparse.masks import Masks
 from fedsparse.training import TrainSettings, evaluate
-from fedsparse.updates import UpdateRejected
+from fedsparse.updates import SparseUpdate, UpdateRejected, coordinates_outside
 
 #: extra data beside the model: record name -> array name -> array
 Records = dict[str, dict[str, np.ndarray]]
@@ -44,13 +44,15 @@ ClientState = MutableMapping[str, dict[str, np.ndarray]]
 class NoOptions(BaseModel):
     """A method without options (unknown keys are still refused)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True,
+                              allow_inf_nan=False)
 
 
 class MethodOptions(BaseModel):
     """Base of a method's options: strict (a typo is an error), frozen, validated by the config."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True,
+                              allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,10 @@ class Method(ABC):
     options_key: ClassVar[str | None] = None
     #: uploads may be sparse (then the strategy must be mask-aware)
     sparse_updates: ClassVar[bool] = False
+    #: cost figures only the client can measure (the server cannot recount them); the summary
+    #: labels them client-reported. Everything else is counted by the server from what it
+    #: sent and received.
+    client_reported: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: BaseModel, run: RunInfo) -> None:
         self.options = options
@@ -192,6 +198,17 @@ class Method(ABC):
     def client_records(self, budget: Budget) -> Records:
         """Extra records sent to a training client with ``budget`` this round."""
         return {}
+
+    def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate) -> None:
+        """Refuse (``UpdateRejected``) coordinates the client may not update: by default any
+        outside the submodel it was sent (``sent``: None when it was sent the whole model)."""
+        if sent is None:
+            return
+        outside = coordinates_outside(update, sent)
+        if outside:
+            name, count = next(iter(outside.items()))
+            raise UpdateRejected(f"{count} coordinates of '{name}' lie outside the submodel the "
+                                 f"client was sent ({sum(outside.values())} in all)")
 
     def check_reply(self, partition_id: int, budget: Budget, records: Records,
                     metrics: Mapping[str, float]) -> None:

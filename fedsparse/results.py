@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsparse.config import ExperimentConfig, dump_config
+from fedsparse.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 ROUNDS_FILE = "metrics.jsonl"
@@ -24,6 +25,20 @@ CLIENTS_FILE = "clients.csv"
 SUMMARY_FILE = "summary.json"
 PARTITIONS_FILE = "partitions.npz"
 LAYERS_FILE = "layers.json"
+
+
+def check_output_dir(folder: Path) -> None:
+    """Refuse, before anything runs, an output folder that cannot hold run folders."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file, not a folder: name a folder for run folders")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {folder} cannot be created ({exc.strerror or exc}): name a folder "
+                          "you can write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {folder} is not writable: name a folder you can write to")
 
 
 def new_run_dir(config: ExperimentConfig, now: datetime | None = None) -> Path:

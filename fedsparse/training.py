@@ -14,7 +14,7 @@ from fedsparse.masks import Masks, apply_masks, mask_gradients
 class TrainSettings(BaseModel):
     """Local training: the config's ``train`` section (strict: unknown keys are errors)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)

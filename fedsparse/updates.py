@@ -193,3 +193,19 @@ def _check_values(name: str, values: np.ndarray, spec: TensorSpec) -> None:
         raise UpdateRejected(f"'{name}' has dtype {values.dtype}, expected {spec.dtype}")
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise UpdateRejected(f"'{name}' holds NaN or Inf values")
+
+
+def coordinates_outside(update: SparseUpdate, masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Per masked tensor, how many coordinates the update carries outside ``masks`` (the tensors
+    a client was sent only in part); tensors with none outside are left out."""
+    out = {}
+    for name, mask in masks.items():
+        tensor = update.tensors.get(name)
+        if tensor is None:
+            continue
+        flat = mask.reshape(-1).numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask).reshape(-1)
+        sent = tensor.mask()
+        extra = int(np.count_nonzero(sent & ~flat.astype(bool)))
+        if extra:
+            out[name] = extra
+    return out

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
+from fedsparse.aggregation import unusable
 from fedsparse.budgets import Budget, over_budget
 from fedsparse.clock import ClockSettings, RoundTiming, client_seconds, settle_round
 from fedsparse.costs import ClientRoundCost, CostModel
@@ -53,6 +54,8 @@ class RoundReport:
     layer_kept: list[dict[str, int]] = field(default_factory=list)
     #: the simulated clock's verdict (None when it is off)
     timing: RoundTiming | None = None
+    #: why the aggregated model was refused (None: it was used or nothing was aggregated)
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ class StrategyContext:
     momentum: bool
     #: the method being run (its per-client submodels, records, checks and costs)
     method: Method
+    #: training samples of each partition, as the server knows them (its own partitioning in
+    #: simulation; the same seeded partitioning on a deployed server): a reply's example
+    #: count must match, and training FLOPs are counted from it
+    train_sizes: list[int]
+    #: local epochs per round (the protocol every client follows)
+    local_epochs: int = 1
     #: the simulated device clock (None: off)
     clock: ClockSettings | None = None
 
@@ -88,7 +97,8 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.messages = MessageBuilder(context.method, context.budgets,
                                        context.cost_model.param_sizes, self.arrayrecord_key,
                                        self.configrecord_key)
-        self.validator = ReplyValidator(context.template, context.budgets, self.arrayrecord_key,
+        self.validator = ReplyValidator(context.template, context.budgets, context.train_sizes,
+                                        context.local_epochs, self.arrayrecord_key,
                                         self.accepts_sparse, type(self).__name__)
         self.accountant = CostAccountant(context.cost_model, context.method, context.batch_size,
                                          context.momentum, self.arrayrecord_key)
@@ -191,18 +201,29 @@ class MaskAwareStrategy(FlowerFedAvg):
         new_state = self.aggregate_updates(global_arrays, accepted)
         new_state = self.context.method.after_aggregate(dict(new_state),
                                                         [c.partition_id for c in accepted])
+        problem = unusable(new_state)
+        if problem:  # a strategy's or a method's bug, or an attack that passed the checks
+            report.refused = problem
+            log(WARNING, "round %d: the aggregated model is refused (%s): the previous model is "
+                "kept", server_round, problem)
+            return None, None
         total = sum(n for _, n in losses)
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
                                 "num-examples": total})
         return ArrayRecord(array_dict=_as_arrays(new_state)), metrics
 
     def _accept(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
-        """Generic checks, the method's checks of its records, then the round's cost."""
+        """Generic checks, the coordinates it may update, the method's checks of its records,
+        then the round's cost."""
         checked = self.validator.check(reply, self.node_of)
         client = checked.client
-        self.context.method.check_reply(client.partition_id, client.budget, checked.records,
-                                        client.metrics)
-        return client, self.accountant.cost(client, checked.samples_seen)
+        method = self.context.method
+        method.check_upload(client.budget, self.messages.client_masks(client.partition_id),
+                            client.update)
+        method.check_reply(client.partition_id, client.budget, checked.records, client.metrics)
+        # the protocol's sample count (every local epoch over the verified training set), not the
+        # client's word: a client reporting fewer samples cannot slip under a FLOPs budget
+        return client, self.accountant.cost(client, self.context.local_epochs * client.num_examples)
 
     def _keep_finishers(self, report: RoundReport, accepted: list[ClientUpdate],
                         losses: list[tuple[float, int]]

@@ -53,13 +53,16 @@ class CheckedReply:
 
 
 class ReplyValidator:
-    """Refuses replies that name a partition their node does not serve, carry absurd sample
-    counts or a malformed update (``UpdateRejected`` says why)."""
+    """Refuses replies that name a partition their node does not serve, an example count other
+    than the partition's training set, more samples than the local epochs allow, a malformed
+    update or impossible BatchNorm statistics (``UpdateRejected`` says why)."""
 
-    def __init__(self, template: Template, budgets: list[Budget], arrays_key: str,
-                 accepts_sparse: bool, strategy_name: str) -> None:
+    def __init__(self, template: Template, budgets: list[Budget], train_sizes: list[int],
+                 local_epochs: int, arrays_key: str, accepts_sparse: bool, strategy_name: str) -> None:
         self.template = template
         self.budgets = budgets
+        self.train_sizes = train_sizes
+        self.local_epochs = local_epochs
         self.arrays_key = arrays_key
         self.accepts_sparse = accepts_sparse
         self.strategy_name = strategy_name
@@ -78,7 +81,17 @@ class ReplyValidator:
         if not (num_examples > 0 and samples >= 0 and math.isfinite(num_examples + samples)):
             raise UpdateRejected(f"absurd sample counts (num-examples={num_examples}, "
                                  f"samples-seen={samples})")
+        held = self.train_sizes[pid]
+        if num_examples != held:  # it is the aggregation weight: a client must not choose it
+            raise UpdateRejected(f"num-examples {num_examples:g} is not the {held} training samples "
+                                 f"partition {pid} holds")
+        if samples > self.local_epochs * held:
+            raise UpdateRejected(f"samples-seen {samples:g} exceeds {self.local_epochs} epochs over "
+                                 f"{held} samples")
         update = decode(content[self.arrays_key], self.template)
+        for name, tensor in update.tensors.items():
+            if name.endswith("running_var") and (tensor.values < 0).any():
+                raise UpdateRejected(f"'{name}' holds negative variances")
         if not self.accepts_sparse and (
                 any(t.index is not None for t in update.tensors.values())
                 or set(update.tensors) != set(self.template)):

@@ -53,11 +53,14 @@ def test_per_client_csv_and_json(tmp_path):
     [("client,density\n0,0.5\n", "no row for client 1"),
      ("client,density,speed\n0,0.5,1\n1,1,1\n", "unknown column 'speed'"),
      ("client,density\n0,2\n1,1\n", "bad value"),
-     ("client\n0\n1\n", "lacks 'client' or 'density'")],
+     ("client\n0\n1\n", "lacks 'client' or 'density'"),
+     ("client,density\n0,0.5\n0,0.3\n1,1\n", "declares client 0 again"),
+     ("client,density\n0,0.5\n1,1\n7,1\n", "names client 7, but the run has clients 0..1"),
+     ("\xff\xfe\x00garbage", "malformed")],
 )
 def test_bad_budget_files(tmp_path, text, needle):
     path = tmp_path / "b.csv"
-    path.write_text(text)
+    path.write_bytes(text.encode("latin-1"))
     with pytest.raises(ConfigError, match=needle):
         load_budget_file(path, 2)
 

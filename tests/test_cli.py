@@ -47,6 +47,11 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
          "rejected strategy.options ['lr']"),
         (["--strategy", "masked-trimmed-mean", "--set", "strategy.options.trim=0.7"],
          "trim must be in"),
+        (["--seed", "-1"], "'seed'"),
+        (["--lr", "inf"], "'train.lr'"),
+        (["--set", "train.momentum=.nan"], "'train.momentum'"),
+        (["--out", "/dev/null"], "is a file, not a folder"),
+        (["--out", "/proc/fedsparse-runs"], "cannot be created"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
@@ -56,6 +61,13 @@ def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_config_of_random_bytes_is_one_line(tmp_path):
+    config = tmp_path / "noise.yaml"
+    config.write_bytes(bytes(range(256)) * 4)
+    result = invoke("simulate", "--config", str(config), "--out", str(tmp_path))
+    assert result.returncode == 2 and "is not text" in result.stderr
 
 
 def test_bad_flag_type_is_a_usage_error(tmp_path):

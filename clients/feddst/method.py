@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from fedsparse.budgets import Budget
 from fedsparse.clients.shared_mask import SharedMask
 from fedsparse.clients.shared_mask.method import adjust_plan, one_batch
 from fedsparse.clients.shared_mask.pruning import (
@@ -21,6 +22,7 @@ from fedsparse.clients.shared_mask.pruning import (
 )
 from fedsparse.masks import Masks
 from fedsparse.method import ClientTask, FitResult, LocalData
+from fedsparse.updates import SparseUpdate, UpdateRejected, coordinates_outside
 
 
 class FedDST(SharedMask):
@@ -28,6 +30,19 @@ class FedDST(SharedMask):
 
     name = "feddst"
     adjust = "local"
+
+    def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate) -> None:
+        """In an adjustment round a client may grow up to K positions of each adjusted layer
+        outside its mask (keeping the layer's count); anywhere else the mask holds."""
+        plan = self.mask_server.plan.k
+        if sent is None:
+            return
+        outside = coordinates_outside(update, sent)
+        for name, count in outside.items():
+            kept = update.tensors[name].nnz
+            if count > plan.get(name, 0) or kept > int(sent[name].sum()):
+                raise UpdateRejected(f"{count} coordinates of '{name}' lie outside the mask the "
+                                     f"client was sent (at most {plan.get(name, 0)} may be regrown)")
 
     def fit(self, task: ClientTask) -> FitResult:
         plan = adjust_plan(task.config)

@@ -75,6 +75,8 @@ class PFedGate(Method):
     name = "pfedgate"
     Options = PFedGateOptions
     sparse_updates = True
+    #: only the client sees its per-batch masks: compute density, FLOPs and memory are its word
+    client_reported = ("density", "train_flops", "memory_bytes")
     options: PFedGateOptions
 
     def __init__(self, options: PFedGateOptions, run: RunInfo) -> None:

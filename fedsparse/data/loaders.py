@@ -55,7 +55,13 @@ def _find(folder: Path, stems: list[str]) -> Path | None:
     return None
 
 
-def load_idx_folder(folder: Path, name: str, prefix: str = "", transpose: bool = False) -> DataPool:
+#: classes by the datasets' definitions (labels outside are errors, never new classes)
+EMNIST_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "letters": 27, "digits": 10,
+                  "mnist": 10}
+
+
+def load_idx_folder(folder: Path, name: str, prefix: str = "", transpose: bool = False,
+                    num_classes: int = 10) -> DataPool:
     """MNIST-family IDX files: ``{prefix}train-images-idx3-ubyte[.gz]`` and the t10k/test twins."""
     parts = {}
     for split, alt in (("train", "train"), ("t10k", "test")):
@@ -77,7 +83,7 @@ def load_idx_folder(folder: Path, name: str, prefix: str = "", transpose: bool =
     if transpose:  # EMNIST stores images transposed relative to MNIST
         images = images.transpose(0, 2, 1)
     images = np.ascontiguousarray(images[:, None, :, :])
-    return _finish(name, images, labels, int(labels.max()) + 1)
+    return _finish(name, images, labels, num_classes, source=folder)
 
 
 def load_cifar_folder(folder: Path, name: str) -> DataPool:
@@ -106,7 +112,8 @@ def load_cifar_folder(folder: Path, name: str) -> DataPool:
             raise DataError(f"{path}: expected data (N, 3072) with N labels, got {data.shape}")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
-    return _finish(name, np.concatenate(xs), np.concatenate(ys), 10 if name == "cifar10" else 100)
+    return _finish(name, np.concatenate(xs), np.concatenate(ys), 10 if name == "cifar10" else 100,
+                   source=folder)
 
 
 _CIFAR_DIR = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -141,12 +148,16 @@ def load_femnist_folder(folder: Path) -> DataPool:
             ys.append(y)
             groups.append(np.full(len(y), writers.setdefault(user, len(writers)), dtype=np.int64))
     labels = np.concatenate(ys)
-    return _finish("femnist", np.concatenate(xs), labels, max(62, int(labels.max()) + 1),
-                   groups=np.concatenate(groups))
+    return _finish("femnist", np.concatenate(xs), labels, 62, groups=np.concatenate(groups),
+                   source=folder)
 
 
 def _finish(name: str, x: np.ndarray, y: np.ndarray, num_classes: int,
-            groups: np.ndarray | None = None) -> DataPool:
+            groups: np.ndarray | None = None, source: Path | None = None) -> DataPool:
+    outside = y[(y < 0) | (y >= num_classes)]
+    if outside.size:
+        raise DataError(f"{name}: {source or 'the data'} has label {int(outside[0])} ({outside.size} "
+                        f"samples), outside the dataset's {num_classes} classes: fix or replace the files")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     sample = x[:: max(1, len(x) // 10000)].astype(np.float32) / scale
     std = float(sample.std()) or 1.0
@@ -180,7 +191,11 @@ def load_pool(config: ExperimentConfig) -> DataPool:
     if data.dataset in ("mnist", "fashion-mnist"):
         return load_idx_folder(folder, data.dataset)
     if data.dataset == "emnist":
-        return load_idx_folder(folder, "emnist", prefix=f"emnist-{data.emnist_split}-", transpose=True)
+        if data.emnist_split not in EMNIST_CLASSES:
+            raise DataError(f"emnist: unknown split '{data.emnist_split}': use one of "
+                            f"{', '.join(EMNIST_CLASSES)}")
+        return load_idx_folder(folder, "emnist", prefix=f"emnist-{data.emnist_split}-", transpose=True,
+                               num_classes=EMNIST_CLASSES[data.emnist_split])
     if data.dataset in ("cifar10", "cifar100"):
         return load_cifar_folder(folder, data.dataset)
     return load_femnist_folder(folder)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsparse.budgets import Budget
-from fedsparse.checkpoint import load_checkpoint
+from fedsparse.checkpoint import Checkpoint, first_difference, load_checkpoint
 from fedsparse.clock import ClockSettings, build_clock, time_to_accuracy
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
@@ -27,8 +27,13 @@ from fedsparse.errors import ConfigError, SimulationError
 from fedsparse.experiment import budgets_of, build_method, method_class
 from fedsparse.method import ServerSetup
 from fedsparse.models import build_model
-from fedsparse.results import PARTITIONS_FILE, RunRecorder, new_run_dir
-from fedsparse.simulation.server_app import RoundCallback, ServerLoop, mean_costs
+from fedsparse.results import PARTITIONS_FILE, RunRecorder, check_output_dir, new_run_dir
+from fedsparse.simulation.server_app import (
+    RoundCallback,
+    ServerLoop,
+    experiment_defining,
+    mean_costs,
+)
 from fedsparse.strategies import StrategyContext, build_strategy, check_strategy
 from fedsparse.updates import template_of
 
@@ -93,17 +98,22 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     os.environ.update(QUIET_ENV)
     # bad input fails here, before any folder or process exists
     check_strategy(config, method_class(config).sparse_updates)
+    if run_dir is None:
+        check_output_dir(config.output.dir)
     if config.simulation.ray_address:
         check_ray_address(config.simulation.ray_address)
     federation = build_federation(config)
     context = strategy_context(config, federation)
     strategy = build_strategy(config, context)
+    checkpoint = None
+    if resume and run_dir is not None:  # checked before anything in the folder is rewritten
+        checkpoint = load_checkpoint(run_dir)
+        check_resumable(checkpoint, config)
     run_dir = run_dir or new_run_dir(config)
     prepare_environment(run_dir)
     recorder = RunRecorder(run_dir, config)
     partitions_path = run_dir / PARTITIONS_FILE
     save_partitions(federation, partitions_path)
-    checkpoint = load_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         recorder.truncate_rounds(checkpoint.server_round)
     loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint)
@@ -123,14 +133,36 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
 
 def finish_run(config: ExperimentConfig, loop: ServerLoop, recorder: RunRecorder,
                started: float) -> RunResult:
-    """Write ``summary.json`` and the plots of a finished run."""
+    """Write ``summary.json`` and the plots of a finished run; a run in which no round
+    aggregated anything has no result, and says so instead (non-zero exit)."""
     run_dir = recorder.run_dir
+    outcome = loop.outcome
+    if not outcome.rounds_aggregated:
+        raise SimulationError(
+            f"no round aggregated an update ({outcome.clients_failed} clients failed, "
+            f"{outcome.updates_rejected} updates rejected, {outcome.budget_violations} over budget, "
+            f"{outcome.rounds_refused} aggregates refused): the run has no result; per-round "
+            f"records are in {run_dir / 'metrics.jsonl'}")
+    if not outcome.client_rows:
+        raise SimulationError(f"no client returned a valid evaluation in round "
+                              f"{outcome.evaluated_round}: the run has no accuracy to report; "
+                              f"per-round records are in {run_dir / 'metrics.jsonl'}")
     summary = build_summary(config, loop, time.perf_counter() - started, run_dir)
     recorder.write_summary(summary)
     from fedsparse.report import draw_plots, load_run
 
     draw_plots(load_run(run_dir))
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def check_resumable(checkpoint: Checkpoint, config: ExperimentConfig) -> None:
+    """A resume continues the same experiment: refuse a config edited since the checkpoint."""
+    if not checkpoint.experiment:
+        return  # a checkpoint written before configs were recorded in it
+    key = first_difference(checkpoint.experiment, experiment_defining(config))
+    if key is not None:
+        raise ConfigError(f"the run's config.yaml differs from the one its checkpoint was written "
+                          f"with at '{key}': restore it, or start a new run instead of --resume")
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:
@@ -168,7 +200,8 @@ def strategy_context(config: ExperimentConfig, federation: Federation,
         seed=config.seed, clients_per_round=config.clients_per_round, budgets=budgets,
         cost_model=cost_model, template=template_of(model.state_dict()),
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
-        method=method, clock=clock_settings(config, budgets))
+        method=method, train_sizes=[len(c.train) for c in federation.clients],
+        local_epochs=config.train.local_epochs, clock=clock_settings(config, budgets))
 
 
 def clock_settings(config: ExperimentConfig, budgets: list[Budget]) -> ClockSettings | None:
@@ -257,7 +290,14 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "pruning": None,  # a shared-mask method's mask choice and adjustments (below)
         "clock": clock_summary(config, loop),
         "failures": {"clients_failed": outcome.clients_failed,
-                     "updates_rejected": outcome.updates_rejected},
+                     "updates_rejected": outcome.updates_rejected,
+                     "aggregates_refused": outcome.rounds_refused},
+        "rounds_aggregated": outcome.rounds_aggregated,
+        # which cost figures the server counted itself and which only the client could measure
+        "cost_sources": {"client_reported": sorted(method.client_reported),
+                         "server_counted": sorted({"density", "train_flops", "memory_bytes",
+                                                   "upload_bytes", "download_bytes"}
+                                                  - set(method.client_reported))},
         "cost": {**{k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},
                  "memory_bytes_peak_ratio": max((c.memory_bytes / c.dense_memory_bytes
                                                  for c in outcome.costs), default=None)},

@@ -8,6 +8,7 @@ The strategy's own ``configure_*`` / ``aggregate_*`` methods still do the federa
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from fedsparse.simulation.queries import make_ask
 from fedsparse.strategies import MaskAwareStrategy
 from fedsparse.strategies.validation import PARTITION_KEY, reply_partition
 from fedsparse.training import evaluate
+from fedsparse.updates import UpdateRejected
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -43,6 +45,10 @@ class Outcome:
     """What the server loop hands back to the runner once it finishes."""
 
     rounds_done: int = 0
+    #: rounds whose aggregate became the new global model
+    rounds_aggregated: int = 0
+    #: rounds whose aggregate was refused (not finite, impossible statistics)
+    rounds_refused: int = 0
     clients_failed: int = 0
     updates_rejected: int = 0
     budget_violations: int = 0
@@ -58,6 +64,12 @@ class Outcome:
     clients_surplus: int = 0
     #: (round, cumulative simulated seconds, mean accuracy) of every evaluated round
     timeline: list[tuple[int, float, float]] = field(default_factory=list)
+
+
+def experiment_defining(config: ExperimentConfig) -> dict[str, Any]:
+    """What fixes a run's results: every config key but where it runs and writes
+    (``simulation``, ``output``), which a resume may change."""
+    return config.model_dump(mode="json", exclude={"simulation", "output"})
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -154,7 +166,8 @@ class ServerLoop:
             if server_round % sim.checkpoint_every == 0 or server_round == self.config.rounds:
                 save_checkpoint(self.recorder.run_dir, Checkpoint(
                     server_round, {k: v.numpy() for k, v in arrays.items()}, self.outcome,
-                    self.strategy.checkpoint_state(), self.method.state_dict()))
+                    self.strategy.checkpoint_state(), self.method.state_dict(),
+                    experiment_defining(self.config)))
             if self.on_round is not None:
                 self.on_round(record)
         return self.outcome
@@ -199,9 +212,12 @@ class ServerLoop:
             "budget_violations": len(report.violations),
             "clients_accepted": len(report.costs),
             "aggregated": not skipped and new_arrays is not None,
+            "aggregate_refused": report.refused,
             "train_loss": float(metrics["train-loss"]) if metrics else None,
             **mean_costs(report.costs),
         }
+        self.outcome.rounds_aggregated += int(record["aggregated"])
+        self.outcome.rounds_refused += int(report.refused is not None)
         if report.timing is not None:
             self.outcome.sim_seconds += report.timing.seconds
             self.outcome.clients_late += len(report.timing.late)
@@ -218,18 +234,23 @@ class ServerLoop:
         replies = send_and_receive(grid, messages, self.config.simulation.round_timeout)
         rows = []
         novel = self.method.novel_clients()
+        rejected = 0
+        seen: set[int] = set()
         for reply in replies:
             if reply.has_error():
                 continue
-            metrics = reply.content["metrics"]
-            pid = int(metrics[PARTITION_KEY])
-            split = self.federation.clients[pid]
-            extra = {k.replace("-", "_"): float(v) for k, v in metrics.items()
-                     if k not in (PARTITION_KEY, "accuracy", "loss", "num-examples")}
-            rows.append({"partition_id": pid, "num_train": len(split.train),
-                         "num_test": len(split.test), "novel": int(pid in novel),
-                         "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"]),
-                         **extra})
+            try:
+                row = self.evaluation_row(reply, novel)
+            except (UpdateRejected, KeyError, TypeError, ValueError) as exc:
+                rejected += 1
+                log(WARNING, "round %d: evaluation of node %d rejected: %s", server_round,
+                    reply.metadata.src_node_id, exc)
+                continue
+            if row["partition_id"] in seen:
+                rejected += 1
+                continue
+            seen.add(row["partition_id"])
+            rows.append(row)
         rows.sort(key=lambda row: row["partition_id"])
         self._costs_by_client.clear()
         for cost in self.outcome.costs:
@@ -252,7 +273,27 @@ class ServerLoop:
         self.recorder.write_layers(self.layer_densities())
         return {"accuracy_mean": accuracy["mean"], "accuracy_bottom_decile": accuracy["bottom_decile"],
                 "accuracy_global": accuracy["global"], "clients_evaluated": len(rows),
-                "eval_failed": len(messages) - len(rows)}
+                "eval_failed": len(messages) - len(rows) - rejected, "eval_rejected": rejected}
+
+    def evaluation_row(self, reply: Message, novel: frozenset[int]) -> dict[str, Any]:
+        """A validated evaluation reply: the node serves the partition it names, the example
+        count is that partition's test split, accuracy in [0, 1], finite non-negative loss."""
+        metrics = reply.content["metrics"]
+        pid = int(metrics[PARTITION_KEY])
+        if self.strategy.node_of.get(pid) != reply.metadata.src_node_id:
+            raise UpdateRejected(f"it names partition {pid}, which its node does not serve")
+        split = self.federation.clients[pid]
+        accuracy, loss = float(metrics["accuracy"]), float(metrics["loss"])
+        if not 0.0 <= accuracy <= 1.0 or not (math.isfinite(loss) and loss >= 0):
+            raise UpdateRejected(f"impossible accuracy {accuracy} or loss {loss}")
+        if int(metrics["num-examples"]) != len(split.test):
+            raise UpdateRejected(f"num-examples {metrics['num-examples']} is not the "
+                                 f"{len(split.test)} test samples partition {pid} holds")
+        extra = {k.replace("-", "_"): float(v) for k, v in metrics.items()
+                 if k not in (PARTITION_KEY, "accuracy", "loss", "num-examples")
+                 and isinstance(v, (int, float)) and math.isfinite(float(v))}
+        return {"partition_id": pid, "num_train": len(split.train), "num_test": len(split.test),
+                "novel": int(pid in novel), "accuracy": accuracy, "loss": loss, **extra}
 
     def layer_densities(self) -> dict[str, dict[str, float]]:
         """Mean share of each parameter tensor that accepted updates carried."""

@@ -48,6 +48,16 @@ def test_idx_round_trip(tmp_path, compress):
     assert x.shape == (5, 1, 28, 28) and abs(float(pool.tensors(np.arange(40))[0].mean())) < 0.1
 
 
+def test_labels_outside_the_datasets_classes_are_refused(tmp_path):
+    """The class count comes from the dataset's definition, not from the labels found."""
+    make_idx_folder(tmp_path)
+    labels = np.arange(30) % 10
+    labels[7] = 200
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels, compress=True)
+    with pytest.raises(DataError, match=r"label 200 .* outside the dataset's 10 classes"):
+        load_idx_folder(tmp_path, "mnist")
+
+
 def test_emnist_prefix_and_transpose(tmp_path):
     make_idx_folder(tmp_path, prefix="emnist-balanced-")
     raw = read_idx(tmp_path / "emnist-balanced-train-images-idx3-ubyte.gz")

@@ -112,14 +112,20 @@ def simulate_in_process(config: ExperimentConfig, out: Path) -> runner.RunResult
         return runner.run_experiment(config)
 
 
+def invoke_here(*args: str) -> Any:
+    """``fedsparse ARGS`` through the real CLI, simulations in this process; Click's result."""
+    with in_process():
+        return CliRunner().invoke(app, list(args), prog_name="fedsparse")
+
+
 def simulate_here(out: Path, *args: str) -> Path:
     """``fedsparse simulate --out OUT ARGS`` through the real CLI, in this process; the run folder."""
-    with in_process():
-        result = CliRunner().invoke(app, ["simulate", "--out", str(out), *args], prog_name="fedsparse")
+    result = invoke_here("simulate", "--out", str(out), *args)
     assert result.exit_code == 0, (result.stderr or "")[-3000:] + repr(result.exception)
     runs = sorted(Path(out).iterdir())
     assert len(runs) == 1
     return runs[0]
 
 
-__all__ = ["InProcessGrid", "in_process", "make_client_app", "simulate_here", "simulate_in_process"]
+__all__ = ["InProcessGrid", "in_process", "invoke_here", "make_client_app", "simulate_here",
+           "simulate_in_process"]

@@ -39,7 +39,7 @@ def check_run_folder(run: Path, clients: int, rounds: int) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
     assert summary["num_clients"] == clients and summary["rounds"] == rounds
-    assert summary["failures"] == {"clients_failed": 0, "updates_rejected": 0}
+    assert summary["failures"] == {"clients_failed": 0, "updates_rejected": 0, "aggregates_refused": 0}
     assert summary["budget"]["violations"] == 0
     cost = summary["cost"]
     for key in ("train_flops", "memory_bytes", "upload_bytes", "download_bytes"):

@@ -26,7 +26,7 @@ def simulate(out: Path, *args: str, env: dict | None = None) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = out.iterdir()
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["failures"] == {"clients_failed": 0, "updates_rejected": 0}
+    assert summary["failures"] == {"clients_failed": 0, "updates_rejected": 0, "aggregates_refused": 0}
     assert 0.0 < summary["accuracy"]["global"] <= 1.0
     return summary
 

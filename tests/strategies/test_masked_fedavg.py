@@ -19,6 +19,8 @@ from fedsparse.strategies import FedAvg, MaskedFedAvg, StrategyContext
 from fedsparse.training import TrainSettings
 from fedsparse.updates import template_of
 
+#: training samples the server knows each partition holds
+TRAIN_SIZES = [10, 20, 30, 40]
 BUDGETS = [Budget(density=0.2), Budget(density=0.5, upload_bytes=1e9), Budget(density=1.0),
            Budget(density=0.5, upload_bytes=100.0)]
 
@@ -29,14 +31,16 @@ def make(cls, method=Magnitude):
     ctx = StrategyContext(seed=0, clients_per_round=4, budgets=BUDGETS,
                           cost_model=CostModel(model, (6,)), template=template_of(model.state_dict()),
                           batch_size=8, momentum=False,
-                          method=method(NoOptions(), RunInfo(0, 4, 1, TrainSettings())))
+                          method=method(NoOptions(), RunInfo(0, 4, 1, TrainSettings())),
+                          train_sizes=list(TRAIN_SIZES))
     strategy = cls(ctx)
     strategy.bind_nodes({p: 100 + p for p in range(4)})
     return strategy, ArrayRecord(model.state_dict())
 
 
 def reply_to(msg, pid, arrays, **metrics):
-    values = {"partition-id": pid, "num-examples": 10, "samples-seen": 10, "train-loss": 0.5}
+    n = TRAIN_SIZES[pid]
+    values = {"partition-id": pid, "num-examples": n, "samples-seen": n, "train-loss": 0.5}
     values.update(metrics)
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(values)}), reply_to=msg)
 
@@ -81,9 +85,10 @@ def test_reply_over_budget_is_rejected_and_counted(task_identity):
     too_big_upload = trained_reply(strategy, messages[3], 3)  # 100-byte upload limit
     ok = trained_reply(strategy, messages[2], 2)
     new, _ = strategy.aggregate_train(1, [dense_from_0, too_big_upload, ok])
-    assert sorted(p for p, _ in strategy.report.violations) == [0, 3]
-    assert "density" in dict(strategy.report.violations)[0]
+    assert [p for p, _ in strategy.report.violations] == [3]
     assert "upload_bytes" in dict(strategy.report.violations)[3]
+    # the 0.2 tier uploading the whole model touches coordinates it was never sent
+    assert "outside the submodel the client was sent" in dict(strategy.report.rejected)[0]
     assert new is not None and len(strategy.report.costs) == 1
 
 
@@ -100,6 +105,59 @@ def test_malformed_and_lying_replies_are_rejected(task_identity):
     reasons = dict(strategy.report.rejected)
     assert "NaN" in reasons[0] and "absurd" in reasons[2] and "lacks" in reasons[-1]
     assert any("does not serve" in r for _, r in strategy.report.rejected)
+
+
+def test_example_counts_are_the_servers_and_flops_follow_the_protocol(task_identity):
+    """num-examples is the aggregation weight and samples-seen drove the FLOPs count: a client
+    may choose neither."""
+    strategy, arrays = make(MaskedFedAvg)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    greedy = trained_reply(strategy, messages[0], 0, **{"samples-seen": 1e6})
+    modest = trained_reply(strategy, messages[1], 1, **{"samples-seen": 0})
+    heavy = trained_reply(strategy, messages[2], 2, **{"num-examples": 1e18})
+    strategy.aggregate_train(1, [greedy, modest, heavy])
+    reasons = dict(strategy.report.rejected)
+    assert "exceeds 1 epochs over 10 samples" in reasons[0]
+    assert "is not the 30 training samples partition 2 holds" in reasons[2]
+    (cost,) = strategy.report.costs
+    model = strategy.context.cost_model
+    kept = {n: t.nnz for n, t in decode(modest.content["arrays"], strategy.context.template).tensors.items()}
+    # counted for the 20 samples partition 1 holds, not the 0 it reported
+    assert cost.partition_id == 1 and cost.train_flops == model.training_cost(kept, 20, 8, False).flops > 0
+
+
+def test_impossible_batchnorm_statistics_are_rejected(task_identity):
+    from fedsparse.strategies.validation import ReplyValidator
+    from fedsparse.updates import UpdateRejected
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    template = template_of(model.state_dict())
+    validator = ReplyValidator(template, [Budget()], [5], 1, "arrays", True, "MaskedFedAvg")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["1.running_var"] = torch.tensor([1.0, -50.0, 1.0])
+    msg = Message(RecordDict({"arrays": encode(state), "metrics": MetricRecord({
+        "partition-id": 0, "num-examples": 5, "samples-seen": 5})}), dst_node_id=100,
+        message_type="train")
+    msg.metadata.__dict__["_src_node_id"] = 100
+    with pytest.raises(UpdateRejected, match="negative variances"):
+        validator.check(msg, {0: 100})
+
+
+class _Exploding(MaskedFedAvg):
+    """A buggy strategy: its aggregate is not finite."""
+
+    def aggregate_updates(self, global_arrays, updates):
+        out = super().aggregate_updates(global_arrays, updates)
+        out["net.1.weight"] = np.full_like(out["net.1.weight"], np.inf)
+        return out
+
+
+def test_a_non_finite_aggregate_is_refused_and_the_model_kept(task_identity):
+    strategy, arrays = make(_Exploding)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    new, metrics = strategy.aggregate_train(1, [trained_reply(strategy, messages[2], 2)])
+    assert new is None and metrics is None
+    assert "'net.1.weight' holds NaN or Inf" in strategy.report.refused
 
 
 def test_records_a_method_did_not_ask_for_are_rejected(task_identity):
@@ -155,7 +213,8 @@ def test_flower_fedprox_adapter_sends_mu_and_aggregates_like_fedavg(task_identit
     replies = [trained_reply(strategy, m, p, shift=float(p)) for p, m in enumerate(messages)]
     new, _ = strategy.aggregate_train(1, replies)
     old = arrays["net.1.weight"].numpy()
-    np.testing.assert_allclose(new["net.1.weight"].numpy(), old + 1.5, rtol=1e-5)  # mean shift
+    # sample-weighted mean shift: (0 * 10 + 1 * 20 + 2 * 30 + 3 * 40) / 100
+    np.testing.assert_allclose(new["net.1.weight"].numpy(), old + 2.0, rtol=1e-5)
     assert new["net.1.weight"].numpy().dtype == old.dtype
 
 
@@ -164,8 +223,7 @@ def test_authors_dense_rule_counts_unsent_coordinates_as_zero(task_identity):
 
     strategy, arrays = make(DenseZeroFillAvg)
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
-    replies = [trained_reply(strategy, m, p, shift=1.0, **{"num-examples": 10 * (p + 1)})
-               for p, m in enumerate(messages[:3])]
+    replies = [trained_reply(strategy, m, p, shift=1.0) for p, m in enumerate(messages[:3])]
     new, _ = strategy.aggregate_train(1, replies)
     template = strategy.context.template
     sent = [decode(r.content["arrays"], template) for r in replies]
