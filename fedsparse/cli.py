@@ -303,7 +303,10 @@ class _user_errors:
         if exc is None or self.debug:
             return False
         if isinstance(exc, FedsparseError):
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            from fedsparse.simulation.stopping import Interrupted
+
+            prefix = "interrupted:" if isinstance(exc, Interrupted) else "[red]error:[/red]"
+            console.print(f"{prefix} {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code)
         if isinstance(exc, KeyboardInterrupt):
             console.print("interrupted: finished rounds stay in the run folder")

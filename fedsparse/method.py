@@ -199,9 +199,11 @@ class Method(ABC):
         """Extra records sent to a training client with ``budget`` this round."""
         return {}
 
-    def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate) -> None:
+    def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate,
+                     num_examples: int) -> None:
         """Refuse (``UpdateRejected``) coordinates the client may not update: by default any
-        outside the submodel it was sent (``sent``: None when it was sent the whole model)."""
+        outside the submodel it was sent (``sent``: None when it was sent the whole model).
+        ``num_examples``: the partition's training samples, as the server knows them."""
         if sent is None:
             return
         outside = coordinates_outside(update, sent)

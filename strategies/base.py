@@ -219,7 +219,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         client = checked.client
         method = self.context.method
         method.check_upload(client.budget, self.messages.client_masks(client.partition_id),
-                            client.update)
+                            client.update, client.num_examples)
         method.check_reply(client.partition_id, client.budget, checked.records, client.metrics)
         # the protocol's sample count (every local epoch over the verified training set), not the
         # client's word: a client reporting fewer samples cannot slip under a FLOPs budget

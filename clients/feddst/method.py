@@ -31,7 +31,8 @@ class FedDST(SharedMask):
     name = "feddst"
     adjust = "local"
 
-    def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate) -> None:
+    def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate,
+                     num_examples: int) -> None:
         """In an adjustment round a client may grow up to K positions of each adjusted layer
         outside its mask (keeping the layer's count); anywhere else the mask holds."""
         plan = self.mask_server.plan.k

@@ -35,6 +35,7 @@ from fedsparse.clients.pfedgate.gating import (
     make_layout,
 )
 from fedsparse.costs import CostModel, TrainingCost
+from fedsparse.masks import Masks
 from fedsparse.method import (
     ClientState,
     ClientTask,
@@ -46,7 +47,7 @@ from fedsparse.method import (
     ServerSetup,
 )
 from fedsparse.seeding import private_init_seed, rng
-from fedsparse.updates import UpdateRejected
+from fedsparse.updates import SparseUpdate, UpdateRejected
 
 GATE_KEY = "pfedgate-gate"
 
@@ -87,6 +88,7 @@ class PFedGate(Method):
     # --- server side ------------------------------------------------------------------------
     def setup(self, setup: ServerSetup) -> None:
         """Any density in (0, 1] is feasible (sub0 shrinks with s); picks the novel clients."""
+        self._param_sizes = {n: p.numel() for n, p in setup.model.named_parameters()}
         count = round(self.options.novel_share * self.run.num_clients)
         if count >= self.run.num_clients:
             raise ValueError("method.pfedgate.novel_share leaves no client to train: lower it")
@@ -97,6 +99,22 @@ class PFedGate(Method):
 
     def novel_clients(self) -> frozenset[int]:
         return self._novel
+
+    def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate,
+                     num_examples: int) -> None:
+        """What the server can check of a gated client: every batch keeps at most floor(s * d)
+        weights, so an epoch's upload (the union of its batches' blocks) holds at most
+        min(d, batches * floor(s * d)) coordinates, with batches counted from the partition's
+        verified size. A client claiming a small density while computing densely is caught
+        when it uploads what it computed."""
+        total = sum(self._param_sizes.values())
+        per_batch = math.floor(budget.density * total + 1e-9)
+        batches = self.run.train.local_epochs * math.ceil(num_examples / self.run.train.batch_size)
+        limit = min(total, batches * per_batch)
+        uploaded = update.kept(self._param_sizes)
+        if uploaded > limit:
+            raise UpdateRejected(f"uploads {uploaded} coordinates; {batches} batches at density "
+                                 f"{budget.density:g} can touch at most {limit}")
 
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
                    metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -28,8 +29,9 @@ def poll_interval(grid: Grid) -> float:
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float,
-                     interval: float | None = None) -> list[Message]:
-    """Push ``messages``; return the replies that arrived within ``timeout`` seconds."""
+                     interval: float | None = None, stop: Any = None) -> list[Message]:
+    """Push ``messages``; return the replies that arrived within ``timeout`` seconds (or before
+    ``stop``, anything with ``is_set()``, is set)."""
     waiting = set(grid.push_messages(messages))
     interval = poll_interval(grid) if interval is None else interval
     deadline = time.monotonic() + timeout
@@ -38,7 +40,7 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float,
         pulled = list(grid.pull_messages(waiting))
         replies.extend(pulled)
         waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
-        if not waiting or time.monotonic() >= deadline:
+        if not waiting or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
             break
         time.sleep(interval)
     return replies

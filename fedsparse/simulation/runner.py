@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -34,6 +35,7 @@ from fedsparse.simulation.server_app import (
     experiment_defining,
     mean_costs,
 )
+from fedsparse.simulation.stopping import Interrupted, StopRequest
 from fedsparse.strategies import StrategyContext, build_strategy, check_strategy
 from fedsparse.updates import template_of
 
@@ -124,7 +126,15 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
         resume_round=checkpoint.server_round if checkpoint else 0)
     if on_start is not None:
         on_start(run_dir)
-    _simulate(config, loop, client_app, run_dir)
+    stop = StopRequest()
+    loop.stop = stop
+    with stop.handling_signals():
+        _simulate(config, loop, client_app, run_dir)
+    if stop.is_set():
+        name = signal.Signals(stop.signum or signal.SIGINT).name
+        raise Interrupted(f"stopped by {name} after round {loop.outcome.rounds_done} of "
+                          f"{config.rounds}: continue with 'fedsparse simulate --resume {run_dir}'",
+                          stop.signum or signal.SIGINT)
     if loop.outcome.rounds_done < config.rounds:
         raise SimulationError(f"the simulation stopped after round {loop.outcome.rounds_done} of "
                               f"{config.rounds}; finished rounds are in {run_dir}")

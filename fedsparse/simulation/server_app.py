@@ -9,6 +9,7 @@ The strategy's own ``configure_*`` / ``aggregate_*`` methods still do the federa
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ from fedsparse.training import evaluate
 from fedsparse.updates import UpdateRejected
 
 RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class RoundAbandoned(Exception):
+    """A stop was requested while a round's clients trained: nothing of the round is kept
+    (the strategy and the method have not seen its replies)."""
 
 
 @dataclass
@@ -115,6 +121,8 @@ class ServerLoop:
                  resume: Checkpoint | None = None) -> None:
         self.config = config
         self.method = strategy.context.method
+        #: set by a signal (``stopping.StopRequest``): the loop abandons the round in progress
+        self.stop: Any = threading.Event()
         self.federation = federation
         self.strategy = strategy
         self.recorder = recorder
@@ -152,25 +160,39 @@ class ServerLoop:
         arrays = self.initial_arrays
         if self.first_round == 1:
             arrays = self.start_method(grid, arrays)
+        saved = self.first_round - 1
         for server_round in range(self.first_round, self.config.rounds + 1):
+            if self.stop.is_set():
+                break
             started = time.perf_counter()
-            record, arrays = self.train_round(grid, server_round, arrays)
-            if self.is_eval_round(server_round):
-                record.update(self.evaluate_round(grid, server_round, arrays))
-                if self.strategy.context.clock is not None:
-                    self.outcome.timeline.append((server_round, self.outcome.sim_seconds,
-                                                  record["accuracy_mean"]))
+            try:
+                record, new_arrays = self.train_round(grid, server_round, arrays)
+                if self.is_eval_round(server_round):
+                    record.update(self.evaluate_round(grid, server_round, new_arrays))
+            except RoundAbandoned:
+                log(WARNING, "round %d abandoned: a stop was requested", server_round)
+                break
+            arrays = new_arrays
+            if self.is_eval_round(server_round) and self.strategy.context.clock is not None:
+                self.outcome.timeline.append((server_round, self.outcome.sim_seconds,
+                                              record["accuracy_mean"]))
             record["seconds"] = round(time.perf_counter() - started, 4)
             self.recorder.log_round(record)
             self.outcome.rounds_done = server_round
             if server_round % sim.checkpoint_every == 0 or server_round == self.config.rounds:
-                save_checkpoint(self.recorder.run_dir, Checkpoint(
-                    server_round, {k: v.numpy() for k, v in arrays.items()}, self.outcome,
-                    self.strategy.checkpoint_state(), self.method.state_dict(),
-                    experiment_defining(self.config)))
+                self.checkpoint(server_round, arrays)
+                saved = server_round
             if self.on_round is not None:
                 self.on_round(record)
+        if self.stop.is_set() and self.outcome.rounds_done > saved:
+            self.checkpoint(self.outcome.rounds_done, arrays)  # resume from the last finished round
         return self.outcome
+
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        save_checkpoint(self.recorder.run_dir, Checkpoint(
+            server_round, {k: v.numpy() for k, v in arrays.items()}, self.outcome,
+            self.strategy.checkpoint_state(), self.method.state_dict(),
+            experiment_defining(self.config)))
 
     def start_method(self, grid: Grid, arrays: ArrayRecord) -> ArrayRecord:
         """The method's step before round 1 (e.g. FedTiny's warm-up and ABNS query rounds)."""
@@ -182,7 +204,10 @@ class ServerLoop:
     def train_round(self, grid: Grid, server_round: int,
                     arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout)
+        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout,
+                                   stop=self.stop)
+        if self.stop.is_set():
+            raise RoundAbandoned
         failed = sum(r.has_error() for r in replies) + len(messages) - len(replies)
         for reply in replies:
             if reply.has_error():
@@ -231,6 +256,8 @@ class ServerLoop:
     def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
         """Every client evaluates its deployed model; the server scores the global model."""
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        # not abandoned on a stop: the round's training already changed the strategy's and the
+        # method's state, so the round finishes (and is recorded) before the loop stops
         replies = send_and_receive(grid, messages, self.config.simulation.round_timeout)
         rows = []
         novel = self.method.novel_clients()

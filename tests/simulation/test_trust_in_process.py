@@ -3,6 +3,10 @@ and ClientApp in one process: lies are rejected, runs without a result say so (n
 a resume refuses an edited experiment."""
 
 import json
+import os
+import signal
+import threading
+import time
 
 import yaml
 
@@ -54,3 +58,43 @@ def test_resume_refuses_an_edited_experiment(tmp_path):
     assert result.exit_code == 2 and "differs from the one its checkpoint was written with at 'seed'" \
         in result.stderr
     assert (run / "partitions.npz").read_bytes() == before  # refused before touching the folder
+
+
+def _signal_after_rounds(run_root, rounds: int, signum: int) -> threading.Thread:
+    """Send ``signum`` to this process once a run under ``run_root`` has logged ``rounds`` rounds."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            logs = list(run_root.glob("*/metrics.jsonl"))
+            if logs and len(logs[0].read_text().splitlines()) >= rounds:
+                os.kill(os.getpid(), signum)
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_signal_stops_after_the_round_and_the_run_resumes_to_the_same_end(tmp_path):
+    args = [*SMALL, "--rounds", "12", "--set", "eval.every=4", "--set",
+            "simulation.checkpoint_every=5"]
+    whole = simulate_here(tmp_path / "whole", *args)
+    watcher = _signal_after_rounds(tmp_path / "stopped", 2, signal.SIGTERM)
+    result = invoke_here("simulate", "--out", str(tmp_path / "stopped"), *args)
+    watcher.join()
+    assert result.exit_code == 143, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("interrupted:")]
+    assert len(lines) == 1 and "stopped by SIGTERM after round" in lines[0] and "--resume" in lines[0]
+    (run,) = (tmp_path / "stopped").iterdir()
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 2 <= done < 12 and not (run / "summary.json").exists()
+    from fedsparse.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run).server_round == done  # resumable from the last finished round
+    resumed = invoke_here("simulate", "--resume", str(run))
+    assert resumed.exit_code == 0, resumed.stderr
+    strip = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert strip(run) == strip(whole)

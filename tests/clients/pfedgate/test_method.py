@@ -144,3 +144,23 @@ def test_reported_costs_are_required_and_checked():
     with pytest.raises(UpdateRejected, match="implausible"):
         method.round_cost(Budget(), computed, 0.9, {
             "train-flops": 3.0, "memory-bytes": 4.0, "compute-density": 1.5})
+
+
+def test_the_server_bounds_what_a_gated_client_can_upload():
+    """A client of the 0.1 tier reporting density 0.01 but uploading the whole model is caught:
+    its few batches cannot have touched that much. An honest epoch's upload passes."""
+    from fedsparse.codec import decode, encode
+    from fedsparse.method import ServerSetup
+    from fedsparse.updates import template_of
+
+    method, model = setup()
+    method.setup(ServerSetup(model, [Budget(0.1)], cost_model=None))  # type: ignore[arg-type]
+    template = template_of(model.state_dict())
+    data = make_data(0, n=20)  # 2 batches of 16: at most 2 * floor(0.1 * d) coordinates
+    honest = method.fit(make_task(model, data, 0.1))
+    update = decode(encode(model.state_dict(), honest.upload), template)
+    method.check_upload(Budget(0.1), None, update, num_examples=20)
+    dense = decode(encode(model.state_dict(), None), template)
+    with pytest.raises(UpdateRejected, match="can touch at most"):
+        method.check_upload(Budget(0.1), None, dense, num_examples=20)
+    method.check_upload(Budget(1.0), None, dense, num_examples=20)  # the dense tier may
