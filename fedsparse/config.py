@@ -192,7 +192,9 @@ class SimulationConfig(_Strict):
                                                        "(and after the last)")
     inject_failures: float = Field(0.0, ge=0.0, le=1.0,
                                    description="share of training clients made to fail")
-    failure_kinds: list[Literal["crash", "hang"]] = Field(default_factory=lambda: ["crash", "hang"])
+    failure_kinds: list[Literal["crash", "hang", "liar", "byzantine"]] = Field(
+        default_factory=lambda: ["crash", "hang"],
+        description="what an injected failure does; liar and byzantine attack the server")
     hang_seconds: float | None = Field(None, gt=0.0,
                                        description="how long a hanging client sleeps "
                                                    "(default: round_timeout + 5)")

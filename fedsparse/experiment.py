@@ -6,6 +6,7 @@ training never import the config module.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from fedsparse.budgets import Budget, assign_budgets
@@ -55,3 +56,29 @@ def budgets_of(config: ExperimentConfig) -> list[Budget]:
     """One declared budget per client, from the config's tiers or budget file."""
     return assign_budgets(config.budgets.tiers, config.num_clients, config.seed,
                           file=config.budgets.file)
+
+
+#: what a simulation holds per client, measured with benchmarks/scale.py (100 -> 1,000 synthetic
+#: clients added ~270 MiB to the process tree), and what it holds regardless (Ray, torch, model)
+MEMORY_PER_CLIENT = 0.3 * 2**20
+MEMORY_FIXED = 2 * 2**30
+
+
+def check_fits_in_memory(config: ExperimentConfig, available: int | None = None) -> None:
+    """Refuse a client count far beyond this machine's memory before anything is allocated."""
+    if available is None:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needed = MEMORY_FIXED + config.num_clients * MEMORY_PER_CLIENT
+    if needed > available:
+        raise ConfigError(f"--clients {config.num_clients} would need about {_size(needed)} of memory "
+                          f"(~0.3 MiB per simulated client, measured by benchmarks/scale.py, plus "
+                          f"~2 GiB for Ray and the model); this machine has {_size(available)}: use "
+                          f"at most {int((available - MEMORY_FIXED) // MEMORY_PER_CLIENT)} clients")
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.0f} PiB"

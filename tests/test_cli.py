@@ -48,6 +48,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         (["--strategy", "masked-trimmed-mean", "--set", "strategy.options.trim=0.7"],
          "trim must be in"),
         (["--seed", "-1"], "'seed'"),
+        (["--clients", "1000000000"], "would need about 286 TiB of memory"),
         (["--lr", "inf"], "'train.lr'"),
         (["--set", "train.momentum=.nan"], "'train.momentum'"),
         (["--out", "/dev/null"], "is a file, not a folder"),

@@ -26,7 +26,7 @@ from fedsparse.data.federation import build_federation, cached_pool, load_partit
 from fedsparse.data.partition import ClientSplit
 from fedsparse.deploy.run_config import deployed_config_json
 from fedsparse.experiment import cached_method
-from fedsparse.faults import InjectedCrash, injected_fault
+from fedsparse.faults import InjectedCrash, injected_fault, lie, poison
 from fedsparse.masks import Masks
 from fedsparse.method import ClientState, ClientTask, LocalData, Method
 from fedsparse.models import build_model
@@ -185,11 +185,17 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         runtime, method = setup(context)
         pid = _partition_id(context)
         server_round = int(msg.content["config"]["server-round"])
-        _maybe_fail(runtime.config, server_round, pid)
+        fault = _maybe_fail(runtime.config, server_round, pid)
         restore(context, pid)
         task = _task(runtime, msg, pid, server_round, _private_state(context))
         torch.manual_seed(client_seed(runtime.config.seed, server_round, pid))
+        received = {n: p.detach().clone() for n, p in task.model.named_parameters()} \
+            if fault == "byzantine" else {}
         result = method.fit(task)
+        if fault == "byzantine":
+            poison(task.model, received)
+        elif fault == "liar":
+            result.metrics = lie(result.metrics)
         _keep_private_state(context, task.state)
         persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
         content = RecordDict({"arrays": encode(task.model.state_dict(), result.upload),
@@ -225,12 +231,14 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
     return app
 
 
-def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) -> None:
-    """Fault injection (``simulation.inject_failures``): crash, or hang past the round timeout."""
+def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) -> str | None:
+    """Fault injection (``simulation.inject_failures``): crash, or hang past the round timeout;
+    an adversarial kind (liar, byzantine) is returned for the handler to apply after training."""
     sim = config.simulation
     fault = injected_fault(config.seed, server_round, partition_id, sim.inject_failures,
                            sim.failure_kinds)
     if fault == "hang":
         time.sleep(sim.hang_seconds or sim.round_timeout + 5)
-    if fault is not None:
+    if fault in ("crash", "hang"):
         raise InjectedCrash(f"injected {fault} of client {partition_id} in round {server_round}")
+    return fault

@@ -25,7 +25,7 @@ from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
 from fedsparse.data.federation import Federation, build_federation, save_partitions
 from fedsparse.errors import ConfigError, SimulationError
-from fedsparse.experiment import budgets_of, build_method, method_class
+from fedsparse.experiment import budgets_of, build_method, check_fits_in_memory, method_class
 from fedsparse.method import ServerSetup
 from fedsparse.models import build_model
 from fedsparse.results import PARTITIONS_FILE, RunRecorder, check_output_dir, new_run_dir
@@ -100,6 +100,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     os.environ.update(QUIET_ENV)
     # bad input fails here, before any folder or process exists
     check_strategy(config, method_class(config).sparse_updates)
+    check_fits_in_memory(config)
     if run_dir is None:
         check_output_dir(config.output.dir)
     if config.simulation.ray_address:

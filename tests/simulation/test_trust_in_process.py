@@ -98,3 +98,27 @@ def test_a_signal_stops_after_the_round_and_the_run_resumes_to_the_same_end(tmp_
     strip = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
                             for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert strip(run) == strip(whole)
+
+
+def test_liars_are_rejected_and_byzantine_updates_are_survived_by_the_median(tmp_path):
+    from fedsparse.faults import injected_fault
+
+    args = [*SMALL, "--clients", "10", "--rounds", "3", "--seed", "1"]
+    attack = ["--inject-failures", "0.2"]  # seed 1: 2, 3 and 2 of the 10 clients per round
+    liar = simulate_here(tmp_path / "liar", *args, *attack, "--set", "simulation.failure_kinds=[liar]")
+    records = [json.loads(line) for line in (liar / "metrics.jsonl").read_text().splitlines()]
+    expected = [sum(injected_fault(1, r, p, 0.2, ["liar"]) is not None for p in range(10))
+                for r in (1, 2, 3)]
+    assert expected == [2, 3, 2] and [r["updates_rejected"] for r in records] == expected
+
+    def accuracy(name: str, strategy: str, *extra: str) -> float:
+        run = simulate_here(tmp_path / name, *args, "--strategy", strategy, *extra)
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["failures"]["updates_rejected"] == 0  # well-formed: only robust rules help
+        return summary["accuracy"]["global"]
+
+    byzantine = [*attack, "--set", "simulation.failure_kinds=[byzantine]"]
+    fedavg = accuracy("fedavg", "fedavg", *byzantine)
+    median = accuracy("median", "masked-median", *byzantine)
+    clean = accuracy("clean", "masked-median")
+    assert median > 0.8 * clean and fedavg < 0.5 * median
