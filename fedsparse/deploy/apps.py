@@ -45,7 +45,7 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
     federation = build_federation(config)
     timeout = config.simulation.node_wait_timeout
     nodes = wait_for_nodes(grid, config.num_clients, timeout)
-    node_of, declared = handshake(grid, nodes, timeout)
+    node_of, declared = handshake(grid, nodes, timeout, [len(c.train) for c in federation.clients])
     budgets = declared_budgets(declared, config.num_clients)
     log(INFO, "fedsparse: %d nodes, declared densities %s", len(node_of),
         sorted({b.density for b in budgets}))

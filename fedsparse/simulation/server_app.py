@@ -89,7 +89,7 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
-def handshake(grid: Grid, nodes: list[int], timeout: float
+def handshake(grid: Grid, nodes: list[int], timeout: float, train_sizes: list[int] | None = None
               ) -> tuple[dict[int, int], dict[int, Budget]]:
     """Ask every node which partition it serves and, if it declares one, its budget.
 
@@ -104,6 +104,14 @@ def handshake(grid: Grid, nodes: list[int], timeout: float
             raise SimulationError(f"node {reply.metadata.src_node_id} failed the handshake: "
                                   f"{reply.error.reason}")
         pid = reply_partition(reply)
+        if pid in node_of or not 0 <= pid < len(nodes):
+            raise SimulationError(f"node {reply.metadata.src_node_id} claims partition {pid}, which is "
+                                  "out of range or claimed twice: give every node its own partition-id")
+        held = int(reply.content["metrics"]["num-train"])
+        if train_sizes is not None and held != train_sizes[pid]:
+            raise SimulationError(f"the node serving partition {pid} holds {held} training samples, "
+                                  f"the server's partitioning {train_sizes[pid]}: nodes and server "
+                                  "must use the same data, partitioning and seed")
         node_of[pid] = reply.metadata.src_node_id
         if DECLARED_BUDGET in reply.content.config_records:
             declared[pid] = parse_declared_budget(dict(reply.content[DECLARED_BUDGET]), pid)
@@ -155,7 +163,8 @@ class ServerLoop:
         sim = self.config.simulation
         if node_of is None:
             nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
-            node_of, _ = handshake(grid, nodes, sim.node_wait_timeout)
+            node_of, _ = handshake(grid, nodes, sim.node_wait_timeout,
+                                   [len(c.train) for c in self.federation.clients])
         self.strategy.bind_nodes(node_of)
         arrays = self.initial_arrays
         if self.first_round == 1:
