@@ -13,9 +13,11 @@ from __future__ import annotations
 import inspect
 
 from fedsparse.clients.dense import Dense
+from fedsparse.clients.ditto import Ditto
 from fedsparse.clients.fedavg_ft import FedAvgFT
 from fedsparse.clients.feddst import FedDST
 from fedsparse.clients.fedtiny import FedTiny
+from fedsparse.clients.local import LocalOnly
 from fedsparse.clients.magnitude import Magnitude
 from fedsparse.clients.pfedgate import PFedGate
 from fedsparse.clients.prune_at_init import PruneAtInit
@@ -26,7 +28,7 @@ from fedsparse.plugins import entry_point, installed, load_object
 ENTRY_POINT_GROUP = "fedsparse.methods"
 
 BUILTIN: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Dense, FedAvgFT, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST)}
+    Dense, FedAvgFT, LocalOnly, Ditto, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST)}
 
 
 def _checked(name: str, obj: object) -> type[Method]:

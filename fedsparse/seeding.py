@@ -36,3 +36,9 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 def private_init_seed(seed: int, partition_id: int) -> int:
     """The torch seed of a client's private module (e.g. a pFedGate gate) when first created."""
     return seed * 7919 + partition_id
+
+
+def personal_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The torch seed of a client's second model in one round (Ditto's personal model), apart
+    from ``client_seed`` so the global model's training is what FedAvg's would be."""
+    return (client_seed(seed, server_round, partition_id) * 31 + 17) % (2**63)

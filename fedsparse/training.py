@@ -32,15 +32,19 @@ class EvalResult:
 
 def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSettings,
                 generator: torch.Generator, masks: Masks | None = None,
-                proximal_mu: float = 0.0) -> tuple[float, int]:
+                proximal_mu: float = 0.0,
+                anchor: list[torch.Tensor] | None = None) -> tuple[float, int]:
     """Run ``cfg.local_epochs`` epochs of minibatch SGD; return (mean loss, samples seen).
 
     With ``masks``, masked-out weights stay exactly zero: their gradients are zeroed before
     each step and the weights re-masked after it (momentum and weight decay would move them).
-    ``proximal_mu`` > 0 adds FedProx's term mu/2 * ||w - w_received||^2 (Li et al. 2020).
+    ``proximal_mu`` > 0 adds the proximal term mu/2 * ||w - anchor||^2: FedProx's (Li et al.
+    2020, anchor = the weights received, the default) or Ditto's (anchor = the global model).
     """
     model.train()
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    if proximal_mu > 0 and anchor is None:
+        anchor = [p.detach().clone() for p in model.parameters()]
+    anchor = anchor if proximal_mu > 0 else []
     if masks:
         apply_masks(model, masks)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

@@ -1,0 +1,51 @@
+"""Local training: every client trains its own model on its own data and nothing is aggregated.
+
+The baseline a personalised federated method must beat to show that federation helps its
+clients at all (pFedGate's and Ditto's papers report it). A client starts from the seed's
+initial model (what the server sends), keeps its model in its private state across rounds and
+evaluates it; it uploads no coordinate, so the global model stays the initial one. The server
+counts each round as dense training of the client's whole model (it cannot see it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from fedsparse.budgets import Budget
+from fedsparse.clients.dense import Dense
+from fedsparse.clients.personal import keep_personal, load_personal
+from fedsparse.costs import CostModel, TrainingCost
+from fedsparse.method import ClientTask, FitResult, ServerSetup
+
+
+class LocalOnly(Dense):
+    """Each client trains and evaluates its own model; no aggregation (the no-federation baseline)."""
+
+    name = "local"
+    sparse_updates = True  # the upload is empty
+
+    def setup(self, setup: ServerSetup) -> None:
+        super().setup(setup)
+        self._cost_model: CostModel = setup.cost_model
+
+    def fit(self, task: ClientTask) -> FitResult:
+        load_personal(task.model, task.state)
+        result = super().fit(task)
+        keep_personal(task.model, task.state)
+        nothing = {n: torch.zeros_like(t, dtype=torch.bool) for n, t in task.model.state_dict().items()}
+        return FitResult(result.metrics, upload=nothing)
+
+    def evaluate(self, task: ClientTask) -> dict[str, float]:
+        load_personal(task.model, task.state)  # a client that never trained: the initial model
+        return super().evaluate(task)
+
+    def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
+                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+        """Dense training of the personal model, counted by the server from the protocol."""
+        model = self._cost_model
+        samples = self.run.train.local_epochs * int(metrics["num-examples"])
+        dense = model.training_cost(model.dense_counts(), samples, self.run.train.batch_size,
+                                    self.run.train.momentum > 0)
+        return dense, 1.0
