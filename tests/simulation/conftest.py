@@ -1,6 +1,7 @@
 """Runs several end-to-end tests share: each starts one whole run and, at the same time, a run
-that is killed with SIGKILL after two rounds (the resume tests continue it). Sharing them keeps
-the suite's Ray start-ups few; running the two side by side overlaps their start-up waits."""
+that is stopped after two rounds, with SIGINT (pFedGate: a clean stop) or SIGKILL (FedTiny: a
+crash); the resume tests continue it. Sharing them keeps the suite's Ray start-ups few; running
+the two side by side overlaps their start-up waits."""
 
 from __future__ import annotations
 
@@ -31,12 +32,26 @@ FEDTINY = ["--clients", "8", "--rounds", "4", "--fraction", "0.5", "--model", "m
 
 
 @dataclass(frozen=True)
+class Stopped:
+    """How the stopped run ended."""
+
+    signum: int
+    returncode: int
+    stderr: str
+    #: seconds from the signal to the process's end
+    seconds: float
+    #: Ray processes of the stopped run still alive a second after it ended
+    leftovers: list[int]
+
+
+@dataclass(frozen=True)
 class RunPair:
     args: list[str]
     #: the uninterrupted run's folder
     whole: Path
-    #: the folder of the run killed after two rounds (resumable)
+    #: the folder of the run stopped after two rounds (resumable)
     killed: Path
+    stopped: Stopped
 
 
 def cli(*args: str) -> subprocess.Popen:
@@ -69,31 +84,48 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def run_pair(root: Path, args: list[str]) -> RunPair:
+def run_pair(root: Path, args: list[str], signum: int) -> RunPair:
     whole = cli("--out", str(root / "whole"), *args)
     victim = cli("--out", str(root / "killed"), *args)
     deadline = time.monotonic() + 240
     metrics = None
-    try:
-        while time.monotonic() < deadline and victim.poll() is None:
-            runs = list((root / "killed").glob("*/metrics.jsonl"))
-            if runs and len(runs[0].read_text().splitlines()) >= 2:
-                metrics = runs[0]
-                break
-            time.sleep(0.2)
-    finally:
+    while time.monotonic() < deadline and victim.poll() is None:
+        runs = list((root / "killed").glob("*/metrics.jsonl"))
+        if runs and len(runs[0].read_text().splitlines()) >= 2:
+            metrics = runs[0]
+            break
+        time.sleep(0.2)
+    tree = descendants(victim.pid)
+    sent = time.monotonic()
+    if signum == signal.SIGKILL:
         kill_tree(victim)
+        stderr = ""
+    else:
+        victim.send_signal(signum)
+        try:
+            _, stderr = victim.communicate(timeout=60)
+        finally:
+            if victim.poll() is None:
+                kill_tree(victim)
+    seconds = time.monotonic() - sent
+    time.sleep(1)
+    leftovers = [pid for pid in tree if Path(f"/proc/{pid}").exists()
+                 and "fsray-" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert metrics is not None, f"the run never finished two rounds: {victim.stderr.read()[-3000:]}"
     assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
     (reference,) = (root / "whole").iterdir()
-    return RunPair(args, reference, metrics.parent)
+    return RunPair(args, reference, metrics.parent,
+                   Stopped(signum, victim.returncode, stderr, seconds, leftovers))
 
 
 @pytest.fixture(scope="session")
 def pfedgate_runs(tmp_path_factory: pytest.TempPathFactory) -> RunPair:
-    return run_pair(tmp_path_factory.mktemp("pfedgate"), PFEDGATE)
+    return run_pair(tmp_path_factory.mktemp("pfedgate"), PFEDGATE, signal.SIGINT)
 
 
 @pytest.fixture(scope="session")
 def fedtiny_runs(tmp_path_factory: pytest.TempPathFactory) -> RunPair:
-    return run_pair(tmp_path_factory.mktemp("fedtiny"), FEDTINY)
+    return run_pair(tmp_path_factory.mktemp("fedtiny"), FEDTINY, signal.SIGKILL)
