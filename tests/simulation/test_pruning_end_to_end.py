@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.simulation.test_end_to_end import check_run_folder
-from tests.test_cli import run_cli
+from tests.test_cli import invoke
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +37,8 @@ def test_fedtiny_selects_by_abns_and_adjusts_nested_tiers(fedtiny_runs):
 
 
 def test_a_memory_budget_too_small_for_one_layer_fails_at_start(tmp_path):
-    result = run_cli("simulate", "--out", str(tmp_path), *SMALL, "--method", "fedtiny", "--set",
-                     "budgets.tiers=[{density: 0.3, memory_bytes: 1000}]")
+    result = invoke("simulate", "--out", str(tmp_path), *SMALL, "--method", "fedtiny", "--set",
+                    "budgets.tiers=[{density: 0.3, memory_bytes: 1000}]")
     assert result.returncode != 0
     assert "score its largest layer" in result.stderr and "raise its memory budget" in result.stderr
     assert not any(tmp_path.iterdir())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import run_cli
+from tests.test_cli import invoke
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -69,6 +69,6 @@ exit $rc
 @pytest.mark.parametrize(("address", "needle"), [("127.0.0.1:9", "no Ray cluster answers at 127.0.0.1:9"),
                                                  ("nonsense", "is not host:port")])
 def test_a_bad_ray_address_fails_fast_with_one_line(tmp_path, address, needle):
-    result = run_cli("simulate", "--ray-address", address, "--out", str(tmp_path))
+    result = invoke("simulate", "--ray-address", address, "--out", str(tmp_path))
     assert result.returncode == 2 and needle in result.stderr + result.stdout
     assert not any(tmp_path.iterdir())

@@ -2,13 +2,12 @@
 uninterrupted run with the same seed (the pair of runs comes from ``conftest.py``)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.simulation.conftest import cli
+from tests.test_cli import invoke
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +41,5 @@ def test_killed_run_resumes_to_the_same_summary(runs, request):
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "config.yaml").write_text("rounds: 2\n")
-    result = subprocess.run([sys.executable, "-m", "fedsparse.cli", "simulate", "--resume",
-                             str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = invoke("simulate", "--resume", str(tmp_path))
     assert result.returncode == 2 and "no checkpoint.npz" in result.stderr
