@@ -1,4 +1,4 @@
-"""Cost accounting: training FLOPs over non-zero weights, peak training memory, message bytes.
+"""The cost model: training FLOPs over non-zero weights, peak training memory, per-round client costs.
 
 Conventions (stated so the numbers can be checked by hand):
 

@@ -1,4 +1,4 @@
-"""pFedGate client (Chen et al., ICML 2023): a private gate picks, per batch, the blocks of the
+"""pFedGate (Chen et al., ICML 2023), client and server: a private gate picks, per batch, the blocks of the
 shared model to use under the client's declared density; model and gate train jointly.
 
 - The gate never leaves the client: it lives in the node's Flower ``Context.state``.
