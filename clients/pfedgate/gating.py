@@ -33,7 +33,21 @@ class BlockLayout:
     shapes: tuple[tuple[int, ...], ...]
     sub0: tuple[int, ...]
     bounds: tuple[tuple[int, ...], ...]  # per tensor: B + 1 offsets from sub0 to numel
-    capacity: int  # parameters the knapsack may add on top of every sub0
+    #: per knapsack group, the parameters it may add on top of its tensors' sub0
+    capacities: tuple[int, ...] = (0,)
+    #: per tensor, its knapsack group (all 0: one joint knapsack)
+    groups: tuple[int, ...] = ()
+
+    @property
+    def capacity(self) -> int:
+        """Parameters the knapsacks may add on top of every sub0, all groups together."""
+        return sum(self.capacities)
+
+    def block_groups(self) -> np.ndarray:
+        """The knapsack group of every gated block."""
+        groups = self.groups or (0,) * len(self.names)
+        return np.concatenate([np.full(len(b) - 1, g, dtype=np.int64)
+                               for b, g in zip(self.bounds, groups, strict=True)])
 
     @property
     def num_blocks(self) -> int:
@@ -48,8 +62,14 @@ class BlockLayout:
 
 
 def make_layout(params: Mapping[str, torch.Tensor], density: float, split: int = 5,
-                sub0_fraction: float = 0.5) -> BlockLayout:
-    """Blocks for a client with budget ``density``: sub0 = floor(sub0_fraction * s * n) per tensor."""
+                sub0_fraction: float = 0.5, groups: Mapping[str, str] | None = None) -> BlockLayout:
+    """Blocks for a client with budget ``density``: sub0 = floor(sub0_fraction * s * n) per tensor.
+
+    ``groups`` (tensor name -> group label, e.g. linear vs other layers as in the authors' code):
+    one knapsack per group, each with capacity floor(s * the group's parameters) minus its sub0,
+    so every group, convolutions included, is thinned to the budget; None: one joint knapsack.
+    Either way the whole model keeps at most floor(s * d) parameters per batch.
+    """
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     if split < 1 or not 0 <= sub0_fraction <= 1:
@@ -63,9 +83,16 @@ def make_layout(params: Mapping[str, torch.Tensor], density: float, split: int =
         shapes.append(tuple(tensor.shape))
         sub0s.append(sub0)
         bounds.append(tuple(int(e) for e in edges))
-    total = sum(t.numel() for t in params.values())
-    capacity = math.floor(density * total + 1e-9) - sum(sub0s)
-    return BlockLayout(tuple(names), tuple(shapes), tuple(sub0s), tuple(bounds), max(capacity, 0))
+    labels = [groups.get(n, "") if groups else "" for n in names]
+    order = list(dict.fromkeys(labels))
+    group_of = tuple(order.index(label) for label in labels)
+    capacities = []
+    for g in range(len(order)):
+        members = [i for i, gi in enumerate(group_of) if gi == g]
+        size = sum(math.prod(shapes[i]) for i in members)
+        capacities.append(max(0, math.floor(density * size + 1e-9) - sum(sub0s[i] for i in members)))
+    return BlockLayout(tuple(names), tuple(shapes), tuple(sub0s), tuple(bounds), tuple(capacities),
+                       group_of)
 
 
 def knapsack(scores: np.ndarray, sizes: np.ndarray, capacity: int,
@@ -144,18 +171,28 @@ class GateNet(nn.Module):
 
 
 def pick_blocks(scores: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
-    """Binary picks I for one score vector under the layout's capacity (no gradient)."""
-    chosen = knapsack(scores.detach().cpu().numpy(), layout.block_sizes(), layout.capacity)
+    """Binary picks I for one score vector, one knapsack per group (no gradient)."""
+    values = scores.detach().cpu().numpy()
+    sizes, groups = layout.block_sizes(), layout.block_groups()
+    chosen = np.zeros(len(values), dtype=bool)
+    for g, capacity in enumerate(layout.capacities):
+        members = np.flatnonzero(groups == g)
+        chosen[members] = knapsack(values[members], sizes[members], capacity)
     return torch.from_numpy(chosen).to(scores.dtype)
 
 
-def gated_scales(g: torch.Tensor, m: torch.Tensor, layout: BlockLayout) -> dict[str, torch.Tensor]:
+def gated_scales(g: torch.Tensor, m: torch.Tensor, layout: BlockLayout,
+                 ste: str = "full") -> dict[str, torch.Tensor]:
     """Per-parameter scale tensors: 1 on sub0, M'_k = M_k * I_ST_k on gated block k.
 
-    I_ST = I - G.detach() + G: the forward value is the binary pick I, while gradients reach G.
+    ``ste="full"`` (the paper): I_ST = I - G.detach() + G, so the forward value is the binary
+    pick I while gradients reach G from every block, dropped ones too, which needs the dense
+    gradient of the gated weights. ``ste="kept"`` (the authors' code): dropped blocks are 0 with
+    no gradient; a kept block is M_k with gradients to G_k and M_k.
     """
     picks = pick_blocks(g, layout)
-    block_weight = m * (picks - g.detach() + g)
+    straight_through = picks - g.detach() + g  # forward: I; backward: through G
+    block_weight = m * (picks * straight_through if ste == "kept" else straight_through)
     scales = {}
     offset = 0
     for name, shape, sub0, bounds in zip(layout.names, layout.shapes, layout.sub0, layout.bounds,

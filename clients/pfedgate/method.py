@@ -68,6 +68,20 @@ class PFedGateOptions(MethodOptions):
     novel_share: float = Field(0.0, ge=0.0, lt=1.0,
                                description="share of clients that never train the global model")
     novel_fit_epochs: int = Field(1, ge=1, description="epochs a novel client fits its gate")
+    knapsack: Literal["joint", "grouped"] = Field(
+        "joint", description="one knapsack over all tensors, or one per group (linear layers, the "
+                             "others) with its own capacity as in the authors' code: grouped thins "
+                             "convolutions too, so counted FLOPs fall with s")
+    ste: Literal["full", "kept"] = Field(
+        "full", description="gate gradients from every block (the paper's straight-through "
+                            "estimator) or from kept blocks only (the authors' code)")
+
+
+def linear_or_other(model: nn.Module) -> dict[str, str]:
+    """The knapsack group of every parameter: its layer's kind (linear, or any other)."""
+    return {f"{prefix}.{name}" if prefix else name: "linear" if isinstance(module, nn.Linear) else "other"
+            for prefix, module in model.named_modules()
+            for name, _ in module.named_parameters(recurse=False)}
 
 
 class PFedGate(Method):
@@ -149,8 +163,9 @@ class PFedGate(Method):
         state[GATE_KEY] = {k: v.detach().numpy().copy() for k, v in gate.state_dict().items()}
 
     def _layout(self, model: nn.Module, density: float) -> BlockLayout:
+        groups = linear_or_other(model) if self.options.knapsack == "grouped" else None
         return make_layout(dict(model.named_parameters()), density, self.options.split,
-                           self.options.sub0_fraction)
+                           self.options.sub0_fraction, groups)
 
     def _cost_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> CostModel:
         key = sum(p.numel() for p in model.parameters())
@@ -217,7 +232,7 @@ class PFedGate(Method):
                     continue  # the gate's BatchNorm needs two samples
                 x, y = data.x_train[batch], data.y_train[batch]
                 g, m = (t.mean(dim=0) for t in gate(x))
-                scales = gated_scales(g, m, layout)
+                scales = gated_scales(g, m, layout, self.options.ste)
                 effective = {name: p * scales[name] for name, p in params.items()}
                 loss = loss_fn(functional_call(model, effective, (x,)), y)
                 used = {name: (s.detach() != 0) for name, s in scales.items()}

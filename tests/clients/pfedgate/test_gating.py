@@ -90,3 +90,69 @@ def test_weight_head_and_vector_inputs():
     g, m = gate(torch.randn(4, 60))
     assert g.shape == m.shape == (4, 12) and not torch.equal(g, m)
     assert ((g > 0) & (g < 1)).all()
+
+
+def _cnn_params():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="cnn-bn"), (1, 28, 28), 10)
+    from fedsparse.clients.pfedgate.method import linear_or_other
+
+    return model, dict(model.named_parameters()), linear_or_other(model)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0.1, 0.3, 0.5]))
+def test_grouped_knapsack_never_exceeds_either_group_and_is_optimal_per_group(seed, density):
+    params = {"conv.weight": torch.zeros(6, 5), "conv.bias": torch.zeros(4),
+              "fc.weight": torch.zeros(8, 4), "fc.bias": torch.zeros(3)}
+    groups = {"conv.weight": "other", "conv.bias": "other", "fc.weight": "linear", "fc.bias": "linear"}
+    layout = make_layout(params, density, split=3, sub0_fraction=0.5, groups=groups)
+    assert len(layout.capacities) == 2
+    scores = torch.rand(layout.num_blocks, generator=torch.Generator().manual_seed(seed))
+    from fedsparse.clients.pfedgate.gating import pick_blocks
+
+    picks = pick_blocks(scores, layout).numpy().astype(bool)
+    sizes, block_groups = layout.block_sizes(), layout.block_groups()
+    for g, capacity in enumerate(layout.capacities):
+        members = block_groups == g
+        assert sizes[picks & members].sum() <= capacity
+        best = brute_force(scores.numpy()[members], sizes[members], capacity)
+        assert scores.numpy()[picks & members].sum() >= best - 1e-9
+    kept = sum(layout.sub0) + sizes[picks].sum()
+    assert kept <= int(density * layout.total + 1e-9)  # still a hard limit on the whole model
+
+
+def test_grouped_knapsack_thins_convolutions_so_flops_fall():
+    """At s=0.3 on cnn-bn one joint knapsack spends the budget on the big linear layer and keeps
+    the convolutions (~92% of the FLOPs) whole; grouped, the convolutions are thinned too."""
+    from fedsparse.costs import CostModel
+
+    model, params, groups = _cnn_params()
+    cost = CostModel(model, (1, 28, 28))
+    dense = cost.forward_flops_per_sample(cost.dense_counts())
+    ratios = {}
+    for mode in ("joint", "grouped"):
+        layout = make_layout(params, 0.3, split=5, sub0_fraction=0.5,
+                             groups=groups if mode == "grouped" else None)
+        flops = []
+        for seed in range(4):
+            g = torch.rand(layout.num_blocks, generator=torch.Generator().manual_seed(seed))
+            kept = kept_from_scales(gated_scales(g, g, layout))
+            assert sum(kept.values()) <= int(0.3 * layout.total + 1e-9)
+            flops.append(cost.forward_flops_per_sample(kept) / dense)
+        ratios[mode] = max(flops)
+    assert ratios["joint"] > 0.8 and ratios["grouped"] <= 0.45
+
+
+def test_kept_only_straight_through_gives_dropped_blocks_no_gradient():
+    params = {"w": torch.zeros(40), "v": torch.zeros(40)}
+    layout = make_layout(params, 0.3, split=4, sub0_fraction=0.5)
+    for ste, dropped_grad_zero in (("kept", True), ("full", False)):
+        g = torch.rand(layout.num_blocks, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        scales = gated_scales(g, g, layout, ste=ste)
+        (sum(s.sum() for s in scales.values())).backward()
+        from fedsparse.clients.pfedgate.gating import pick_blocks
+
+        dropped = pick_blocks(g, layout) == 0
+        assert dropped.any()
+        assert bool((g.grad[dropped] == 0).all()) is dropped_grad_zero
