@@ -62,35 +62,40 @@ class BlockLayout:
 
 
 def make_layout(params: Mapping[str, torch.Tensor], density: float, split: int = 5,
-                sub0_fraction: float = 0.5, groups: Mapping[str, str] | None = None) -> BlockLayout:
+                sub0_fraction: float = 0.5, groups: Mapping[str, str] | None = None,
+                block_fit: int = 0) -> BlockLayout:
     """Blocks for a client with budget ``density``: sub0 = floor(sub0_fraction * s * n) per tensor.
 
     ``groups`` (tensor name -> group label, e.g. linear vs other layers as in the authors' code):
     one knapsack per group, each with capacity floor(s * the group's parameters) minus its sub0,
     so every group, convolutions included, is thinned to the budget; None: one joint knapsack.
+    ``block_fit`` > 0 cuts each tensor's gated part into at least ``split`` blocks and enough
+    that ``block_fit`` of them fit its group's capacity, so the gate has blocks to choose among
+    (with B = 5 a large layer's blocks may all exceed the capacity: the mask never changes).
     Either way the whole model keeps at most floor(s * d) parameters per batch.
     """
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    if split < 1 or not 0 <= sub0_fraction <= 1:
-        raise ValueError("split must be >= 1 and sub0_fraction in [0, 1]")
-    names, shapes, sub0s, bounds = [], [], [], []
-    for name, tensor in params.items():
-        n = tensor.numel()
-        sub0 = math.floor(sub0_fraction * density * n)
-        edges = np.linspace(sub0, n, split + 1).round().astype(int)
-        names.append(name)
-        shapes.append(tuple(tensor.shape))
-        sub0s.append(sub0)
-        bounds.append(tuple(int(e) for e in edges))
+    if split < 1 or not 0 <= sub0_fraction <= 1 or block_fit < 0:
+        raise ValueError("split must be >= 1, sub0_fraction in [0, 1] and block_fit >= 0")
+    names = list(params)
+    shapes = [tuple(params[n].shape) for n in names]
+    sizes = [params[n].numel() for n in names]
+    sub0s = [math.floor(sub0_fraction * density * n) for n in sizes]
     labels = [groups.get(n, "") if groups else "" for n in names]
     order = list(dict.fromkeys(labels))
     group_of = tuple(order.index(label) for label in labels)
     capacities = []
     for g in range(len(order)):
         members = [i for i, gi in enumerate(group_of) if gi == g]
-        size = sum(math.prod(shapes[i]) for i in members)
-        capacities.append(max(0, math.floor(density * size + 1e-9) - sum(sub0s[i] for i in members)))
+        total = sum(sizes[i] for i in members)
+        capacities.append(max(0, math.floor(density * total + 1e-9) - sum(sub0s[i] for i in members)))
+    bounds = []
+    for n, sub0, g in zip(sizes, sub0s, group_of, strict=True):
+        blocks = split
+        if block_fit and capacities[g] > 0 and n > sub0:
+            blocks = min(max(split, math.ceil(block_fit * (n - sub0) / capacities[g])), n - sub0)
+        bounds.append(tuple(int(e) for e in np.linspace(sub0, n, blocks + 1).round().astype(int)))
     return BlockLayout(tuple(names), tuple(shapes), tuple(sub0s), tuple(bounds), tuple(capacities),
                        group_of)
 

@@ -72,6 +72,9 @@ class PFedGateOptions(MethodOptions):
         "joint", description="one knapsack over all tensors, or one per group (linear layers, the "
                              "others) with its own capacity as in the authors' code: grouped thins "
                              "convolutions too, so counted FLOPs fall with s")
+    block_fit: int = Field(
+        0, ge=0, description="cut tensors into enough blocks that this many fit a group's capacity "
+                             "(0: exactly `split` blocks per tensor)")
     ste: Literal["full", "kept"] = Field(
         "full", description="gate gradients from every block (the paper's straight-through "
                             "estimator) or from kept blocks only (the authors' code)")
@@ -165,7 +168,7 @@ class PFedGate(Method):
     def _layout(self, model: nn.Module, density: float) -> BlockLayout:
         groups = linear_or_other(model) if self.options.knapsack == "grouped" else None
         return make_layout(dict(model.named_parameters()), density, self.options.split,
-                           self.options.sub0_fraction, groups)
+                           self.options.sub0_fraction, groups, self.options.block_fit)
 
     def _cost_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> CostModel:
         key = sum(p.numel() for p in model.parameters())

@@ -156,3 +156,22 @@ def test_kept_only_straight_through_gives_dropped_blocks_no_gradient():
         dropped = pick_blocks(g, layout) == 0
         assert dropped.any()
         assert bool((g.grad[dropped] == 0).all()) is dropped_grad_zero
+
+
+def test_blocks_that_fit_fill_the_budget_and_give_the_gate_a_choice():
+    """Grouped at s=0.3 with B=5, no linear block fits the capacity (the mask is fixed and the
+    model keeps ~0.15 of its weights); cut so that 4 fit, the budget is used and scores matter."""
+    from fedsparse.clients.pfedgate.gating import pick_blocks
+
+    _, params, groups = _cnn_params()
+    plain = make_layout(params, 0.3, split=5, sub0_fraction=0.5, groups=groups)
+    fitted = make_layout(params, 0.3, split=5, sub0_fraction=0.5, groups=groups, block_fit=4)
+    picks = []
+    for seed in range(3):
+        g = torch.rand(fitted.num_blocks, generator=torch.Generator().manual_seed(seed))
+        kept = sum(kept_from_scales(gated_scales(g, g, fitted)).values())
+        assert 0.25 * fitted.total <= kept <= int(0.3 * fitted.total + 1e-9)
+        picks.append(tuple(pick_blocks(g, fitted).tolist()))
+    assert len(set(picks)) == 3
+    g = torch.rand(plain.num_blocks, generator=torch.Generator().manual_seed(0))
+    assert sum(kept_from_scales(gated_scales(g, g, plain)).values()) < 0.2 * plain.total
