@@ -12,12 +12,14 @@ from pathlib import Path
 
 def main() -> None:
     root = Path(sys.argv[1])
-    summaries = [json.loads(p.read_text()) for p in sorted(root.glob("*/summary.json"))]
+    summaries = [json.loads(p.read_text()) for p in sorted(root.rglob("summary.json"))]
+    if not summaries:
+        sys.exit(f"no summary.json under {root}: pass the folder the runs were written to")
     if len(sys.argv) > 2:  # a JSON copy of what the table shows
         Path(sys.argv[2]).write_text(json.dumps(
             [{k: s.get(k) for k in ("run_dir", "method", "budget", "accuracy", "cost", "clock",
                                     "wall_seconds")} for s in summaries], indent=1))
-    base = next((s for s in summaries if s["method"] == "dense"), summaries[0])
+    base = next((s for s in summaries if s["method"] in ("dense", "fedavg-ft")), summaries[0])
     print("| run | method | budgets | acc mean | bottom decile | global | FLOPs vs FedAvg | "
           "memory vs dense | upload vs FedAvg | density | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
