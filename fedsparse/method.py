@@ -234,6 +234,11 @@ class Method(ABC):
         """The method's part of ``summary.json`` (top-level keys)."""
         return {}
 
+    def evaluation_protocol(self) -> str:
+        """What each client scores at evaluation (``summary.json`` says it: a personalised
+        method must be compared with personalised baselines)."""
+        return "the global model as received"
+
     def state_dict(self) -> dict[str, Any]:
         """Server-side state a checkpoint keeps (picklable)."""
         return {}

@@ -51,6 +51,9 @@ class Ditto(Dense):
         keep_personal(personal, task.state)
         return super().fit(task)  # the global model's FedAvg update
 
+    def evaluation_protocol(self) -> str:
+        return "the client's personal model (regularised towards the global one)"
+
     def evaluate(self, task: ClientTask) -> dict[str, float]:
         load_personal(task.model, task.state)  # a client that never trained: the global model
         return super().evaluate(task)

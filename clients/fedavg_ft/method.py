@@ -26,6 +26,10 @@ class FedAvgFT(Dense):
     name = "fedavg-ft"
     Options = FedAvgFTOptions
 
+    def evaluation_protocol(self) -> str:
+        return (f"the global model fine-tuned for {self.options.finetune_epochs} local epoch(s) on "
+                "the client's training split")
+
     def evaluate(self, task: ClientTask) -> dict[str, float]:
         tuned = copy.deepcopy(task.model)
         settings = self.run.train.model_copy(update={"local_epochs": self.options.finetune_epochs})

@@ -37,6 +37,9 @@ class LocalOnly(Dense):
         nothing = {n: torch.zeros_like(t, dtype=torch.bool) for n, t in task.model.state_dict().items()}
         return FitResult(result.metrics, upload=nothing)
 
+    def evaluation_protocol(self) -> str:
+        return "the client's own model, trained only on its data"
+
     def evaluate(self, task: ClientTask) -> dict[str, float]:
         load_personal(task.model, task.state)  # a client that never trained: the initial model
         return super().evaluate(task)

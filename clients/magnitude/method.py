@@ -33,5 +33,8 @@ class Magnitude(Dense):
         except ValueError as exc:
             raise ValueError(f"{exc}: declare a larger density") from None
 
+    def evaluation_protocol(self) -> str:
+        return "the client's magnitude submodel of the global model, as received"
+
     def client_masks(self, params: Mapping[str, torch.Tensor], budget: Budget) -> Masks | None:
         return layerwise_magnitude_masks(params, budget.density)

@@ -151,6 +151,12 @@ class PFedGate(Method):
     def summary(self) -> dict[str, Any]:
         return {"eval_gating": self.options.eval_gating}
 
+    def evaluation_protocol(self) -> str:
+        trained = ("after one round of local joint training (a copy), "
+                   if self.options.eval_after_local_training else "as received, ")
+        return (f"the global model {trained}gated by the client's private gate per "
+                f"{self.options.eval_gating}; novel clients first fit their gate")
+
     # --- gate state -------------------------------------------------------------------------
     def _gate(self, state: ClientState, layout: BlockLayout, input_shape: tuple[int, ...],
               partition_id: int) -> GateNet:

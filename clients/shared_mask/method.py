@@ -141,6 +141,9 @@ class SharedMask(Method):
                         accepted: list[int]) -> dict[str, np.ndarray]:
         return self.mask_server.after_aggregate(dict(arrays), [])
 
+    def evaluation_protocol(self) -> str:
+        return "the global model under the client's tier of the shared mask, as received"
+
     def summary(self) -> dict[str, Any]:
         server = self.mask_server
         return {"pruning": {**server.info, "adjustments": server.adjustments}}

@@ -298,6 +298,7 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "evaluated_round": outcome.evaluated_round,
         "eval_gating": None,  # pFedGate's gating at evaluation (from its summary below)
         "novel_clients": len(method.novel_clients()),
+        "evaluation_protocol": method.evaluation_protocol(),
         "pruning": None,  # a shared-mask method's mask choice and adjustments (below)
         "clock": clock_summary(config, loop),
         "failures": {"clients_failed": outcome.clients_failed,

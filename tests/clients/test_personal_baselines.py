@@ -42,7 +42,11 @@ def test_ditto_evaluates_personal_models_and_pays_for_them(tmp_path):
     assert [r["accuracy_global"] for r in a if "accuracy_global" in r] == \
         [r["accuracy_global"] for r in b if "accuracy_global" in r]
     assert b[-1]["accuracy_mean"] != a[-1]["accuracy_mean"]
-    cost = json.loads((ditto / "summary.json").read_text())["cost"]
+    summary = json.loads((ditto / "summary.json").read_text())
+    assert summary["evaluation_protocol"].startswith("the client's personal model")
+    assert json.loads((dense / "summary.json").read_text())["evaluation_protocol"] == \
+        "the global model as received"
+    cost = summary["cost"]
     assert cost["train_flops_ratio"] == pytest.approx(2.0)  # 2 global + 2 personal epochs
     assert cost["upload_bytes_ratio"] == pytest.approx(1.0)
     assert (ditto / "client_state").is_dir()  # the personal models live on the clients
