@@ -237,10 +237,15 @@ def _run_with_progress(cfg: Any, writer_cls: Any = None, resume: Path | None = N
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                         console=console, transient=False)
     task = progress.add_task("rounds", total=cfg.rounds, status="starting Ray...")
+    started: list[bool] = []
 
     def on_start(run_dir: Path) -> None:
+        """Every input has been checked: show the run folder and start the progress bar (a bad
+        input before this point prints its one line alone)."""
         nonlocal writer
         console.print(f"run folder: {run_dir}")
+        progress.start()
+        started.append(True)
         if writer_cls is not None:
             writer = writer_cls(log_dir=str(run_dir / "tensorboard"))
 
@@ -256,10 +261,11 @@ def _run_with_progress(cfg: Any, writer_cls: Any = None, resume: Path | None = N
         progress.update(task, completed=record["round"], status=status)
 
     try:
-        with progress:
-            result = run_experiment(cfg, run_dir=resume.resolve() if resume else None,
-                                    on_round=on_round, on_start=on_start, resume=resume is not None)
+        result = run_experiment(cfg, run_dir=resume.resolve() if resume else None,
+                                on_round=on_round, on_start=on_start, resume=resume is not None)
     finally:
+        if started:
+            progress.stop()
         if writer is not None:
             writer.close()
     Console().print(_results_table(result.summary))

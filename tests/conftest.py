@@ -1,3 +1,8 @@
+import os
+
+# as the console script does before any import: flwr-datasets' partitioners print tqdm bars otherwise
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 

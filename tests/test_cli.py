@@ -61,6 +61,7 @@ def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert lines == errors, result.stderr  # the one line alone: no progress bar, no warning
     assert "Traceback" not in result.stderr
 
 
