@@ -1,4 +1,5 @@
-"""What the personalisation baselines share: a personal model kept in the client's private state."""
+"""What the personalisation baselines share: a personal model kept in the client's private state,
+evaluated instead of the global model, and its dense training counted by the server."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsparse.method import ClientState
+from fedsparse.clients.dense import Dense
+from fedsparse.costs import CostModel, TrainingCost
+from fedsparse.method import ClientState, ClientTask, ServerSetup
 
 PERSONAL_KEY = "personal-model"
 
@@ -21,3 +24,21 @@ def load_personal(model: nn.Module, state: ClientState) -> bool:
 
 def keep_personal(model: nn.Module, state: ClientState) -> None:
     state[PERSONAL_KEY] = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+class PersonalModelMethod(Dense):
+    """Base of methods whose clients evaluate a personal model (not a method by itself)."""
+
+    def setup(self, setup: ServerSetup) -> None:
+        super().setup(setup)
+        self._cost_model: CostModel = setup.cost_model
+
+    def evaluate(self, task: ClientTask) -> dict[str, float]:
+        load_personal(task.model, task.state)  # a client that never trained: the model received
+        return super().evaluate(task)
+
+    def dense_training(self, epochs: int, num_examples: int) -> TrainingCost:
+        """What training the whole model for ``epochs`` over ``num_examples`` (verified) costs."""
+        model = self._cost_model
+        return model.training_cost(model.dense_counts(), epochs * num_examples,
+                                   self.run.train.batch_size, self.run.train.momentum > 0)

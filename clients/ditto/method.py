@@ -15,10 +15,9 @@ import torch
 from pydantic import Field
 
 from fedsparse.budgets import Budget
-from fedsparse.clients.dense import Dense
-from fedsparse.clients.personal import keep_personal, load_personal
-from fedsparse.costs import BYTES_PER_VALUE, CostModel, TrainingCost
-from fedsparse.method import ClientTask, FitResult, MethodOptions, ServerSetup
+from fedsparse.clients.personal import PersonalModelMethod, keep_personal, load_personal
+from fedsparse.costs import BYTES_PER_VALUE, TrainingCost
+from fedsparse.method import ClientTask, FitResult, MethodOptions
 from fedsparse.seeding import personal_seed
 from fedsparse.training import train_local
 
@@ -28,16 +27,12 @@ class DittoOptions(MethodOptions):
     personal_epochs: int = Field(1, ge=1, description="epochs of the personal model per round")
 
 
-class Ditto(Dense):
+class Ditto(PersonalModelMethod):
     """Ditto: FedAvg's global model plus a personal model pulled towards it; evaluates the personal."""
 
     name = "ditto"
     Options = DittoOptions
     options: DittoOptions
-
-    def setup(self, setup: ServerSetup) -> None:
-        super().setup(setup)
-        self._cost_model: CostModel = setup.cost_model
 
     def fit(self, task: ClientTask) -> FitResult:
         global_model = [p.detach().clone() for p in task.model.parameters()]
@@ -54,18 +49,11 @@ class Ditto(Dense):
     def evaluation_protocol(self) -> str:
         return "the client's personal model (regularised towards the global one)"
 
-    def evaluate(self, task: ClientTask) -> dict[str, float]:
-        load_personal(task.model, task.state)  # a client that never trained: the global model
-        return super().evaluate(task)
-
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
                    metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
         """The global model's training (counted from the upload) plus the personal model's
         epochs, and the second model held in memory."""
-        model = self._cost_model
-        samples = self.options.personal_epochs * int(metrics["num-examples"])
-        personal = model.training_cost(model.dense_counts(), samples, self.run.train.batch_size,
-                                       self.run.train.momentum > 0)
-        held = sum(model.param_sizes.values()) * BYTES_PER_VALUE
+        personal = self.dense_training(self.options.personal_epochs, int(metrics["num-examples"]))
+        held = sum(self._cost_model.param_sizes.values()) * BYTES_PER_VALUE
         return TrainingCost(computed.flops + personal.flops, computed.memory_bytes + held,
                             computed.activation_bytes), density

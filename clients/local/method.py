@@ -14,21 +14,16 @@ from collections.abc import Mapping
 import torch
 
 from fedsparse.budgets import Budget
-from fedsparse.clients.dense import Dense
-from fedsparse.clients.personal import keep_personal, load_personal
-from fedsparse.costs import CostModel, TrainingCost
-from fedsparse.method import ClientTask, FitResult, ServerSetup
+from fedsparse.clients.personal import PersonalModelMethod, keep_personal, load_personal
+from fedsparse.costs import TrainingCost
+from fedsparse.method import ClientTask, FitResult
 
 
-class LocalOnly(Dense):
+class LocalOnly(PersonalModelMethod):
     """Each client trains and evaluates its own model; no aggregation (the no-federation baseline)."""
 
     name = "local"
     sparse_updates = True  # the upload is empty
-
-    def setup(self, setup: ServerSetup) -> None:
-        super().setup(setup)
-        self._cost_model: CostModel = setup.cost_model
 
     def fit(self, task: ClientTask) -> FitResult:
         load_personal(task.model, task.state)
@@ -40,15 +35,7 @@ class LocalOnly(Dense):
     def evaluation_protocol(self) -> str:
         return "the client's own model, trained only on its data"
 
-    def evaluate(self, task: ClientTask) -> dict[str, float]:
-        load_personal(task.model, task.state)  # a client that never trained: the initial model
-        return super().evaluate(task)
-
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
                    metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
         """Dense training of the personal model, counted by the server from the protocol."""
-        model = self._cost_model
-        samples = self.run.train.local_epochs * int(metrics["num-examples"])
-        dense = model.training_cost(model.dense_counts(), samples, self.run.train.batch_size,
-                                    self.run.train.momentum > 0)
-        return dense, 1.0
+        return self.dense_training(self.run.train.local_epochs, int(metrics["num-examples"])), 1.0
