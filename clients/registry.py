@@ -16,7 +16,10 @@ from fedsparse.clients.dense import Dense
 from fedsparse.clients.ditto import Ditto
 from fedsparse.clients.fedavg_ft import FedAvgFT
 from fedsparse.clients.feddst import FedDST
+from fedsparse.clients.fedrolex import FedRolex
 from fedsparse.clients.fedtiny import FedTiny
+from fedsparse.clients.fjord import FjORD
+from fedsparse.clients.heterofl import HeteroFL
 from fedsparse.clients.local import LocalOnly
 from fedsparse.clients.magnitude import Magnitude
 from fedsparse.clients.pfedgate import PFedGate
@@ -28,7 +31,8 @@ from fedsparse.plugins import entry_point, installed, load_object
 ENTRY_POINT_GROUP = "fedsparse.methods"
 
 BUILTIN: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Dense, FedAvgFT, LocalOnly, Ditto, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST)}
+    Dense, FedAvgFT, LocalOnly, Ditto, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST,
+    HeteroFL, FjORD, FedRolex)}
 
 
 def _checked(name: str, obj: object) -> type[Method]:

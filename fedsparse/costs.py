@@ -70,6 +70,7 @@ class CostModel:
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
         self.layers: list[LayerCost] = []
+        self.input_shape = tuple(input_shape)
         self.param_sizes = {n: p.numel() for n, p in model.named_parameters()}
         names = {m: n for n, m in model.named_modules()}
         hooks = []
@@ -105,6 +106,12 @@ class CostModel:
             b = kept.get(layer.bias, 0) if layer.bias else 0
             total += (2 * w + b) * layer.positions
         return total
+
+    def multiply_flops_per_sample(self, kept: Mapping[str, int]) -> float:
+        """Forward FLOPs of the Conv2d and Linear weights alone (2 per multiply-accumulate): what
+        torch's ``FlopCounterMode`` and most papers' counters count."""
+        return float(sum(2 * kept.get(layer.weight, 0) * layer.positions for layer in self.layers
+                         if layer.kind != "norm" and layer.weight))
 
     def training_cost(self, kept: Mapping[str, int], samples: int, batch_size: int,
                       momentum: bool) -> TrainingCost:

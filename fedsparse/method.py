@@ -123,6 +123,19 @@ class ServerSetup:
 
 
 @dataclass(frozen=True)
+class CostContext:
+    """What the server knows about a client's round when it counts its cost."""
+
+    partition_id: int
+    server_round: int
+    #: the partition's training samples, as the server knows them
+    num_examples: int
+    local_epochs: int
+    batch_size: int
+    momentum: bool
+
+
+@dataclass(frozen=True)
 class QueryReply:
     """A client's answer to a method's query round."""
 
@@ -220,9 +233,11 @@ class Method(ABC):
             raise UpdateRejected(f"unexpected records {sorted(records)} for method '{self.name}'")
 
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
-                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+                   metrics: Mapping[str, float], context: CostContext | None = None
+                   ) -> tuple[TrainingCost, float]:
         """(cost, density) of a client's round. ``computed`` is the server's count from the
-        coordinates uploaded; a method adds what masked training does not show."""
+        coordinates uploaded; a method adds what masked training does not show (``context``:
+        the client, round and training protocol, when the method must recount)."""
         return computed, density
 
     def after_aggregate(self, arrays: dict[str, np.ndarray],

@@ -19,6 +19,7 @@ STREAMS: dict[str, int] = {
     "faults": 23,             # injected failures, keyed by round and client
     "availability": 29,       # the clock's online clients, keyed by round and client
     "candidates": 31,         # FedTiny's candidate per-layer densities
+    "widths": 37,             # FjORD's per-batch widths, keyed by round and client
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +34,16 @@ class EvalResult:
 def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSettings,
                 generator: torch.Generator, masks: Masks | None = None,
                 proximal_mu: float = 0.0,
-                anchor: list[torch.Tensor] | None = None) -> tuple[float, int]:
+                anchor: list[torch.Tensor] | None = None,
+                before_batch: Callable[[], None] | None = None) -> tuple[float, int]:
     """Run ``cfg.local_epochs`` epochs of minibatch SGD; return (mean loss, samples seen).
 
     With ``masks``, masked-out weights stay exactly zero: their gradients are zeroed before
     each step and the weights re-masked after it (momentum and weight decay would move them).
     ``proximal_mu`` > 0 adds the proximal term mu/2 * ||w - anchor||^2: FedProx's (Li et al.
     2020, anchor = the weights received, the default) or Ditto's (anchor = the global model).
+    ``before_batch`` runs before each trained batch (FjORD samples its width there); the batches
+    trained are ``batch_sizes``'s, so a server can replay them.
     """
     model.train()
     if proximal_mu > 0 and anchor is None:
@@ -58,6 +62,8 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSe
             batch = order[start:start + cfg.batch_size]
             if len(batch) < 2 and n >= 2 and _has_batchnorm(model):
                 continue  # BatchNorm cannot train on a single sample
+            if before_batch is not None:
+                before_batch()
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[batch]), y[batch])
             objective = loss
@@ -73,6 +79,13 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSe
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
     return total / max(seen, 1), seen
+
+
+def batch_sizes(n: int, batch_size: int, has_batchnorm: bool) -> list[int]:
+    """The sizes of the batches one epoch of ``train_local`` trains on ``n`` samples (a last batch
+    of one sample is skipped when the model has BatchNorm)."""
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    return [s for s in sizes if not (s < 2 and n >= 2 and has_batchnorm)]
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -91,3 +104,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((logits.argmax(dim=1) == target).sum())
     n = len(y)
     return EvalResult(loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)
+
+
+def _norm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Recompute BatchNorm running statistics from scratch with forward passes (no gradients).
+
+    Uses a cumulative average (momentum None) so the result is the plain mean over batches.
+    """
+    layers = _norm_layers(model)
+    saved = [(m.momentum, m.training) for _, m in layers]
+    for _, m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in batches:
+        model(x)
+    stats = {}
+    for (name, m), (momentum, _) in zip(layers, saved, strict=True):
+        stats[f"{name}.running_mean"] = m.running_mean.clone()
+        stats[f"{name}.running_var"] = m.running_var.clone()
+        m.momentum = momentum
+    return stats

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, Message
 
 from fedsparse.codec import ByteCounter
 from fedsparse.costs import ClientRoundCost, CostModel
-from fedsparse.method import Method
+from fedsparse.method import CostContext, Method
 from fedsparse.strategies.validation import ClientUpdate
 
 
@@ -39,17 +39,23 @@ class CostAccountant:
                           for pid, sent, arrays_sent in zip(partitions, sizes[1::2], sizes[2::2],
                                                             strict=True)}
 
-    def cost(self, client: ClientUpdate, samples: int) -> ClientRoundCost:
+    def cost(self, client: ClientUpdate, server_round: int, local_epochs: int) -> ClientRoundCost:
         """The client's round: server-counted FLOPs and memory of the coordinates it uploaded
-        (adjusted by the method), measured bytes. ``UpdateRejected`` from the method passes."""
+        (adjusted by the method), measured bytes. ``UpdateRejected`` from the method passes.
+        Samples are the protocol's (every local epoch over the verified training set), not the
+        client's word: a client reporting fewer cannot slip under a FLOPs budget."""
         model = self.cost_model
+        samples = local_epochs * client.num_examples
         kept = {n: client.update.tensors[n].nnz if n in client.update.tensors else 0
                 for n in model.param_sizes}
         sparse = model.training_cost(kept, samples, self.batch_size, self.momentum)
         dense = model.training_cost(model.dense_counts(), samples, self.batch_size, self.momentum)
         sparse, density = self.method.round_cost(client.budget, sparse,
                                                  client.update.density(model.param_sizes),
-                                                 client.metrics)
+                                                 client.metrics, CostContext(
+                                                     client.partition_id, server_round,
+                                                     client.num_examples, local_epochs,
+                                                     self.batch_size, self.momentum))
         reply = client.reply
         upload, arrays_up = self.count_bytes.many([reply.content, reply.content[self.arrays_key]])
         down, dense_down = self._download.get(client.partition_id, (0, 0))

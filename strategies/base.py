@@ -221,9 +221,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         method.check_upload(client.budget, self.messages.client_masks(client.partition_id),
                             client.update, client.num_examples)
         method.check_reply(client.partition_id, client.budget, checked.records, client.metrics)
-        # the protocol's sample count (every local epoch over the verified training set), not the
-        # client's word: a client reporting fewer samples cannot slip under a FLOPs budget
-        return client, self.accountant.cost(client, self.context.local_epochs * client.num_examples)
+        return client, self.accountant.cost(client, self.server_round, self.context.local_epochs)
 
     def _keep_finishers(self, report: RoundReport, accepted: list[ClientUpdate],
                         losses: list[tuple[float, int]]

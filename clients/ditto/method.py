@@ -17,7 +17,7 @@ from pydantic import Field
 from fedsparse.budgets import Budget
 from fedsparse.clients.personal import PersonalModelMethod, keep_personal, load_personal
 from fedsparse.costs import BYTES_PER_VALUE, TrainingCost
-from fedsparse.method import ClientTask, FitResult, MethodOptions
+from fedsparse.method import ClientTask, CostContext, FitResult, MethodOptions
 from fedsparse.seeding import personal_seed
 from fedsparse.training import train_local
 
@@ -50,7 +50,8 @@ class Ditto(PersonalModelMethod):
         return "the client's personal model (regularised towards the global one)"
 
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
-                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+                   metrics: Mapping[str, float], context: CostContext | None = None
+                   ) -> tuple[TrainingCost, float]:
         """The global model's training (counted from the upload) plus the personal model's
         epochs, and the second model held in memory."""
         personal = self.dense_training(self.options.personal_epochs, int(metrics["num-examples"]))

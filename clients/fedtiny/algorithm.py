@@ -12,7 +12,7 @@ The prune-and-grow steps FedTiny shares with FedDST are in ``clients/shared_mask
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from fedsparse.masks import Masks, magnitude_mask, prunable_weights
 from fedsparse.seeding import rng
+from fedsparse.training import reestimate_bn
 
 DENSITY_TOLERANCE = 0.02
 
@@ -45,32 +46,6 @@ def candidate_masks(model: nn.Module, rho: float, count: int, seed: int,
         candidates.append({n: magnitude_mask(params[n], max(1, round(float(d) * params[n].numel())))
                            for n, d in zip(names, densities, strict=True)})
     return candidates
-
-
-def _norm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Recompute BatchNorm running statistics from scratch with forward passes (no gradients).
-
-    Uses a cumulative average (momentum None) so the result is the plain mean over batches.
-    """
-    layers = _norm_layers(model)
-    saved = [(m.momentum, m.training) for _, m in layers]
-    for _, m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for x in batches:
-        model(x)
-    stats = {}
-    for (name, m), (momentum, _) in zip(layers, saved, strict=True):
-        stats[f"{name}.running_mean"] = m.running_mean.clone()
-        stats[f"{name}.running_var"] = m.running_var.clone()
-        m.momentum = momentum
-    return stats
 
 
 def average_bn(reports: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 from fedsparse.budgets import Budget
 from fedsparse.clients.personal import PersonalModelMethod, keep_personal, load_personal
 from fedsparse.costs import TrainingCost
-from fedsparse.method import ClientTask, FitResult
+from fedsparse.method import ClientTask, CostContext, FitResult
 
 
 class LocalOnly(PersonalModelMethod):
@@ -36,6 +36,7 @@ class LocalOnly(PersonalModelMethod):
         return "the client's own model, trained only on its data"
 
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
-                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+                   metrics: Mapping[str, float], context: CostContext | None = None
+                   ) -> tuple[TrainingCost, float]:
         """Dense training of the personal model, counted by the server from the protocol."""
         return self.dense_training(self.run.train.local_epochs, int(metrics["num-examples"])), 1.0

@@ -39,6 +39,7 @@ from fedsparse.masks import Masks
 from fedsparse.method import (
     ClientState,
     ClientTask,
+    CostContext,
     FitResult,
     LocalData,
     Method,
@@ -134,7 +135,8 @@ class PFedGate(Method):
                                  f"{budget.density:g} can touch at most {limit}")
 
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
-                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+                   metrics: Mapping[str, float], context: CostContext | None = None
+                   ) -> tuple[TrainingCost, float]:
         """Client-measured FLOPs, memory and compute density (only the client sees its per-batch
         masks), refused when absent or implausible; the server checks them against the budget."""
         try:

@@ -24,6 +24,7 @@ from fedsparse.masks import Masks, prunable_weights
 from fedsparse.method import (
     Ask,
     ClientTask,
+    CostContext,
     FitResult,
     LocalData,
     Method,
@@ -129,7 +130,8 @@ class SharedMask(Method):
         return self.mask_server.masks_for(params, budget)
 
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
-                   metrics: Mapping[str, float]) -> tuple[TrainingCost, float]:
+                   metrics: Mapping[str, float], context: CostContext | None = None
+                   ) -> tuple[TrainingCost, float]:
         """Masked training plus, in adjustment rounds, the extra mini-batch, the scored unit's
         dense gradient and the K pairs (or FedDST's local prune-and-grow)."""
         server = self.mask_server

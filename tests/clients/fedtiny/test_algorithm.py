@@ -16,7 +16,6 @@ from fedsparse.clients.fedtiny.algorithm import (
     candidate_masks,
     local_batches,
     mean_losses,
-    reestimate_bn,
 )
 from fedsparse.clients.shared_mask.pruning import (
     adjustment_count,
@@ -27,6 +26,7 @@ from fedsparse.clients.shared_mask.pruning import (
 from fedsparse.config import ModelConfig
 from fedsparse.masks import prunable_weights
 from fedsparse.models import build_model
+from fedsparse.training import reestimate_bn
 
 
 def cnn():
