@@ -25,10 +25,8 @@ class FedRolex(WidthMethod):
 
     name = "fedrolex"
     Options = FedRolexOptions
+    which_channels = "the round's window of channels"
 
     def keep(self, ratio: float, server_round: int) -> Keep:
         assert self._graph is not None
         return self._graph.rolling(ratio, (server_round - 1) * self.options.step)
-
-    def evaluation_protocol(self) -> str:
-        return "the client's window of the round, " + super().evaluation_protocol().split(", ", 1)[1]

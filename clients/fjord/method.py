@@ -64,6 +64,7 @@ class FjORD(WidthMethod):
 
     name = "fjord"
     Options = FjORDOptions
+    which_channels = "the first channels, at its own width"
 
     def candidates(self, ratio: float) -> list[float]:
         """The widths a client of width ``ratio`` draws from: P below its own, and its own."""
@@ -110,9 +111,6 @@ class FjORD(WidthMethod):
                       for w in widths]
         flops = (1 + BACKWARD_FACTOR) * sum(size * per_sample[d] for size, d in zip(plan, draws, strict=True))
         return TrainingCost(float(flops), widest.memory_bytes, widest.activation_bytes), density
-
-    def evaluation_protocol(self) -> str:
-        return "the client's widest submodel, " + super().evaluation_protocol().split(", ", 1)[1]
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

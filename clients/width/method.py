@@ -69,6 +69,8 @@ class WidthMethod(Method):
 
     Options = ScaledWidthOptions
     sparse_updates = True
+    #: which channels a client holds, in words (``summary.json``'s evaluation protocol)
+    which_channels = "the first channels"
 
     def __init__(self, options: Any, run: Any) -> None:
         super().__init__(options, run)
@@ -183,7 +185,8 @@ class WidthMethod(Method):
     def evaluation_protocol(self) -> str:
         stats = ("BatchNorm statistics recomputed on its own training data"
                  if self.options.bn == "static" else "the averaged BatchNorm statistics")
-        return f"the client's width submodel of the global model, as received, with {stats}"
+        return (f"the client's width submodel ({self.which_channels}) of the global model, as "
+                f"received, with {stats}")
 
     def summary(self) -> dict[str, Any]:
         return {"width": {"ratios": {f"{d:g}": r for d, r in sorted(self._ratios.items())},
