@@ -1,14 +1,20 @@
-"""Does sparsity save real time on this CPU? One local epoch of cnn-bn on Fashion-MNIST-shaped data
-(1x28x28, 10 classes) at density 1, 0.5, 0.3 and 0.1, for dense FedAvg training, a FedTiny client
-(a fixed unstructured magnitude mask) and a pFedGate client (gated blocks), each on one thread.
-Beside them, what a channel-aligned mask would buy: the dense product of cnn-bn with only a
-share sqrt(density) of each layer's channels kept (about ``density`` of the weights), trained
-the same way.
+"""Does sparsity save real time on this CPU? One local epoch of a client at density 1, 0.5, 0.3
+and 0.1, timed side by side for every method (runners interleaved, each repeated, median), on
+one thread:
 
-    python benchmarks/sparse_speed.py [--samples 600] [--repeats 3] [--json out.json]
+- cnn-bn on Fashion-MNIST-shaped data (1x28x28, 10 classes): dense FedAvg, a FedTiny client
+  (a fixed unstructured magnitude mask), a pFedGate client (gated blocks), and the width methods
+  HeteroFL, FjORD and FedRolex (channel-structured submodels trained sliced);
+- resnet18 on CIFAR-shaped data (3x32x32, synthetic: no CIFAR on this machine): dense and the
+  width methods.
 
-Prints a table of seconds per epoch (median of the repeats) and the ratio to dense, beside the
-FLOPs ratio the cost model counts, and writes the same as JSON.
+    python benchmarks/sparse_speed.py [--samples 600] [--resnet-samples 64] [--repeats 5]
+                                      [--models cnn-bn,resnet18] [--json out.json]
+
+Prints a table of seconds per epoch (median and min-max of the repeats), the ratio to the
+same model's dense epoch, and the FLOPs ratio the server counts, and writes the same as JSON.
+A width client's time includes slicing its submodel out of the received model and scattering it
+back. Targets (issue 16): width methods at density 0.5 / 0.3 / 0.1 <= 0.65x / 0.5x / 0.3x dense.
 """
 
 from __future__ import annotations
@@ -17,47 +23,30 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from fedsparse.budgets import Budget
 from fedsparse.clients.shared_mask.pruning import magnitude_masks, prunable_density
 from fedsparse.config import load_config
 from fedsparse.costs import CostModel
 from fedsparse.experiment import build_method
 from fedsparse.masks import Masks, prunable_weights
-from fedsparse.method import ClientTask, LocalData, Method
-from fedsparse.models import ConvNet, build_model
+from fedsparse.method import ClientTask, CostContext, LocalData, Method, ServerSetup
+from fedsparse.models import build_model
 
-SHAPE = (1, 28, 28)
+SHAPES = {"cnn-bn": (1, 28, 28), "resnet18": (3, 32, 32)}
+WIDTH_METHODS = ("heterofl", "fjord", "fedrolex")
+BATCH = 32
 
 
-def local_data(samples: int) -> LocalData:
+def local_data(samples: int, shape: tuple[int, ...]) -> LocalData:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(samples, *SHAPE, generator=g)
+    x = torch.randn(samples, *shape, generator=g)
     y = torch.randint(0, 10, (samples,), generator=g)
     return LocalData(x, y, x[:0], y[:0], x[:64], y[:64])
-
-
-def channel_sliced_cnn_bn(keep: float) -> torch.nn.Module:
-    """cnn-bn with ``keep`` of every layer's channels: the smaller dense product that a
-    channel-aligned mask keeping those channels (and their weights) computes."""
-    c1, c2, hidden = (max(1, round(w * keep)) for w in (32, 64, 128))
-    features = torch.nn.Sequential(
-        torch.nn.Conv2d(SHAPE[0], c1, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c1),
-        torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(c1, c2, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c2),
-        torch.nn.ReLU(), torch.nn.MaxPool2d(2))
-    return ConvNet(features, [hidden], SHAPE, 10)
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def fedtiny_masks(model: torch.nn.Module, density: float) -> Masks | None:
@@ -70,73 +59,103 @@ def fedtiny_masks(model: torch.nn.Module, density: float) -> Masks | None:
                            prunable_density(sizes, names, density))
 
 
+class Runner:
+    """One (model, method, density) client, ready to train one epoch per call."""
+
+    def __init__(self, model_name: str, method_name: str, density: float, samples: int) -> None:
+        shape = SHAPES[model_name]
+        cfg = load_config(None, [f"model.name={model_name}", f"train.batch_size={BATCH}",
+                                 "train.local_epochs=1", f"method.name={method_name}"])
+        torch.manual_seed(0)
+        model = build_model(cfg.model, shape, 10)
+        self.cost = CostModel(model, shape)
+        self.method: Method = build_method(cfg)
+        self.label = (model_name, method_name, density)
+        self.data = local_data(samples, shape)
+        self.state: dict = {}
+        self.flops_ratio: float | None = None
+        dense_flops = self.cost.training_cost(self.cost.dense_counts(), samples, BATCH, False).flops
+        masks: Masks | None = None
+        if method_name == "fedtiny":
+            masks = fedtiny_masks(model, density)
+            kept = {n: int(masks[n].sum()) if masks and n in masks else s
+                    for n, s in self.cost.param_sizes.items()}
+            self.flops_ratio = self.cost.training_cost(kept, samples, BATCH, False).flops / dense_flops
+        elif method_name in WIDTH_METHODS:
+            self.method.setup(ServerSetup(model=model, budgets=[Budget(density=density)],
+                                          cost_model=self.cost))
+            sent = self.method.client_masks(dict(model.named_parameters()), Budget(density=density))
+            params = {n for n, _ in model.named_parameters()}
+            masks = {n: m for n, m in sent.items() if n in params} if sent else None
+            with torch.no_grad():  # the model as the client receives it
+                for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                    if sent and name in sent:
+                        tensor.mul_(sent[name].to(tensor.dtype))
+            cost, _ = self.method.round_cost(Budget(density=density), self.cost.training_cost(
+                self.cost.dense_counts(), samples, BATCH, False), density, {},
+                CostContext(0, 1, samples, 1, BATCH, False))
+            self.flops_ratio = cost.flops / dense_flops
+        elif method_name == "dense":
+            self.flops_ratio = 1.0
+        self.model, self.masks, self.density = model, masks, density
+
+    def __call__(self) -> None:
+        self.method.fit(ClientTask(model=self.model, masks=self.masks, data=self.data,
+                                   generator=torch.Generator().manual_seed(0), partition_id=0,
+                                   server_round=1, budget_density=self.density, config={},
+                                   state=self.state))
+
+
+def runners(models: list[str], samples: int, resnet_samples: int) -> list[Runner]:
+    out = []
+    for model in models:
+        n = resnet_samples if model == "resnet18" else samples
+        out.append(Runner(model, "dense", 1.0, n))
+        methods = ("fedtiny", "pfedgate", *WIDTH_METHODS) if model == "cnn-bn" else WIDTH_METHODS
+        for method in methods:
+            for density in (0.5, 0.3, 0.1):
+                out.append(Runner(model, method, density, n))
+    return out
+
+
+def timed(fn: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=600)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--resnet-samples", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default="cnn-bn,resnet18")
     parser.add_argument("--json", type=Path, default=Path("sparse_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = local_data(args.samples)
+    todo = runners(args.models.split(","), args.samples, args.resnet_samples)
+    for runner in todo:
+        runner()  # warm-up: allocations, tracing, a pFedGate gate's creation
+    times: dict[tuple, list[float]] = {r.label: [] for r in todo}
+    for _ in range(args.repeats):  # interleaved, so drifts of this noisy machine hit every runner
+        for runner in todo:
+            times[runner.label].append(timed(runner))
     rows = []
-    base = ["model.name=cnn-bn", "train.batch_size=32", "train.local_epochs=1", "data.dataset=fashion-mnist"]
-    cost = CostModel(build_model(load_config(None, base).model, SHAPE, 10), SHAPE)
-
-    def fit(method: Method, model: torch.nn.Module, masks: Masks | None, density: float,
-            state: dict) -> None:
-        method.fit(ClientTask(model=model, masks=masks, data=data,
-                              generator=torch.Generator().manual_seed(0), partition_id=0,
-                              server_round=1, budget_density=density, config={}, state=state))
-
-    def run(name: str, density: float) -> tuple[float, float | None]:
-        cfg = load_config(None, [*base, f"method.name={name}"])
-        torch.manual_seed(0)
-        model = build_model(cfg.model, SHAPE, 10)
-        method = build_method(cfg)
-        masks = fedtiny_masks(model, density) if name == "fedtiny" else None
-        state: dict = {}
-
-        def step() -> None:
-            fit(method, model, masks, density, state)
-
-        flops = None
-        if name != "pfedgate":  # pFedGate's per-batch masks are only seen by the client
-            kept = {n: int(masks[n].sum()) if masks and n in masks else s
-                    for n, s in cost.param_sizes.items()}
-            flops = cost.forward_flops_per_sample(kept) / cost.forward_flops_per_sample(cost.dense_counts())
-        step()  # warm-up (allocations, gate creation)
-        return timed(step, args.repeats), flops
-
-    dense_seconds, _ = run("dense", 1.0)
-    rows.append({"method": "dense", "density": 1.0, "seconds": dense_seconds, "ratio": 1.0,
-                 "flops_ratio": 1.0})
-    for method in ("fedtiny", "pfedgate"):
-        for density in (1.0, 0.5, 0.3, 0.1):
-            seconds, flops = run(method, density)
-            rows.append({"method": method, "density": density, "seconds": seconds,
-                         "ratio": seconds / dense_seconds, "flops_ratio": flops})
-    dense_params = sum(cost.param_sizes.values())
-    dense_flops = cost.forward_flops_per_sample(cost.dense_counts())
-    dense = build_method(load_config(None, [*base, "method.name=dense"]))
-    for density in (0.5, 0.3, 0.1):
-        torch.manual_seed(0)
-        model = channel_sliced_cnn_bn(density ** 0.5)
-        sliced = CostModel(model, SHAPE)
-
-        def step(model: torch.nn.Module = model) -> None:
-            fit(dense, model, None, 1.0, {})
-
-        step()
-        seconds = timed(step, args.repeats)
-        rows.append({"method": "channel-sliced", "density": sum(sliced.param_sizes.values()) / dense_params,
-                     "seconds": seconds, "ratio": seconds / dense_seconds,
-                     "flops_ratio": sliced.forward_flops_per_sample(sliced.dense_counts()) / dense_flops})
-    print(f"one local epoch, {args.samples} samples, batch 32, cnn-bn, 1 thread, median of {args.repeats}")
-    print("| method | density | s/epoch | time vs dense | counted FLOPs vs dense |")
-    print("|---|---|---|---|---|")
+    for runner in todo:
+        model, method, density = runner.label
+        dense = statistics.median(times[(model, "dense", 1.0)])
+        seconds = statistics.median(times[runner.label])
+        rows.append({"model": model, "method": method, "density": density, "seconds": seconds,
+                     "min": min(times[runner.label]), "max": max(times[runner.label]),
+                     "ratio": seconds / dense, "flops_ratio": runner.flops_ratio})
+    print(f"one local epoch, batch {BATCH}, 1 thread, median of {args.repeats} interleaved repeats "
+          f"(cnn-bn: {args.samples} samples, resnet18: {args.resnet_samples})")
+    print("| model | method | density | s/epoch (min-max) | time vs dense | counted FLOPs vs dense |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        flops = "n/a (client-reported)" if r["flops_ratio"] is None else f"{r['flops_ratio']:.3f}"
-        print(f"| {r['method']} | {r['density']:.3g} | {r['seconds']:.3f} | {r['ratio']:.2f} | {flops} |")
+        flops = "client-reported" if r["flops_ratio"] is None else f"{r['flops_ratio']:.3f}"
+        print(f"| {r['model']} | {r['method']} | {r['density']:g} | {r['seconds']:.3f} "
+              f"({r['min']:.3f}-{r['max']:.3f}) | {r['ratio']:.2f} | {flops} |")
     args.json.write_text(json.dumps(rows, indent=1))
 
 

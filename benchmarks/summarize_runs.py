@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ def main() -> None:
             [{k: s.get(k) for k in ("run_dir", "method", "budget", "accuracy", "cost", "clock",
                                     "wall_seconds")} for s in summaries], indent=1))
     base = next((s for s in summaries if s["method"] in ("dense", "fedavg-ft")), summaries[0])
-    print("| run | method | budgets | acc mean | bottom decile | global | FLOPs vs FedAvg | "
-          "memory vs dense | upload vs FedAvg | density | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | method | budgets | acc mean | bottom decile | global | acc by density | "
+          "FLOPs vs FedAvg | memory vs dense | upload vs FedAvg | density | sim s to target | "
+          "sim s total | wall s |")
+    print("|" + "---|" * 14)
     for s in summaries:
         tiers = s["budget"]["tiers"]
         budgets = ",".join(f"{t['density']:g}:{t['share']:g}" for t in tiers) \
@@ -32,11 +34,25 @@ def main() -> None:
         name = Path(s["run_dir"]).name.rsplit("-", 2)[0]
         memory = s["cost"].get("memory_bytes_ratio") or float("nan")
         glob = s["accuracy"].get("global") or float("nan")
+        clock = s.get("clock") or {}
+        to_target = clock.get("time_to_target")
         print(f"| {name} | {s['method']} | {budgets} | {s['accuracy']['mean']:.4f} | "
-              f"{s['accuracy']['bottom_decile']:.4f} | {glob:.4f} | {flops:.3f} | {memory:.3f} | "
-              f"{upload:.3f} | "
-              f"{s['cost']['density']:.3f} | {s['wall_seconds']:.0f} |")
+              f"{s['accuracy']['bottom_decile']:.4f} | {glob:.4f} | {by_density(s)} | "
+              f"{flops:.3f} | {memory:.3f} | {upload:.3f} | {s['cost']['density']:.3f} | "
+              f"{'-' if to_target is None else f'{to_target:.1f}'} | "
+              f"{clock.get('total_seconds', float('nan')):.1f} | {s['wall_seconds']:.0f} |")
 
+
+def by_density(summary: dict) -> str:
+    """Mean client accuracy per declared density, from the run's clients.csv."""
+    path = Path(summary["run_dir"]) / "clients.csv"
+    if not path.exists():
+        return "-"
+    groups: dict[float, list[float]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            groups.setdefault(float(row["budget_density"]), []).append(float(row["accuracy"]))
+    return " ".join(f"{d:g}: {sum(v) / len(v):.3f}" for d, v in sorted(groups.items()))
 
 if __name__ == "__main__":
     main()

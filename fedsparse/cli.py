@@ -40,6 +40,8 @@ def _results_table(summary: dict[str, Any]) -> Table:
         ("accuracy mean", _fmt(acc.get("mean"))),
         ("accuracy bottom decile", _fmt(acc.get("bottom_decile"))),
         ("accuracy global model", _fmt(acc.get("global"))),
+        *([("accuracy by density", "  ".join(f"{d}: {v:.3f}" for d, v in acc["by_density"].items()))]
+          if acc.get("by_density") else []),
         ("clients failed / updates rejected",
          f"{summary['failures']['clients_failed']} / {summary['failures'].get('updates_rejected', 0)}"),
         ("wall time (s)", f"{summary['wall_seconds']:.1f}"),

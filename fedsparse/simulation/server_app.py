@@ -299,6 +299,11 @@ class ServerLoop:
             "bottom_decile": bottom_decile(accuracies),
             "global": self.global_accuracy(arrays) if self.config.eval.global_model else None,
         }
+        densities = sorted({row["budget_density"] for row in rows})
+        if len(densities) > 1:  # per tier: a mean over tiers hides what the small clients get
+            accuracy["by_density"] = {f"{d:g}": _mean([r["accuracy"] for r in rows
+                                                       if r["budget_density"] == d])
+                                      for d in densities}
         if novel:
             accuracy["seen"] = _mean([r["accuracy"] for r in rows if not r["novel"]])
             accuracy["novel"] = _mean([r["accuracy"] for r in rows if r["novel"]])
