@@ -11,3 +11,7 @@ run --name fedavg --method dense --strategy fedavg \
 for method in heterofl fjord fedrolex pfedgate; do
   run --name "$method" --method "$method"
 done
+# HeteroFL's scaler (off by default: it cost accuracy here with tracked BN statistics)
+for method in heterofl fedrolex; do
+  run --name "$method-scaler" --method "$method" --set "method.$method.scaler=true"
+done

@@ -32,6 +32,7 @@ def _fmt(value: Any) -> str:
 def _results_table(summary: dict[str, Any]) -> Table:
     table = Table(title="fedsparse results", show_header=False)
     acc = summary["accuracy"]
+    by_density = summary.get("accuracy_by_density") or {}
     rows = [
         ("method / strategy", f"{summary['method']} / {summary['strategy']}"),
         ("dataset / model", f"{summary['dataset']} / {summary['model']}"),
@@ -40,8 +41,8 @@ def _results_table(summary: dict[str, Any]) -> Table:
         ("accuracy mean", _fmt(acc.get("mean"))),
         ("accuracy bottom decile", _fmt(acc.get("bottom_decile"))),
         ("accuracy global model", _fmt(acc.get("global"))),
-        *([("accuracy by density", "  ".join(f"{d}: {v:.3f}" for d, v in acc["by_density"].items()))]
-          if acc.get("by_density") else []),
+        *([("accuracy by density", "  ".join(f"{d}: {v:.3f}" for d, v in by_density.items()))]
+          if by_density else []),
         ("clients failed / updates rejected",
          f"{summary['failures']['clients_failed']} / {summary['failures'].get('updates_rejected', 0)}"),
         ("wall time (s)", f"{summary['wall_seconds']:.1f}"),

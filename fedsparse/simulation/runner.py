@@ -295,6 +295,7 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "seed": config.seed,
         "wall_seconds": round(wall, 3),
         "accuracy": outcome.accuracy,
+        "accuracy_by_density": outcome.accuracy_by_density or None,
         "evaluated_round": outcome.evaluated_round,
         "eval_gating": None,  # pFedGate's gating at evaluation (from its summary below)
         "novel_clients": len(method.novel_clients()),

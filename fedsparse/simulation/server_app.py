@@ -62,6 +62,8 @@ class Outcome:
     layer_sent: dict[str, int] = field(default_factory=dict)
     updates_accepted: int = 0
     accuracy: dict[str, float] = field(default_factory=dict)
+    #: mean client accuracy per declared density (several tiers only)
+    accuracy_by_density: dict[str, float] = field(default_factory=dict)
     evaluated_round: int = 0
     client_rows: list[dict[str, Any]] = field(default_factory=list)
     #: simulated device clock (0 when it is off)
@@ -300,10 +302,10 @@ class ServerLoop:
             "global": self.global_accuracy(arrays) if self.config.eval.global_model else None,
         }
         densities = sorted({row["budget_density"] for row in rows})
-        if len(densities) > 1:  # per tier: a mean over tiers hides what the small clients get
-            accuracy["by_density"] = {f"{d:g}": _mean([r["accuracy"] for r in rows
-                                                       if r["budget_density"] == d])
-                                      for d in densities}
+        # per tier: a mean over tiers hides what the small clients get
+        self.outcome.accuracy_by_density = {
+            f"{d:g}": _mean([r["accuracy"] for r in rows if r["budget_density"] == d])
+            for d in densities} if len(densities) > 1 else {}
         if novel:
             accuracy["seen"] = _mean([r["accuracy"] for r in rows if not r["novel"]])
             accuracy["novel"] = _mean([r["accuracy"] for r in rows if r["novel"]])

@@ -26,5 +26,6 @@ def test_a_width_method_runs_and_the_server_counts_its_savings(tmp_path, method)
     assert cost["train_flops_ratio"] < cost["density"]
     assert summary["accuracy"]["mean"] > 0.3 and summary["accuracy"]["global"] > 0.25  # chance: 0.1
     assert "width submodel" in summary["evaluation_protocol"]
+    assert set(summary["accuracy_by_density"]) == {"0.2", "1"}
     clients = (run / "clients.csv").read_text().splitlines()
     assert len(clients) == 7

@@ -87,8 +87,8 @@ def test_static_bn_needs_the_server_set_and_keeps_statistics_home():
 
 
 def test_the_scaler_divides_hidden_outputs_by_the_width():
-    scaled, model = width_method("heterofl")
-    plain, _ = width_method("heterofl", "method.heterofl.scaler=false")
+    scaled, model = width_method("heterofl", "method.heterofl.scaler=true")
+    plain, _ = width_method("heterofl")
     assert scaled.summary()["width"]["scaler"] and not plain.summary()["width"]["scaler"]
     graph = scaled.graph(model, SHAPE)
     small = graph.sliced_module(model, graph.prefix(0.5))
