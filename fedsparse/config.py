@@ -71,6 +71,11 @@ class PartitionConfig(_Strict):
                           "all share partitions)")
     server_samples_per_class: int = Field(
         5, ge=1, description="labelled samples per class the server holds (FedTiny's warm-up, SNIP)")
+    server_warmup_epochs: int | None = Field(
+        None, ge=0, description="epochs the server trains the initial model on its held-back set "
+                                "before round 1, whatever the method (None: the method's default, "
+                                "method.pruning.warmup_epochs for the FedTiny family, else 0); set "
+                                "it on every run of a comparison so all start alike")
     train: float = Field(0.6, gt=0.0, lt=1.0)
     val: float = Field(0.2, ge=0.0, lt=1.0)
     test: float = Field(0.2, gt=0.0, lt=1.0)

@@ -45,11 +45,24 @@ def cached_method(config_json: str) -> Method:
     return build_method(ExperimentConfig.model_validate_json(config_json))
 
 
+def warmup_epochs(config: ExperimentConfig) -> int:
+    """Server warm-up epochs before round 1: the config's, or the method's default."""
+    if config.partition.server_warmup_epochs is not None:
+        return config.partition.server_warmup_epochs
+    return method_class(config).default_warmup_epochs(method_options(config))
+
+
 def needs_server_data(config: ExperimentConfig) -> bool:
-    """Hold a labelled set back for the server: when asked, or when the method uses one."""
+    """Hold a labelled set back for the server: when asked, or when the method or the warm-up
+    uses one."""
+    warm = warmup_epochs(config) > 0
+    if config.partition.server_set is False and warm:
+        raise ConfigError(f"a server warm-up of {warmup_epochs(config)} epochs needs the server's "
+                          "held-back set: set partition.server_set true or "
+                          "partition.server_warmup_epochs 0")
     if config.partition.server_set is not None:
         return config.partition.server_set
-    return method_class(config).uses_server_data(method_options(config))
+    return warm or method_class(config).uses_server_data(method_options(config))
 
 
 def budgets_of(config: ExperimentConfig) -> list[Budget]:

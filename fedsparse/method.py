@@ -180,6 +180,12 @@ class Method(ABC):
         return False
 
     @classmethod
+    def default_warmup_epochs(cls, options: BaseModel) -> int:
+        """Epochs the server trains the initial model on its held-back set before round 1 when
+        the config does not say (``partition.server_warmup_epochs``)."""
+        return 0
+
+    @classmethod
     def describe(cls) -> str:
         """One line for ``fedsparse methods``: the first line of the class docstring."""
         doc = (cls.__doc__ or "").strip()

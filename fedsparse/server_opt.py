@@ -64,6 +64,19 @@ class ServerOptimizer:
             new_state[name] = x.astype(old.dtype).reshape(old.shape)
         return new_state
 
+    def forget_where_changed(self, stepped: Mapping[str, np.ndarray],
+                             adjusted: Mapping[str, np.ndarray]) -> None:
+        """Zero the state of coordinates a method set after the step (pruned to zero, regrown at
+        zero, or otherwise overwritten): a regrown weight starts fresh instead of inheriting the
+        momentum of the weight that was pruned there."""
+        for name, slots in self.state.items():
+            if name not in adjusted:
+                continue
+            after = np.asarray(adjusted[name]).reshape(-1)
+            reset = (after == 0) | (after != np.asarray(stepped[name]).reshape(-1))
+            for slot in slots.values():
+                slot[reset] = 0.0
+
 
 def _stacked(old: np.ndarray, name: str, updates: Sequence[SparseUpdate]) -> np.ndarray:
     """(clients, numel) float32 with NaN where a client did not send the coordinate."""

@@ -198,9 +198,11 @@ class MaskAwareStrategy(FlowerFedAvg):
         if not accepted:
             return None, None
         global_arrays = self.messages.global_arrays
-        new_state = self.aggregate_updates(global_arrays, accepted)
-        new_state = self.context.method.after_aggregate(dict(new_state),
+        stepped = self.aggregate_updates(global_arrays, accepted)
+        new_state = self.context.method.after_aggregate(dict(stepped),
                                                         [c.partition_id for c in accepted])
+        if any(not np.array_equal(stepped[k], new_state[k]) for k in stepped if k in new_state):
+            self.after_method(stepped, new_state)
         problem = unusable(new_state)
         if problem:  # a strategy's or a method's bug, or an attack that passed the checks
             report.refused = problem
@@ -211,6 +213,12 @@ class MaskAwareStrategy(FlowerFedAvg):
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
                                 "num-examples": total})
         return ArrayRecord(array_dict=_as_arrays(new_state)), metrics
+
+    def after_method(self, stepped: Mapping[str, np.ndarray],
+                     adjusted: Mapping[str, np.ndarray]) -> None:
+        """The method changed the aggregated model (e.g. a new mask): a stateful strategy
+        reconciles its state with it. Default: nothing to do."""
+        return None
 
     def _accept(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
         """Generic checks, the coordinates it may update, the method's checks of its records,

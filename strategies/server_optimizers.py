@@ -24,6 +24,10 @@ class _MaskedServerOpt(MaskAwareStrategy):
         return self.optimizer.step(global_arrays, [u.update for u in updates],
                                    [u.num_examples for u in updates])
 
+    def after_method(self, stepped: Mapping[str, np.ndarray],
+                     adjusted: Mapping[str, np.ndarray]) -> None:
+        self.optimizer.forget_where_changed(stepped, adjusted)
+
 
 class MaskedFedAvgM(_MaskedServerOpt):
     """Server momentum on the per-coordinate averaged pseudo-gradient (Hsu et al. 2019)."""

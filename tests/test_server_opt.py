@@ -119,3 +119,18 @@ def test_median_resists_one_outlier():
     assert np.allclose(robust_aggregate(x0, ups, trim=0.34)["w"], 1.1)
     with pytest.raises(ValueError):
         robust_aggregate(x0, ups, trim=0.5)
+
+
+def test_a_regrown_weight_starts_with_zero_optimizer_state():
+    from fedsparse.updates import SparseUpdate, TensorUpdate
+
+    opt = ServerOptimizer("adam", lr=0.1)
+    old = {"w": np.array([1.0, 2.0, 3.0], dtype=np.float32)}
+    update = SparseUpdate({"w": TensorUpdate(np.array([2.0, 3.0, 4.0], dtype=np.float32), None, 3)})
+    stepped = opt.step(old, [update], [1.0])
+    assert (opt.state["w"]["m"] != 0).all()
+    # a method prunes coordinate 0 and regrows coordinate 2 at zero after the step
+    adjusted = {"w": np.array([0.0, stepped["w"][1], 0.0], dtype=np.float32)}
+    opt.forget_where_changed(stepped, adjusted)
+    assert opt.state["w"]["m"][0] == 0 and opt.state["w"]["m"][2] == 0
+    assert opt.state["w"]["v"][2] == 0 and opt.state["w"]["m"][1] != 0

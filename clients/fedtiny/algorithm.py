@@ -1,8 +1,9 @@
 """FedTiny's algorithms (Huang et al., ICDCS 2023), plain torch and free of Flower.
 
 - ``candidate_masks``: K coarse masks by layer-wise magnitude pruning of the warmed-up model, each
-  layer's density drawn in [0.5 rho, 1.5 rho] and redrawn until the overall density of the
-  prunable weights is within 2% of rho; the first conv layer, biases and norm layers never pruned.
+  layer's density drawn in [0.5, 1.5] x its allocated density (rho, or its ER / ERK share) and
+  redrawn until the overall density of the prunable weights is within 2% of rho; the first conv
+  layer, biases and norm layers never pruned.
 - ``reestimate_bn`` / ``average_bn``: adaptive BN selection's statistics round (clients) and its
   sample-weighted average (server); ``mean_losses`` picks the lowest-loss candidate.
 - ``candidate_bn_stats`` / ``candidate_loss_sums``: a client's side of the two ABNS rounds.
@@ -25,24 +26,30 @@ from fedsparse.training import reestimate_bn
 DENSITY_TOLERANCE = 0.02
 
 
-def candidate_masks(model: nn.Module, rho: float, count: int, seed: int,
+def candidate_masks(model: nn.Module, rho: float | Mapping[str, float], count: int, seed: int,
                     max_draws: int = 1000) -> list[Masks]:
-    """``count`` coarse candidate masks over the prunable weights (see module docstring)."""
-    if not 0 < rho <= 1:
-        raise ValueError(f"target density must be in (0, 1], got {rho}")
+    """``count`` coarse candidate masks over the prunable weights (see module docstring).
+
+    ``rho``: the target density, or each prunable layer's (an ER / ERK allocation); every
+    candidate draws each layer's density in [0.5, 1.5] x its own, within 2% of the overall.
+    """
     params = dict(model.named_parameters())
     names = prunable_weights(params, keep_first_conv=True)
+    base = np.array([rho if isinstance(rho, float | int) else rho[n] for n in names], dtype=np.float64)
+    if not ((base > 0) & (base <= 1)).all():
+        raise ValueError(f"target densities must be in (0, 1], got {rho}")
     sizes = np.array([params[n].numel() for n in names], dtype=np.float64)
+    target = float((base * sizes).sum() / sizes.sum())
     draw = rng(seed, "candidates")
     candidates: list[Masks] = []
     for _ in range(count):
         for _draw in range(max_draws):
-            densities = np.clip(draw.uniform(0.5 * rho, 1.5 * rho, len(names)), 0.0, 1.0)
+            densities = np.clip(base * draw.uniform(0.5, 1.5, len(names)), 0.0, 1.0)
             overall = float((densities * sizes).sum() / sizes.sum())
-            if abs(overall - rho) <= DENSITY_TOLERANCE * rho:
+            if abs(overall - target) <= DENSITY_TOLERANCE * target:
                 break
         else:
-            raise ValueError(f"no per-layer densities within 2% of {rho} after {max_draws} draws")
+            raise ValueError(f"no per-layer densities within 2% of {target} after {max_draws} draws")
         candidates.append({n: magnitude_mask(params[n], max(1, round(float(d) * params[n].numel())))
                            for n, d in zip(names, densities, strict=True)})
     return candidates

@@ -35,7 +35,6 @@ from fedsparse.clients.shared_mask.server import Pairs, PairsRejected
 from fedsparse.errors import SimulationError
 from fedsparse.masks import Masks, pack_mask, unpack_mask
 from fedsparse.method import Ask, ClientTask, FitResult, Records
-from fedsparse.training import train_local
 from fedsparse.updates import UpdateRejected
 
 log = getLogger("flwr")
@@ -65,14 +64,13 @@ class FedTiny(SharedMask):
     # --- server side: the first mask ------------------------------------------------------------
     def first_masks(self, model: nn.Module, rho: float, ask: Ask) -> Masks:
         cfg = self.options
-        x, y = self.server_data()
-        if cfg.warmup_epochs:
-            warm = self.run.train.model_copy(update={"local_epochs": cfg.warmup_epochs})
-            train_local(model, x, y, warm, torch.Generator().manual_seed(self.run.seed))
-        candidates = candidate_masks(model, rho / CANDIDATE_MARGIN, cfg.candidates, self.run.seed)
+        params = dict(model.named_parameters())
+        densities = self.allocate({n: params[n] for n in self.mask_server.prunable},
+                                  rho / CANDIDATE_MARGIN)
+        candidates = candidate_masks(model, densities, cfg.candidates, self.run.seed)
         best, stats, losses = self._abns(model, candidates, ask)
         model.load_state_dict({**model.state_dict(), **stats[best]})
-        self.mask_server.info.update({"warmup_samples": len(y), "candidate_losses": losses,
+        self.mask_server.info.update({"candidate_losses": losses,
                                       "chosen": best})
         log.info("ABNS: candidate losses %s, kept candidate %d", [round(v, 4) for v in losses], best)
         return candidates[best]

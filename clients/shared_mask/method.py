@@ -17,7 +17,12 @@ from torch import nn
 
 from fedsparse.budgets import Budget
 from fedsparse.clients.shared_mask.options import PruningOptions
-from fedsparse.clients.shared_mask.pruning import magnitude_masks, random_masks, snip_masks
+from fedsparse.clients.shared_mask.pruning import (
+    layer_densities,
+    magnitude_masks,
+    random_masks,
+    snip_masks,
+)
 from fedsparse.clients.shared_mask.server import AdjustMode, SharedMaskServer
 from fedsparse.costs import TrainingCost
 from fedsparse.masks import Masks, prunable_weights
@@ -67,6 +72,12 @@ class SharedMask(Method):
     def uses_server_data(cls, options: PruningOptions) -> bool:  # type: ignore[override]
         return options.criterion == "snip"
 
+    @classmethod
+    def default_warmup_epochs(cls, options: PruningOptions) -> int:  # type: ignore[override]
+        """The FedTiny family warms the dense model up before choosing its first mask (so a
+        magnitude mask ranks trained weights, not the initialisation)."""
+        return options.warmup_epochs
+
     # --- server side ------------------------------------------------------------------------
     def setup(self, setup: ServerSetup) -> None:
         """Build the mask server; budgets it cannot serve fail here, before anything starts."""
@@ -74,7 +85,8 @@ class SharedMask(Method):
         self.server = SharedMaskServer(
             self.adjust, self.options, prunable_weights(dict(model.named_parameters()), True),
             {n: tuple(p.shape) for n, p in model.named_parameters()}, setup.budgets,
-            setup.cost_model, self.run.train.momentum > 0, self.options.end_round(self.run.rounds))
+            setup.cost_model, self.run.train.momentum > 0, self.options.end_round(self.run.rounds),
+            self.options.every(self.run.rounds))
         self.server.batch_size = self.run.train.batch_size
         self._model = copy.deepcopy(model)
         self._server_data = setup.server_data
@@ -110,12 +122,21 @@ class SharedMask(Method):
         weights = {n: params[n].detach() for n in server.prunable}
         criterion = self.options.criterion
         server.info["criterion"] = criterion
-        if criterion == "random":
-            return random_masks(weights, rho, self.run.seed)
-        if criterion == "snip":
+        if criterion == "snip":  # SNIP ranks all weights together: its own allocation
             x, y = self.server_data()
             return snip_masks(model, server.prunable, x, y, rho)
-        return magnitude_masks(weights, rho)
+        densities = self.allocate(weights, rho)
+        if criterion == "random":
+            return random_masks(weights, densities, self.run.seed)
+        return magnitude_masks(weights, densities)
+
+    def allocate(self, weights: Mapping[str, torch.Tensor], rho: float) -> dict[str, float]:
+        """Each prunable layer's density at overall ``rho`` (``allocation``), in the summary."""
+        densities = layer_densities({n: tuple(w.shape) for n, w in weights.items()}, rho,
+                                    self.options.allocation)
+        self.mask_server.info["allocation"] = self.options.allocation
+        self.mask_server.info["layer_densities"] = {n: round(d, 5) for n, d in densities.items()}
+        return densities
 
     def server_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._server_data is None:
@@ -148,7 +169,10 @@ class SharedMask(Method):
 
     def summary(self) -> dict[str, Any]:
         server = self.mask_server
-        return {"pruning": {**server.info, "adjustments": server.adjustments}}
+        return {"pruning": {**server.info, "adjustments": server.adjustments,
+                            "adjust_every": server.adjust_every,
+                            "adjust_until": server.adjust_until, "alpha": self.options.alpha,
+                            "history": server.history}}
 
     def state_dict(self) -> dict[str, Any]:
         return self.mask_server.state()

@@ -20,11 +20,17 @@ class PruningOptions(MethodOptions):
 
     criterion: Literal["magnitude", "snip", "random"] = Field(
         "magnitude", description="prune-at-init and feddst: how the first mask is scored")
-    warmup_epochs: int = Field(5, ge=0, description="server warm-up epochs of the dense model")
+    warmup_epochs: int = Field(5, ge=0, description="server warm-up epochs of the dense model "
+                                                     "(partition.server_warmup_epochs overrides)")
+    allocation: Literal["uniform", "er", "erk"] = Field(
+        "erk", description="per-layer densities of the first mask (magnitude, random, FedTiny's "
+                           "candidates): the same for every layer, or Erdos-Renyi(-Kernel)")
     candidates: int = Field(5, ge=1, description="FedTiny: coarse candidate masks for ABNS")
     bn_batches: int = Field(4, ge=1, description="local mini-batches per candidate in the "
                                                  "BN-statistics and evaluation rounds")
-    adjust_every: int = Field(5, ge=1, description="rounds between mask adjustments (Delta T)")
+    adjust_every: int | None = Field(None, ge=1, description="rounds between mask adjustments "
+                                                             "(Delta T); default T_end / 8, so "
+                                                             "about 8 adjustments in any run")
     adjust_until: int | None = Field(None, ge=1, description="last round that adjusts (T_end); "
                                                              "default 3/4 of the rounds")
     alpha: float = Field(0.1, gt=0.0, le=1.0, description="initial share of a layer adjusted")
@@ -35,3 +41,8 @@ class PruningOptions(MethodOptions):
     def end_round(self, rounds: int) -> int:
         """T_end of progressive pruning: ``adjust_until``, or 3/4 of the run's rounds."""
         return self.adjust_until if self.adjust_until is not None else max(1, (3 * rounds) // 4)
+
+    def every(self, rounds: int) -> int:
+        """Delta T: ``adjust_every``, or T_end / 8 rounds (at least 1), so the schedule scales
+        with the run instead of leaving a 30-round run four adjustments."""
+        return self.adjust_every if self.adjust_every is not None else max(1, self.end_round(rounds) // 8)

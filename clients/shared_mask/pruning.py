@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,15 +46,56 @@ def layer_count(numel: int, density: float) -> int:
     return max(1, min(numel, math.floor(density * numel + 1e-9)))
 
 
-def magnitude_masks(weights: Mapping[str, torch.Tensor], density: float) -> Masks:
-    """Layer-wise magnitude pruning: every layer keeps the same share of its largest weights."""
-    return {n: magnitude_mask(w, layer_count(w.numel(), density)) for n, w in weights.items()}
+Allocation = Literal["uniform", "er", "erk"]
 
 
-def random_masks(weights: Mapping[str, torch.Tensor], density: float, seed: int) -> Masks:
-    """Layer-wise uniformly random masks at ``density`` (the random prune-at-init baseline)."""
+def layer_densities(shapes: Mapping[str, Sequence[int]], density: float,
+                    allocation: Allocation = "uniform") -> dict[str, float]:
+    """Per-layer densities whose weighted mean is ``density``.
+
+    ``uniform``: every layer the same. ``er`` (Erdős-Rényi, Mocanu et al. 2018): proportional to
+    (n_in + n_out) / (n_in * n_out); ``erk`` (ER-Kernel, Evci et al. 2020, FedPruning's default):
+    to the sum of all dimensions over their product, so small layers (a classifier, a narrow
+    conv) keep more of their weights than large ones. A layer whose share would pass 1 stays
+    dense and the rest are rescaled, as RigL does.
+    """
+    if allocation == "uniform":
+        return {n: density for n in shapes}
+    sizes = {n: math.prod(shape) for n, shape in shapes.items()}
+    score = {n: (sum(shape) if allocation == "erk" else sum(shape[:2])) /
+             (sizes[n] if allocation == "erk" else math.prod(shape[:2]))
+             for n, shape in shapes.items()}
+    dense: set[str] = set()
+    total = sum(sizes.values())
+    while True:
+        rest = [n for n in shapes if n not in dense]
+        budget = density * total - sum(sizes[n] for n in dense)
+        scale = budget / max(sum(score[n] * sizes[n] for n in rest), 1e-30)
+        over = [n for n in rest if scale * score[n] > 1.0]
+        if not over:
+            return {n: 1.0 if n in dense else scale * score[n] for n in shapes}
+        dense.add(max(over, key=lambda n: score[n]))
+
+
+def _densities(weights: Mapping[str, torch.Tensor], density: float | Mapping[str, float]
+               ) -> dict[str, float]:
+    return {n: density if isinstance(density, float | int) else density[n] for n in weights}
+
+
+def magnitude_masks(weights: Mapping[str, torch.Tensor],
+                    density: float | Mapping[str, float]) -> Masks:
+    """Layer-wise magnitude pruning: every layer keeps its share (one density, or one per layer)
+    of its largest weights."""
+    shares = _densities(weights, density)
+    return {n: magnitude_mask(w, layer_count(w.numel(), shares[n])) for n, w in weights.items()}
+
+
+def random_masks(weights: Mapping[str, torch.Tensor], density: float | Mapping[str, float],
+                 seed: int) -> Masks:
+    """Layer-wise uniformly random masks (the random prune-at-init baseline)."""
     generator = torch.Generator().manual_seed(seed)
-    return {n: top_k_mask(torch.rand(w.shape, generator=generator), layer_count(w.numel(), density))
+    shares = _densities(weights, density)
+    return {n: top_k_mask(torch.rand(w.shape, generator=generator), layer_count(w.numel(), shares[n]))
             for n, w in weights.items()}
 
 
@@ -187,11 +229,17 @@ def prune_and_grow(weight: torch.Tensor, mask: torch.Tensor,
 def pruned_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                      layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """Dense gradients of ``layers`` on one mini-batch at the current (masked) weights; only
-    these layers' gradients are kept (a device materialises only the scored unit's)."""
+    these layers' gradients are kept (a device materialises only the scored unit's). The batch
+    normalises with its own statistics, as in training, but leaves the BatchNorm running
+    statistics as they were: it only scores, and what the client uploads is what it trained."""
     params = dict(model.named_parameters())
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     model.train()
     model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x), y).backward()
     grads = {n: params[n].grad.detach().clone() for n in layers}
     model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
     return grads

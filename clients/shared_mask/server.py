@@ -5,7 +5,7 @@ train nested subsets of it (``pruning.subset_masks``). Every round it plans whet
 adjust, checks what clients report for the adjustment, and applies the adjustment to the
 aggregated weights:
 
-- ``pairs`` (FedTiny): every ``adjust_every`` rounds until T_end one scored unit (cycled from the output
+- ``pairs`` (FedTiny): every Delta T rounds until T_end one scored unit (cycled from the output
   end by an adjustment counter) gets K_l = ceil(alpha_t * nnz_l) prune-and-grow steps from the
   clients' top-K gradient pairs at pruned positions;
 - ``local`` (FedDST): clients prune-and-grow locally (their masks differ); the server averages each
@@ -66,13 +66,17 @@ class SharedMaskServer:
 
     def __init__(self, adjust: AdjustMode, cfg: PruningOptions, prunable: Sequence[str],
                  shapes: Mapping[str, tuple[int, ...]], budgets: Sequence[Budget],
-                 cost_model: CostModel, momentum: bool, adjust_until: int) -> None:
+                 cost_model: CostModel, momentum: bool, adjust_until: int,
+                 adjust_every: int | None = None) -> None:
         self.adjust = adjust
         self.cfg = cfg
         self.prunable = list(prunable)
         self.shapes = {n: tuple(s) for n, s in shapes.items()}
         self.sizes = {n: math.prod(s) for n, s in self.shapes.items()}
         self.adjust_until = adjust_until
+        self.adjust_every = adjust_every or cfg.adjust_every or 1
+        #: every adjustment: round, alpha_t and, per layer, K and the positions that changed
+        self.history: list[dict[str, object]] = []
         self.tier_density = {b.density: prunable_density(self.sizes, self.prunable, b.density)
                              for b in budgets}
         self.top_density = max(self.tier_density.values())
@@ -150,7 +154,7 @@ class SharedMaskServer:
 
     # --- adjustment plan --------------------------------------------------------------------
     def is_adjust_round(self, server_round: int) -> bool:
-        return (self.adjust != "fixed" and server_round % self.cfg.adjust_every == 0
+        return (self.adjust != "fixed" and server_round % self.adjust_every == 0
                 and server_round < self.adjust_until)
 
     def plan_round(self, server_round: int) -> AdjustPlan:
@@ -228,6 +232,7 @@ class SharedMaskServer:
                         reports: Sequence[Pairs]) -> dict[str, np.ndarray]:
         """Apply the round's adjustment to the aggregated weights; return the masked weights."""
         out = dict(arrays)
+        before = {n: m.clone() for n, m in self.masks.items()} if self.plan.k else {}
         if self.plan.k and self.adjust == "pairs":
             for name, k in self.plan.k.items():
                 rows = [r[name] for r in reports if name in r]
@@ -240,12 +245,19 @@ class SharedMaskServer:
             counts = {n: int(m.sum()) for n, m in self.masks.items()}
             self.masks = prune_back({n: torch.from_numpy(out[n]) for n in counts}, counts)
             self.adjustments += 1
+        if before:
+            self.history.append({
+                "round": self.plan.server_round, "alpha": round(self.plan.fraction, 6),
+                "k": dict(self.plan.k),
+                # weights regrown (each replacing one pruned), per layer that changed
+                "regrown": {n: int((self.masks[n] & ~m).sum()) for n, m in before.items()
+                            if bool((self.masks[n] & ~m).any())}})
         return self.apply(out)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, object]:
         return {"masks": {n: pack_mask(m) for n, m in self.masks.items()},
-                "adjustments": self.adjustments, "info": self.info}
+                "adjustments": self.adjustments, "info": self.info, "history": self.history}
 
     def restore(self, state: Mapping[str, object]) -> None:
         bits = state["masks"]
@@ -253,3 +265,4 @@ class SharedMaskServer:
         self.masks = {n: unpack_mask(b, self.shapes[n]) for n, b in bits.items()}
         self.adjustments = int(state["adjustments"])  # type: ignore[arg-type]
         self.info = dict(state.get("info", {}))  # type: ignore[call-overload]
+        self.history = list(state.get("history", []))  # type: ignore[call-overload]

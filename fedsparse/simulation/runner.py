@@ -25,7 +25,13 @@ from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
 from fedsparse.data.federation import Federation, build_federation, save_partitions
 from fedsparse.errors import ConfigError, SimulationError
-from fedsparse.experiment import budgets_of, build_method, check_fits_in_memory, method_class
+from fedsparse.experiment import (
+    budgets_of,
+    build_method,
+    check_fits_in_memory,
+    method_class,
+    warmup_epochs,
+)
 from fedsparse.method import ServerSetup
 from fedsparse.models import build_model
 from fedsparse.results import PARTITIONS_FILE, RunRecorder, check_output_dir, new_run_dir
@@ -300,6 +306,9 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "eval_gating": None,  # pFedGate's gating at evaluation (from its summary below)
         "novel_clients": len(method.novel_clients()),
         "evaluation_protocol": method.evaluation_protocol(),
+        # every run of a comparison should share the held-back set and the warm-up
+        "server_set_samples": len(loop.federation.server),
+        "warmup_epochs": warmup_epochs(config),
         "pruning": None,  # a shared-mask method's mask choice and adjustments (below)
         "clock": clock_summary(config, loop),
         "failures": {"clients_failed": outcome.clients_failed,

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -29,13 +29,14 @@ from fedsparse.config import ExperimentConfig
 from fedsparse.costs import ClientRoundCost
 from fedsparse.data.federation import Federation
 from fedsparse.errors import SimulationError
+from fedsparse.experiment import warmup_epochs
 from fedsparse.models import build_model
 from fedsparse.results import RunRecorder, bottom_decile
 from fedsparse.simulation.grid_io import send_and_receive
 from fedsparse.simulation.queries import make_ask
 from fedsparse.strategies import MaskAwareStrategy
 from fedsparse.strategies.validation import PARTITION_KEY, reply_partition
-from fedsparse.training import evaluate
+from fedsparse.training import evaluate, train_local
 from fedsparse.updates import UpdateRejected
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -205,8 +206,26 @@ class ServerLoop:
             self.strategy.checkpoint_state(), self.method.state_dict(),
             experiment_defining(self.config)))
 
+    def warm_up(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Before round 1, whatever the method: train the initial model for
+        ``partition.server_warmup_epochs`` (or the method's default) on the server's held-back set,
+        so every run of a comparison can start from the same warmed-up model."""
+        epochs = warmup_epochs(self.config)
+        if not epochs:
+            return arrays
+        pool = self.federation.pool
+        x, y = pool.tensors(self.federation.server)
+        model = build_model(self.config.model, pool.input_shape, pool.num_classes)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        settings = self.config.train.model_copy(update={"local_epochs": epochs})
+        train_local(model, x, y, settings, torch.Generator().manual_seed(self.config.seed))
+        log(INFO, "server warm-up: %d epochs on %d held-back samples", epochs, len(y))
+        return ArrayRecord(model.state_dict())
+
     def start_method(self, grid: Grid, arrays: ArrayRecord) -> ArrayRecord:
-        """The method's step before round 1 (e.g. FedTiny's warm-up and ABNS query rounds)."""
+        """The server's warm-up, then the method's step before round 1 (e.g. FedTiny's ABNS
+        query rounds)."""
+        arrays = self.warm_up(arrays)
         state = {k: v.numpy() for k, v in arrays.items()}
         ask = make_ask(grid, self.strategy, self.config.simulation.round_timeout)
         started = self.method.start(state, ask)

@@ -27,7 +27,11 @@ def test_fedtiny_selects_by_abns_and_adjusts_nested_tiers(fedtiny_runs):
     losses = pruning["candidate_losses"]
     assert len(losses) == 5 and pruning["chosen"] == losses.index(min(losses))
     assert pruning["adjustments"] == 2  # rounds 1 and 2 (T_end = 3 of 4 rounds)
-    assert pruning["granularity"] == "model" and pruning["warmup_samples"] > 0
+    assert [h["round"] for h in pruning["history"]] == [1, 2] and pruning["adjust_every"] == 1
+    assert all(h["k"] and h["alpha"] > 0 for h in pruning["history"])
+    assert pruning["allocation"] == "erk" and pruning["layer_densities"]
+    assert pruning["granularity"] == "model"
+    assert summary["warmup_epochs"] == 2 and summary["server_set_samples"] > 0
     for row in client_rows(run):
         if row["density"]:
             assert float(row["density"]) <= float(row["budget_density"]) + 1e-9

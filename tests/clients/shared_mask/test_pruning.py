@@ -17,7 +17,9 @@ from fedsparse.clients.shared_mask.pruning import (
     snip_masks,
     subset_masks,
 )
+from fedsparse.config import ModelConfig
 from fedsparse.masks import prunable_weights
+from fedsparse.models import build_model
 
 
 def net() -> nn.Module:
@@ -102,3 +104,52 @@ def test_scoring_units_cycle_from_the_output_end():
 
 def test_adjustment_memory_counts_dense_gradient_and_pairs():
     assert adjustment_memory(["a"], {"a": 100}, {"a": 10}, 0.1) == 100 * 4 + 1 * 8
+
+
+def test_er_and_erk_allocations_match_hand_computed_densities():
+    from fedsparse.clients.shared_mask.pruning import layer_densities
+
+    shapes = {"conv": (8, 4, 3, 3), "fc": (10, 32)}  # 288 and 320 weights
+    # ERK: scores 18/288 and 42/320; scale = 0.2 * 608 / (18 + 42)
+    erk = layer_densities(shapes, 0.2, "erk")
+    assert erk["conv"] == pytest.approx(0.2 * 608 / 60 * 18 / 288)
+    assert erk["fc"] == pytest.approx(0.2 * 608 / 60 * 42 / 320)
+    # ER ignores the kernel: scores 12/32 and 42/320
+    er = layer_densities(shapes, 0.2, "er")
+    assert er["conv"] == pytest.approx(0.2 * 608 / (108 + 42) * 12 / 32)
+    assert layer_densities(shapes, 0.2, "uniform") == {"conv": 0.2, "fc": 0.2}
+    # a layer that would pass 1 stays dense; the others take the rest
+    capped = layer_densities(shapes, 0.9, "erk")
+    assert capped["fc"] == 1.0 and capped["conv"] == pytest.approx((0.9 * 608 - 320) / 288)
+    for allocation in ("er", "erk"):
+        for rho in (0.01, 0.05, 0.3):
+            densities = layer_densities(shapes, rho, allocation)
+            overall = (densities["conv"] * 288 + densities["fc"] * 320) / 608
+            assert overall == pytest.approx(rho, rel=1e-9)
+
+
+def test_erk_keeps_more_of_the_small_output_layer_of_cnn_bn():
+    from fedsparse.clients.shared_mask.pruning import layer_densities, magnitude_masks
+
+    model = build_model(ModelConfig(name="cnn-bn"), (1, 28, 28), 10)
+    params = dict(model.named_parameters())
+    names = prunable_weights(params, keep_first_conv=True)
+    shapes = {n: tuple(params[n].shape) for n in names}
+    erk = layer_densities(shapes, 0.01, "erk")
+    masks = magnitude_masks({n: params[n].detach() for n in names}, erk)
+    kept = {n: int(m.sum()) for n, m in masks.items()}
+    assert kept["classifier.3.weight"] > 5 * round(0.01 * 1280)  # uniform keeps 12 of 1,280
+    total = sum(params[n].numel() for n in names)
+    assert abs(sum(kept.values()) / total - 0.01) <= 0.02 * 0.01
+
+
+def test_the_extra_gradient_batch_leaves_batchnorm_statistics_alone():
+    from fedsparse.clients.shared_mask.pruning import pruned_gradients
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="cnn-bn"), (1, 28, 28), 10)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    x, y = torch.randn(8, 1, 28, 28) * 3 + 1, torch.randint(0, 10, (8,))
+    grads = pruned_gradients(model, x, y, ["features.4.weight"])
+    assert grads["features.4.weight"].abs().sum() > 0
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())

@@ -158,3 +158,12 @@ def test_adjustment_rounds_cost_an_extra_batch_and_the_dense_unit_gradient():
     (name, k), = server.plan.k.items()
     assert server.extra_memory(Budget(0.3)) == server.sizes[name] * 4 + k * 8
     assert server.extra_flops(Budget(0.3)) > 8 * 2 * server.sizes[name]
+
+
+def test_the_schedule_scales_with_the_run():
+    from fedsparse.clients.shared_mask.options import PruningOptions
+
+    default = PruningOptions()
+    assert default.end_round(30) == 22 and default.every(30) == 2  # ~8 adjustments, not 4
+    assert default.every(300) == 28 and default.every(4) == 1
+    assert PruningOptions(adjust_every=5).every(30) == 5
