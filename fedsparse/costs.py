@@ -63,6 +63,10 @@ class ClientRoundCost:
     dense_download_bytes: int
     #: simulated seconds on the client's device (None when the clock is off)
     sim_seconds: float | None = None
+    #: training FLOPs of the Conv2d and Linear weights alone over the uploaded coordinates (the
+    #: counter of the FedTiny / FedPruning papers), and of the dense model
+    conv_linear_flops: float = 0.0
+    dense_conv_linear_flops: float = 0.0
 
 
 class CostModel:

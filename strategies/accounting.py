@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Message
 
 from fedsparse.codec import ByteCounter
-from fedsparse.costs import ClientRoundCost, CostModel
+from fedsparse.costs import BACKWARD_FACTOR, ClientRoundCost, CostModel
 from fedsparse.method import CostContext, Method
 from fedsparse.strategies.validation import ClientUpdate
 
@@ -66,4 +66,7 @@ class CostAccountant:
             activation_bytes=sparse.activation_bytes, upload_bytes=upload,
             download_bytes=down, dense_train_flops=dense.flops,
             dense_memory_bytes=dense.memory_bytes,
-            dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down)
+            dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down,
+            conv_linear_flops=(1 + BACKWARD_FACTOR) * samples * model.multiply_flops_per_sample(kept),
+            dense_conv_linear_flops=(1 + BACKWARD_FACTOR) * samples * model.multiply_flops_per_sample(
+                model.dense_counts()))
