@@ -190,22 +190,30 @@ def gated_scales(g: torch.Tensor, m: torch.Tensor, layout: BlockLayout,
                  ste: str = "full") -> dict[str, torch.Tensor]:
     """Per-parameter scale tensors: 1 on sub0, M'_k = M_k * I_ST_k on gated block k.
 
+    When ``g`` and ``m`` hold one score more per tensor than there are gated blocks (the gate's
+    ``sub0_scores``), those last scores scale each tensor's sub0, as the authors' code scales
+    every block: sub0 is never dropped but it is personalised too.
+
     ``ste="full"`` (the paper): I_ST = I - G.detach() + G, so the forward value is the binary
     pick I while gradients reach G from every block, dropped ones too, which needs the dense
     gradient of the gated weights. ``ste="kept"`` (the authors' code): dropped blocks are 0 with
     no gradient; a kept block is M_k with gradients to G_k and M_k.
     """
+    blocks = layout.num_blocks
+    sub0_weight = m[blocks:] if len(g) > blocks else None
+    g, m = g[:blocks], m[:blocks]
     picks = pick_blocks(g, layout)
     straight_through = picks - g.detach() + g  # forward: I; backward: through G
     block_weight = m * (picks * straight_through if ste == "kept" else straight_through)
     scales = {}
     offset = 0
-    for name, shape, sub0, bounds in zip(layout.names, layout.shapes, layout.sub0, layout.bounds,
-                                         strict=True):
+    for t, (name, shape, sub0, bounds) in enumerate(zip(layout.names, layout.shapes, layout.sub0,
+                                                        layout.bounds, strict=True)):
         k = len(bounds) - 1
         sizes = torch.as_tensor(np.diff(np.asarray(bounds)))
         per_coord = torch.repeat_interleave(block_weight[offset:offset + k], sizes)
-        flat = torch.cat([torch.ones(sub0, dtype=g.dtype), per_coord])
+        head = torch.ones(sub0, dtype=g.dtype) if sub0_weight is None else sub0_weight[t].expand(sub0)
+        flat = torch.cat([head, per_coord])
         scales[name] = flat.view(shape)
         offset += k
     return scales

@@ -76,6 +76,9 @@ class PFedGateOptions(MethodOptions):
     block_fit: int = Field(
         0, ge=0, description="cut tensors into enough blocks that this many fit a group's capacity "
                              "(0: exactly `split` blocks per tensor)")
+    sub0_scaled: bool = Field(False, description="scale each tensor's sub0 by a gate score of its "
+                                                 "own, as the authors' code does (sub0 is never "
+                                                 "dropped, but personalised)")
     ste: Literal["full", "kept"] = Field(
         "full", description="gate gradients from every block (the paper's straight-through "
                             "estimator) or from kept blocks only (the authors' code)")
@@ -164,7 +167,8 @@ class PFedGate(Method):
               partition_id: int) -> GateNet:
         with torch.random.fork_rng():
             torch.manual_seed(private_init_seed(self.run.seed, partition_id))  # same gate whenever created
-            gate = GateNet(input_shape, layout.num_blocks, self.options.weight_head)
+            outputs = layout.num_blocks + (len(layout.names) if self.options.sub0_scaled else 0)
+            gate = GateNet(input_shape, outputs, self.options.weight_head)
         if GATE_KEY in state:
             gate.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state[GATE_KEY].items()})
         return gate

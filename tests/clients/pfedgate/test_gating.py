@@ -175,3 +175,21 @@ def test_blocks_that_fit_fill_the_budget_and_give_the_gate_a_choice():
     assert len(set(picks)) == 3
     g = torch.rand(plain.num_blocks, generator=torch.Generator().manual_seed(0))
     assert sum(kept_from_scales(gated_scales(g, g, plain)).values()) < 0.2 * plain.total
+
+
+def test_sub0_scores_scale_each_sub0_and_receive_gradient():
+    params = _params()
+    layout = make_layout(params, 0.3)
+    tensors = len(layout.names)
+    gate = GateNet((1, 28, 28), layout.num_blocks + tensors)
+    g, m = (t.mean(0) for t in gate(torch.randn(8, 1, 28, 28)))
+    scales = gated_scales(g, m, layout)
+    for t, (name, sub0) in enumerate(zip(layout.names, layout.sub0, strict=True)):
+        head = scales[name].flatten()[:sub0]
+        assert torch.allclose(head, m[layout.num_blocks + t].expand(sub0))
+    # the knapsack still picks among the gated blocks only, within the budget
+    assert sum(kept_from_scales(scales).values()) <= 0.3 * layout.total
+    sum(((p + 1) * scales[n]).sum() for n, p in params.items()).backward()  # + 1: biases start at 0
+    grad = gate.score[0].weight.grad
+    assert all(sub0 > 0 for sub0 in layout.sub0)
+    assert grad[layout.num_blocks:].abs().sum(dim=1).gt(0).all()  # every sub0 score learns

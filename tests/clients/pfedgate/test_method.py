@@ -164,3 +164,15 @@ def test_the_server_bounds_what_a_gated_client_can_upload():
     with pytest.raises(UpdateRejected, match="can touch at most"):
         method.check_upload(Budget(0.1), None, dense, num_examples=20)
     method.check_upload(Budget(1.0), None, dense, num_examples=20)  # the dense tier may
+
+
+def test_a_gate_with_sub0_scores_trains_within_the_budget():
+    method, model = setup(sub0_scaled="true", knapsack="grouped", ste="kept")
+    result = method.fit(make_task(model, make_data(0), 0.3))
+    assert result.metrics["compute-density"] <= 0.3 + 1e-12
+    state = {}
+    method.fit(make_task(model, make_data(0), 0.3, state=state))
+    gate = state[GATE_KEY]
+    outputs = next(v for k, v in gate.items() if k.endswith("score.0.weight")).shape[0]
+    assert outputs > 5 * len(list(model.parameters()))  # gated blocks plus one sub0 score each
+    assert 0 <= method.evaluate(make_task(model, make_data(0), 0.3, state=state))["accuracy"] <= 1
