@@ -30,7 +30,11 @@ from fedsparse.clients.fedtiny.algorithm import (
 )
 from fedsparse.clients.shared_mask import PruningOptions, SharedMask
 from fedsparse.clients.shared_mask.method import adjust_plan, one_batch
-from fedsparse.clients.shared_mask.pruning import pruned_gradients, topk_pruned_gradients
+from fedsparse.clients.shared_mask.pruning import (
+    pruned_gradients,
+    streamed_topk_pruned_gradients,
+    topk_pruned_gradients,
+)
 from fedsparse.clients.shared_mask.server import Pairs, PairsRejected
 from fedsparse.errors import SimulationError
 from fedsparse.masks import Masks, pack_mask, unpack_mask
@@ -150,10 +154,15 @@ class FedTiny(SharedMask):
         plan = adjust_plan(task.config)
         if plan:
             x, y = one_batch(task.data, self.run.train.batch_size, task.generator)
-            grads = pruned_gradients(task.model, x, y, list(plan))
             pruned = self._adjust_masks(task, plan)
-            result.outbox[PAIRS] = encode_pairs(
-                {n: topk_pruned_gradients(grads[n], pruned[n], k) for n, k in plan.items()})
+            rows = [int(r) for r in task.config.get("adjust-rows", [])]
+            if rows:  # streamed: never a dense weight gradient
+                result.outbox[PAIRS] = encode_pairs(streamed_topk_pruned_gradients(
+                    task.model, x, y, plan, pruned, dict(zip(plan, rows, strict=True))))
+            else:
+                grads = pruned_gradients(task.model, x, y, list(plan))
+                result.outbox[PAIRS] = encode_pairs(
+                    {n: topk_pruned_gradients(grads[n], pruned[n], k) for n, k in plan.items()})
         return result
 
     @staticmethod

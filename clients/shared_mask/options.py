@@ -34,9 +34,10 @@ class PruningOptions(MethodOptions):
     adjust_until: int | None = Field(None, ge=1, description="last round that adjusts (T_end); "
                                                              "default 3/4 of the rounds")
     alpha: float = Field(0.1, gt=0.0, le=1.0, description="initial share of a layer adjusted")
-    granularity: Literal["auto", "model", "block", "layer"] = Field(
-        "auto", description="scored unit per adjustment; auto: the coarsest that fits every "
-                            "client's memory budget")
+    granularity: Literal["auto", "model", "block", "layer", "chunk"] = Field(
+        "auto", description="scored unit per adjustment (chunk: one layer, its gradient formed a "
+                            "few rows at a time); auto: the coarsest that fits every client's "
+                            "memory budget, or twice its sparse training memory if it declares none")
 
     def end_round(self, rounds: int) -> int:
         """T_end of progressive pruning: ``adjust_until``, or 3/4 of the run's rounds."""

@@ -149,11 +149,13 @@ def scoring_units(prunable: Sequence[str], granularity: str) -> list[list[str]]:
     """The units adjusted in turn, from the output end backwards.
 
     ``model``: all prunable layers at once; ``block``: layers grouped by their first two
-    name components (a ResNet BasicBlock, one layer of a plain CNN); ``layer``: one each.
+    name components (a ResNet BasicBlock, one layer of a plain CNN); ``layer`` and ``chunk``:
+    one each (``chunk`` also scores a layer a few output rows at a time, never holding its
+    dense gradient: ``streamed_topk_pruned_gradients``).
     """
     if granularity == "model":
         return [list(prunable)]
-    if granularity == "layer":
+    if granularity in ("layer", "chunk"):
         return [[n] for n in reversed(prunable)]
     groups: dict[str, list[str]] = {}
     for name in prunable:
@@ -162,10 +164,12 @@ def scoring_units(prunable: Sequence[str], granularity: str) -> list[list[str]]:
 
 
 def adjustment_memory(unit: Sequence[str], sizes: Mapping[str, int], nnz: Mapping[str, int],
-                      alpha: float) -> int:
+                      alpha: float, chunk: Mapping[str, int] | None = None) -> int:
     """Bytes a client needs on top of sparse training to score ``unit``: the unit's dense
-    gradient plus the largest top-K pair list (K = ceil(alpha * nnz), alpha_t <= alpha)."""
-    dense_grad = sum(sizes[n] for n in unit) * VALUE_BYTES
+    gradient (or, streamed, one chunk of it: ``chunk`` = coordinates per chunk) plus the largest
+    top-K pair list (K = ceil(alpha * nnz), alpha_t <= alpha)."""
+    held = chunk if chunk is not None else sizes
+    dense_grad = sum(held[n] for n in unit) * VALUE_BYTES
     pairs = sum(math.ceil(alpha * nnz[n]) for n in unit) * PAIR_BYTES
     return dense_grad + pairs
 
@@ -243,3 +247,77 @@ def pruned_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
     return grads
+
+
+def chunk_rows(shape: Sequence[int], density: float) -> int:
+    """Output rows per chunk when a layer is scored streamed: about ``density`` of its rows (at
+    least one), so a chunk of the gradient is no larger than the layer's sparse weights."""
+    return max(1, math.floor(density * shape[0]))
+
+
+def streamed_topk_pruned_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                   plan: Mapping[str, int], masks: Mapping[str, torch.Tensor],
+                                   rows: Mapping[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The same reports as ``pruned_gradients`` + ``topk_pruned_gradients``, without ever holding
+    a layer's dense weight gradient: one backward pass gives each scored layer's output gradient
+    (its input is kept from the forward), then the weight gradient is formed ``rows[name]``
+    output rows at a time and merged into a running top-K over the pruned positions. Memory on
+    top of sparse training: one chunk plus K pairs per layer. BatchNorm statistics are left as
+    they were (see ``pruned_gradients``)."""
+    modules = dict(model.named_modules())
+    layers = {name: modules[name.rsplit(".", 1)[0]] for name in plan}
+    inputs: dict[str, torch.Tensor] = {}
+    output_grads: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, layer in layers.items():
+        def keep(_module: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
+            inputs[name] = args[0].detach()
+            out.register_hook(lambda g, name=name: output_grads.__setitem__(name, g.detach()))
+        hooks.append(layer.register_forward_hook(keep))
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    needs = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)  # activation gradients only: no weight gradient is formed
+        model.train()
+        nn.functional.cross_entropy(model(x.clone().requires_grad_(True)), y).backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for n, p in model.named_parameters():
+            p.requires_grad_(needs[n])
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+    return {name: _streamed_topk(layer, inputs[name], output_grads[name], masks[name], plan[name],
+                                 rows[name]) for name, layer in layers.items()}
+
+
+@torch.no_grad()
+def _streamed_topk(layer: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor, mask: torch.Tensor,
+                   k: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    weight = layer.weight
+    per_row = weight[0].numel()
+    best_index = torch.zeros(0, dtype=torch.long)
+    best_value = torch.zeros(0, dtype=weight.dtype)
+    flat_mask = mask.flatten()
+    for r0 in range(0, weight.shape[0], step):
+        r1 = min(weight.shape[0], r0 + step)
+        if isinstance(layer, nn.Linear):
+            chunk = grad_out.reshape(-1, grad_out.shape[-1])[:, r0:r1].T @ inp.reshape(-1, inp.shape[-1])
+        elif isinstance(layer, nn.Conv2d):
+            chunk = torch.nn.grad.conv2d_weight(inp, (r1 - r0, *weight.shape[1:]), grad_out[:, r0:r1],
+                                                layer.stride, layer.padding, layer.dilation, layer.groups)
+        else:
+            raise ValueError(f"streamed scoring knows Linear and Conv2d, not {type(layer).__name__}")
+        offset = r0 * per_row
+        flat = chunk.flatten()
+        pruned = torch.nonzero(~flat_mask[offset:offset + flat.numel()]).flatten()
+        index = torch.cat([best_index, pruned + offset])
+        value = torch.cat([best_value, flat[pruned]])
+        if len(index) > k:
+            top = torch.topk(value.abs(), k, sorted=False).indices
+            index, value = index[top], value[top]
+        best_index, best_value = index, value
+    order = torch.argsort(best_index)
+    return best_index[order].numpy().astype(np.int64), best_value[order].numpy().astype(np.float32)

@@ -31,6 +31,7 @@ from fedsparse.clients.shared_mask.pruning import (
     adjustment_count,
     adjustment_fraction,
     adjustment_memory,
+    chunk_rows,
     layer_count,
     prunable_density,
     prune_and_grow,
@@ -41,7 +42,7 @@ from fedsparse.clients.shared_mask.pruning import (
 from fedsparse.costs import CostModel
 from fedsparse.masks import Masks, pack_mask, unpack_mask
 
-GRANULARITIES = ("model", "block", "layer")
+GRANULARITIES = ("model", "block", "layer", "chunk")
 #: how the mask changes: never (prune-at-init), by the server from clients' top-K gradient pairs
 #: over scored units (FedTiny), or by clients locally with the server pruning back (FedDST)
 AdjustMode = Literal["fixed", "pairs", "local"]
@@ -92,6 +93,10 @@ class SharedMaskServer:
                                for d in self.tier_density}
         self._positions = {layer.weight: layer.positions for layer in cost_model.layers if layer.weight}
         self._top_bits: dict[str, np.ndarray] = {}
+        #: streamed scoring (granularity chunk): output rows, and coordinates, per chunk
+        self.chunk_rows = {n: chunk_rows(self.shapes[n], self.top_density) for n in self.prunable}
+        self.chunk_sizes = {n: self.chunk_rows[n] * (self.sizes[n] // self.shapes[n][0])
+                            for n in self.prunable}
         self.granularity = self._choose_granularity(budgets, cost_model, momentum)
         self.units = scoring_units(self.prunable, self.granularity)
 
@@ -107,30 +112,42 @@ class SharedMaskServer:
 
     def _choose_granularity(self, budgets: Sequence[Budget], cost_model: CostModel,
                             momentum: bool) -> str:
-        """The coarsest scored unit every client's memory budget holds (FedTiny only)."""
+        """The coarsest scored unit every client's memory holds (FedTiny only): its declared
+        ``memory_bytes``, or, when it declares none, twice its sparse training memory (memory
+        first: scoring must not cost a tiny model more than the model itself)."""
         wanted = self.cfg.granularity
         if self.adjust != "pairs":
             return "model"
         # ABNS may give a layer up to 1.5x the target density: size K for that worst case
         nnz = {n: min(self.sizes[n], math.ceil(1.5 * self.top_density * self.sizes[n]))
                for n in self.prunable}
-        limited = [b for b in budgets if b.memory_bytes is not None]
         options = GRANULARITIES if wanted == "auto" else (wanted,)
+        training = {b.density: self.training_memory(b.density, cost_model, momentum) for b in budgets}
+
+        def limit(b: Budget) -> float:
+            if b.memory_bytes is not None:
+                return b.memory_bytes
+            return 2 * training[b.density] if wanted == "auto" else math.inf
+
         for granularity in options:
-            units = scoring_units(self.prunable, granularity)
-            extra = max(adjustment_memory(u, self.sizes, nnz, self.cfg.alpha) for u in units)
-            short = [b for b in limited
-                     if self.training_memory(b.density, cost_model, momentum) + extra > b.memory_bytes]
+            extra = self.scoring_memory(granularity, nnz)
+            short = [b for b in budgets if training[b.density] + extra > limit(b)]
             if not short:
                 return granularity
-        worst = short[0]  # a client the finest unit still does not fit
-        need = self.training_memory(worst.density, cost_model, momentum) + max(
-            adjustment_memory(u, self.sizes, nnz, self.cfg.alpha)
-            for u in scoring_units(self.prunable, options[-1]))
+        if wanted == "auto" and all(b.memory_bytes is None for b in short):
+            return options[-1]  # no declared budget is broken: the finest unit, streamed
+        worst = next(b for b in short if b.memory_bytes is not None)
+        need = training[worst.density] + self.scoring_memory(options[-1], nnz)
         raise ValueError(
             f"a client declaring memory_bytes={worst.memory_bytes or 0:.6g} cannot train density "
             f"{worst.density:g} and score its largest {options[-1]} ({need:.6g} bytes needed): raise "
             "its memory budget, lower its density or choose a finer method.pruning.granularity")
+
+    def scoring_memory(self, granularity: str, nnz: Mapping[str, int]) -> int:
+        """Bytes the largest unit of ``granularity`` needs on top of sparse training."""
+        chunk = self.chunk_sizes if granularity == "chunk" else None
+        return max(adjustment_memory(u, self.sizes, nnz, self.cfg.alpha, chunk)
+                   for u in scoring_units(self.prunable, granularity))
 
     # --- masks --------------------------------------------------------------------------------
     def set_masks(self, masks: Masks) -> None:
@@ -175,7 +192,11 @@ class SharedMaskServer:
     def train_config(self) -> dict[str, list[str] | list[int]]:
         if not self.plan.k:
             return {}
-        return {"adjust-layers": list(self.plan.k), "adjust-k": list(self.plan.k.values())}
+        config: dict[str, list[str] | list[int]] = {
+            "adjust-layers": list(self.plan.k), "adjust-k": list(self.plan.k.values())}
+        if self.granularity == "chunk":
+            config["adjust-rows"] = [self.chunk_rows[n] for n in self.plan.k]
+        return config
 
     def adjust_mask_bits(self, budget: Budget) -> dict[str, np.ndarray]:
         """FedTiny clients below the top tier need the top mask of the scored layers to know
@@ -188,7 +209,8 @@ class SharedMaskServer:
         """Bytes beyond sparse training a client needs this round (0 unless it adjusts)."""
         if not self.plan.k:
             return 0.0
-        dense_grad = sum(self.sizes[n] for n in self.plan.k) * VALUE_BYTES
+        held = self.chunk_sizes if self.granularity == "chunk" and self.adjust == "pairs" else self.sizes
+        dense_grad = sum(held[n] for n in self.plan.k) * VALUE_BYTES
         if self.adjust == "local":
             return float(dense_grad)
         bits = sum(len(b) for b in self.adjust_mask_bits(budget).values())

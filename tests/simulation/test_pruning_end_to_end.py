@@ -30,7 +30,7 @@ def test_fedtiny_selects_by_abns_and_adjusts_nested_tiers(fedtiny_runs):
     assert [h["round"] for h in pruning["history"]] == [1, 2] and pruning["adjust_every"] == 1
     assert all(h["k"] and h["alpha"] > 0 for h in pruning["history"])
     assert pruning["allocation"] == "erk" and pruning["layer_densities"]
-    assert pruning["granularity"] == "model"
+    assert pruning["granularity"] == "chunk"  # no memory budget: memory first, streamed
     assert summary["warmup_epochs"] == 2 and summary["server_set_samples"] > 0
     for row in client_rows(run):
         if row["density"]:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -153,3 +154,30 @@ def test_the_extra_gradient_batch_leaves_batchnorm_statistics_alone():
     grads = pruned_gradients(model, x, y, ["features.4.weight"])
     assert grads["features.4.weight"].abs().sum() > 0
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_streamed_scoring_reports_what_the_dense_gradient_does(step):
+    from fedsparse.clients.shared_mask.pruning import (
+        pruned_gradients,
+        streamed_topk_pruned_gradients,
+        topk_pruned_gradients,
+    )
+
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(name="cnn-bn"), (1, 28, 28), 10)
+    params = dict(model.named_parameters())
+    plan = {"features.4.weight": 40, "classifier.1.weight": 60, "classifier.3.weight": 7}
+    masks = {n: torch.rand(params[n].shape) < 0.1 for n in plan}
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    streamed = streamed_topk_pruned_gradients(model, x, y, plan, masks, {n: step for n in plan})
+    dense = pruned_gradients(model, x, y, list(plan))
+    for name, k in plan.items():
+        index, values = streamed[name]
+        want_index, want_values = topk_pruned_gradients(dense[name], masks[name], k)
+        assert len(index) == k and np.array_equal(index, want_index)
+        assert np.allclose(values, want_values, rtol=1e-4, atol=1e-6)
+        assert not masks[name].flatten()[torch.from_numpy(index)].any()
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+    assert all(p.requires_grad for p in model.parameters())

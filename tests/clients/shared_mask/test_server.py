@@ -111,8 +111,10 @@ def test_nested_tier_masks_and_adjust_mask_only_below_top():
 
 def test_granularity_follows_the_tightest_memory_budget():
     server, _ = make()
-    assert server.granularity == "model"
     base = server.training_memory(0.3, CostModel(net(), (1, 8, 8)), False)
+    # no declared budget: memory first, scoring may at most double the sparse model's memory
+    assert server.granularity == "chunk" and server.scoring_memory("layer", {
+        n: math.ceil(1.5 * server.top_density * server.sizes[n]) for n in server.prunable}) > base
     nnz = {n: math.ceil(1.5 * server.top_density * server.sizes[n]) for n in server.prunable}
     largest_layer = max(adjustment_memory([n], server.sizes, nnz, 0.1) for n in server.prunable)
     assert adjustment_memory(server.prunable, server.sizes, nnz, 0.1) > largest_layer
@@ -120,8 +122,13 @@ def test_granularity_follows_the_tightest_memory_budget():
     assert tight.granularity == "block"  # a plain Sequential: each block is one layer
     roomy = make(budgets=(Budget(0.3, memory_bytes=base + largest_layer), Budget(0.3, memory_bytes=1e9)))
     assert roomy[0].granularity == "block"  # the tightest client decides
-    with pytest.raises(ValueError, match=r"cannot train density 0\.3 and score its largest layer"):
-        make(budgets=(Budget(0.3, memory_bytes=base + largest_layer - 1),))
+    # below the largest layer: its gradient is formed a few rows at a time
+    assert make(budgets=(Budget(0.3, memory_bytes=base + largest_layer - 1),))[0].granularity == "chunk"
+    streamed = server.scoring_memory("chunk", nnz)
+    assert streamed < largest_layer
+    with pytest.raises(ValueError, match=r"cannot train density 0\.3 and score its largest chunk"):
+        make(budgets=(Budget(0.3, memory_bytes=base + streamed - 1),))
+    assert make(granularity="model")[0].granularity == "model"  # asked for, no budget declared
 
 
 def test_feddst_prunes_the_average_back_to_each_layer_count():
