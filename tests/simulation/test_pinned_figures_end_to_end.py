@@ -1,6 +1,7 @@
-"""The method interface changed no result: the shared pFedGate and FedTiny runs (``conftest.py``)
-reproduce the summary figures that the code before it (commit 380bd73) wrote for the same
-arguments and seed.
+"""The method interface changed no result: the shared pFedGate run (``conftest.py``) reproduces
+the summary figures that the code before it (commit 380bd73) wrote for the same arguments and
+seed. (FedTiny's run was pinned too until issue 18 changed its results on purpose: ERK
+allocation, memory-first streamed scoring, BatchNorm statistics left alone by the extra batch.)
 
 On the machine that recorded them the figures are bit-identical (and so were the quickstart,
 magnitude and FedDST runs checked by hand, see the issue note). The tolerances only absorb a
@@ -21,15 +22,6 @@ PINNED = {
         "cost": {"density": 0.3255923058878724, "train_flops_ratio": 0.35388363735837786,
                  "memory_bytes_ratio": 0.6745640785049652, "upload_bytes_ratio": 0.45744698811453266,
                  "download_bytes_ratio": 1.0, "upload_bytes": 27095.5, "download_bytes": 59050.0},
-    },
-    "fedtiny_runs": {
-        "accuracy": {"mean": 0.20467293123543123, "bottom_decile": 0.0, "global": 0.4198473282442748},
-        "cost": {"density": 0.31782841267208495, "train_flops_ratio": 0.35091995451300273,
-                 "memory_bytes_ratio": 0.4902865317631448, "upload_bytes_ratio": 0.4343603452776353,
-                 "download_bytes_ratio": 0.408988098317024, "upload_bytes": 24128.5,
-                 "download_bytes": 21743.75},
-        "pruning": {"chosen": 1, "adjustments": 2, "granularity": "model",
-                    "density_of_prunable": 0.3799831081081081},
     },
 }
 

@@ -40,9 +40,9 @@ def test_fedtiny_selects_by_abns_and_adjusts_nested_tiers(fedtiny_runs):
     assert all(r["updates_rejected"] == 0 for r in records)
 
 
-def test_a_memory_budget_too_small_for_one_layer_fails_at_start(tmp_path):
+def test_a_memory_budget_too_small_for_one_chunk_fails_at_start(tmp_path):
     result = invoke("simulate", "--out", str(tmp_path), *SMALL, "--method", "fedtiny", "--set",
                     "budgets.tiers=[{density: 0.3, memory_bytes: 1000}]")
     assert result.returncode != 0
-    assert "score its largest layer" in result.stderr and "raise its memory budget" in result.stderr
+    assert "score its largest chunk" in result.stderr and "raise its memory budget" in result.stderr
     assert not any(tmp_path.iterdir())
