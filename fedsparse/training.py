@@ -60,7 +60,7 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSe
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
-            if len(batch) < 2 and n >= 2 and _has_batchnorm(model):
+            if len(batch) < 2 and n >= 2 and has_batchnorm(model):
                 continue  # BatchNorm cannot train on a single sample
             if before_batch is not None:
                 before_batch()
@@ -88,7 +88,8 @@ def batch_sizes(n: int, batch_size: int, has_batchnorm: bool) -> list[int]:
     return [s for s in sizes if not (s < 2 and n >= 2 and has_batchnorm)]
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a BatchNorm layer (it cannot train on a single sample)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 

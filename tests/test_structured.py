@@ -38,6 +38,14 @@ def random_keep(graph, share, seed):
             for name, s in graph.spaces.items()}
 
 
+def sliced_and_masked(name, shape, share, seed):
+    """A model, its graph, a random channel set, the sliced submodel and the masked full model."""
+    model, graph = model_and_graph(name, shape)
+    keep = random_keep(graph, share, seed=seed)
+    masked, _ = masked_copy(model, graph, keep)
+    return model, graph, keep, graph.sliced_module(model, keep), masked
+
+
 def masked_copy(model, graph, keep):
     """The full model with every coordinate outside the submodel zeroed."""
     masked = copy.deepcopy(model)
@@ -66,10 +74,7 @@ def test_channel_spaces_follow_the_architecture():
 
 @pytest.mark.parametrize("name,shape", MODELS)
 def test_a_sliced_submodel_computes_what_the_masked_full_model_computes(name, shape):
-    model, graph = model_and_graph(name, shape)
-    keep = random_keep(graph, 0.4, seed=1)
-    small = graph.sliced_module(model, keep)
-    masked, _ = masked_copy(model, graph, keep)
+    model, graph, keep, small, masked = sliced_and_masked(name, shape, 0.4, seed=1)
     x = torch.randn(3, *shape)
     small.eval()
     masked.eval()
@@ -96,10 +101,7 @@ def test_scattering_a_slice_back_restores_exactly_the_kept_coordinates(name, sha
 
 @pytest.mark.parametrize("name,shape", MODELS)
 def test_a_sliced_step_has_the_masked_dense_gradient(name, shape):
-    model, graph = model_and_graph(name, shape)
-    keep = random_keep(graph, 0.5, seed=3)
-    small = graph.sliced_module(model, keep)
-    masked, _ = masked_copy(model, graph, keep)
+    _, graph, keep, small, masked = sliced_and_masked(name, shape, 0.5, seed=3)
     x, y = torch.randn(4, *shape), torch.randint(0, 10, (4,))
     for net in (small, masked):
         net.train()

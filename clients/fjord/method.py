@@ -24,7 +24,7 @@ from fedsparse.costs import BACKWARD_FACTOR, TrainingCost
 from fedsparse.method import ClientTask, CostContext
 from fedsparse.seeding import rng
 from fedsparse.structured import ChannelGraph, channels_at
-from fedsparse.training import batch_sizes, train_local
+from fedsparse.training import batch_sizes, has_batchnorm, train_local
 
 
 class FjORDOptions(WidthOptions):
@@ -82,7 +82,7 @@ class FjORD(WidthMethod):
               ratio: float) -> tuple[float, int]:
         model = OrderedDropout(small, graph)
         widths = self.candidates(ratio)
-        plan = self.batch_plan(len(task.data.y_train), _has_batchnorm(small))
+        plan = self.batch_plan(len(task.data.y_train), has_batchnorm(small))
         order = iter(self.draws(task.partition_id, task.server_round, len(plan), len(widths)))
 
         def sample_width() -> None:
@@ -105,13 +105,9 @@ class FjORD(WidthMethod):
         ratio = self.ratio(budget.density)
         widths = self.candidates(ratio)
         assert self._model is not None
-        plan = self.batch_plan(context.num_examples, _has_batchnorm(self._model))
+        plan = self.batch_plan(context.num_examples, has_batchnorm(self._model))
         draws = self.draws(context.partition_id, context.server_round, len(plan), len(widths))
         per_sample = [self.cost_model(w).forward_flops_per_sample(self.cost_model(w).dense_counts())
                       for w in widths]
         flops = (1 + BACKWARD_FACTOR) * sum(size * per_sample[d] for size, d in zip(plan, draws, strict=True))
         return TrainingCost(float(flops), widest.memory_bytes, widest.activation_bytes), density
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
