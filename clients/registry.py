@@ -1,7 +1,8 @@
 """Find a method by name: built-ins, installed plug-ins, or ``module:Class`` / ``file.py:Class``.
 
 Resolution order for ``--method NAME``:
-1. a built-in name (``fedsparse methods`` lists them);
+1. a built-in name (``fedsparse methods`` lists them), any case; ``fedavg`` (or ``FedAvg``) is
+   an alias of ``dense``, the name people know the dense reference by;
 2. an entry point named NAME in the group ``fedsparse.methods`` (installed plug-ins);
 3. ``package.module:Class`` or ``path/to/file.py:Class``.
 The class must subclass ``fedsparse.method.Method``. Its options are the config section
@@ -10,6 +11,7 @@ The class must subclass ``fedsparse.method.Method``. Its options are the config 
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
 from fedsparse.clients.dense import Dense
@@ -26,13 +28,33 @@ from fedsparse.clients.pfedgate import PFedGate
 from fedsparse.clients.prune_at_init import PruneAtInit
 from fedsparse.errors import ConfigError
 from fedsparse.method import Method
-from fedsparse.plugins import entry_point, installed, load_object
+from fedsparse.plugins import entry_point, entry_point_names, installed, load_object
 
 ENTRY_POINT_GROUP = "fedsparse.methods"
 
 BUILTIN: dict[str, type[Method]] = {cls.name: cls for cls in (
     Dense, FedAvgFT, LocalOnly, Ditto, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST,
     HeteroFL, FjORD, FedRolex)}
+
+
+#: other names of built-in methods
+ALIASES: dict[str, str] = {"fedavg": "dense"}
+
+
+def canonical(name: str) -> str:
+    """The built-in name a user's spelling means (``FedAvg`` -> ``dense``, ``FjORD`` -> ``fjord``);
+    any other name (a plug-in, ``module:Class``) is returned as given."""
+    if ":" in name:
+        return name
+    lower = name.lower()
+    lower = ALIASES.get(lower, lower)
+    return lower if lower in BUILTIN else name
+
+
+def did_you_mean(name: str, names: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for a near miss, else nothing."""
+    close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _checked(name: str, obj: object) -> type[Method]:
@@ -48,13 +70,15 @@ def _checked(name: str, obj: object) -> type[Method]:
 
 def resolve(name: str) -> type[Method]:
     """Turn a method name into its class, or raise a one-line ConfigError."""
-    if name in BUILTIN:
-        return BUILTIN[name]
+    if canonical(name) in BUILTIN:
+        return BUILTIN[canonical(name)]
     obj = entry_point(ENTRY_POINT_GROUP, name, "method")
     if obj is None:
         if ":" not in name:
-            raise ConfigError(f"unknown method '{name}': run 'fedsparse methods' to list names, "
-                              "or pass module:Class or path/to/file.py:Class")
+            known = [*BUILTIN, *ALIASES, *entry_point_names(ENTRY_POINT_GROUP)]
+            raise ConfigError(f"unknown method '{name}'{did_you_mean(name, known)}: run "
+                              "'fedsparse methods' to list names, or pass module:Class or "
+                              "path/to/file.py:Class")
         obj = load_object(name, "method")
     return _checked(name, obj)
 

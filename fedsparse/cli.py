@@ -18,8 +18,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        Console().print(f"fedsparse {version('fedsparse')} (flwr {version('flwr')}, "
+                        f"torch {version('torch')}, ray {version('ray')})", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the versions and exit")] = False,
+) -> None:
     """Federated learning simulation for sparse, budget-constrained clients."""
 
 
@@ -41,16 +53,14 @@ def _results_table(summary: dict[str, Any]) -> Table:
         ("accuracy mean", _fmt(acc.get("mean"))),
         ("accuracy bottom decile", _fmt(acc.get("bottom_decile"))),
         ("accuracy global model", _fmt(acc.get("global"))),
-        *([("accuracy by density", "  ".join(f"{d}: {v:.3f}" for d, v in by_density.items()))]
-          if by_density else []),
+        *((f"accuracy at density {d}", _fmt(v)) for d, v in by_density.items()),
         ("clients failed / updates rejected",
          f"{summary['failures']['clients_failed']} / {summary['failures'].get('updates_rejected', 0)}"),
         ("wall time (s)", f"{summary['wall_seconds']:.1f}"),
-        ("run folder", summary["run_dir"]),
     ]
     cost = summary.get("cost") or {}
     if cost.get("density") is not None:
-        rows[-2:-2] = [
+        rows[-1:-1] = [
             ("density (mean)", _fmt(cost["density"])),
             ("FLOPs / memory vs dense", f"{_fmt(cost['train_flops_ratio'])} / "
                                         f"{_fmt(cost['memory_bytes_ratio'])}"),
@@ -61,7 +71,7 @@ def _results_table(summary: dict[str, Any]) -> Table:
     clock = summary.get("clock")
     if clock:
         reached = clock.get("time_to_target")
-        rows[-2:-2] = [
+        rows[-1:-1] = [
             ("simulated time total (s)", f"{clock['total_seconds']:.1f}"),
             (f"simulated time to {_fmt(clock.get('target_accuracy'))} (s)",
              "not reached" if reached is None else f"{reached:.1f}"),
@@ -134,6 +144,8 @@ def simulate(
             cfg = load_config(resume / "config.yaml")
         else:
             cfg = load_config(config, set_, flags)
+        for note in cfg.notes:
+            console.print(f"note: {note}", highlight=False)
         writer_cls = _tensorboard_writer() if tensorboard else None
         _run_with_progress(cfg, writer_cls, resume)
 
@@ -149,8 +161,8 @@ def report(
     with _user_errors(debug):
         run = load_run(run_dir)
         if run.summary:
-            Console().print(_results_table({**_SUMMARY_DEFAULTS, **run.summary,
-                                            "run_dir": str(run.path)}))
+            Console().print(_results_table({**_SUMMARY_DEFAULTS, **run.summary}))
+            Console().print(f"run folder: {run.path}", highlight=False, soft_wrap=True)
         drawn, skipped = draw_plots(run)
         for name in drawn:
             Console().print(f"plot: {run.path / 'plots' / name}")
@@ -173,21 +185,21 @@ def compare(
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Put runs side by side: one table, a markdown copy, and overlaid accuracy curves."""
-    from fedsparse.report import COMPARE_COLUMNS, compare_rows, load_run, write_comparison
+    from fedsparse.report import compare_stacked, legend_labels, load_run, write_comparison
 
     with _user_errors(debug):
         runs = [load_run(path) for path in run_dirs]
+        header, rows = compare_stacked(runs)
         table = Table(show_header=True, header_style="bold")
-        for name in ("run", *(n for n, _ in COMPARE_COLUMNS)):
-            table.add_column(name)
-        for row in compare_rows(runs):
+        for name in header:
+            table.add_column(name, overflow="fold")
+        for row in rows:
             table.add_row(*row)
-        wide = Console()
-        if not wide.is_terminal:
-            wide = Console(width=220)  # piped or logged: do not squeeze columns into 80
-        wide.print(table)
+        Console().print(table)
+        for i, (label, run) in enumerate(zip(legend_labels(runs), runs, strict=True)):
+            Console().print(f"[{i + 1}] {label}: {run.path}", highlight=False, soft_wrap=True)
         md, png = write_comparison(runs, out)
-        Console().print(f"markdown: {md}\nplot: {png}")
+        Console().print(f"markdown: {md}\nplot: {png}", soft_wrap=True)
 
 
 @app.command("methods")
@@ -272,7 +284,8 @@ def _run_with_progress(cfg: Any, writer_cls: Any = None, resume: Path | None = N
         if writer is not None:
             writer.close()
     Console().print(_results_table(result.summary))
-    Console().print(f"plots: {result.run_dir / 'plots'}")
+    Console().print(f"run folder: {result.run_dir}\nplots: {result.run_dir / 'plots'}",
+                    highlight=False, soft_wrap=True)
 
 
 deploy_app = typer.Typer(no_args_is_help=True, help="Real deployments (Flower SuperLink/SuperNodes).")

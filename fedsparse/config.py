@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from fedsparse.budgets import BudgetTier
 from fedsparse.clock import DeviceProfile
@@ -105,8 +105,9 @@ class MethodConfig(BaseModel):
 
     @model_validator(mode="after")
     def _options(self) -> MethodConfig:
-        from fedsparse.clients.registry import resolve, sections
+        from fedsparse.clients.registry import canonical, resolve, sections
 
+        self.name = canonical(self.name)
         location, sep, attr = self.name.rpartition(":")
         if sep and location.endswith(".py"):  # workers in other folders must find the file too
             self.name = f"{Path(location).expanduser().resolve()}:{attr}"
@@ -182,7 +183,13 @@ class StrategyConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    every: int = Field(5, ge=1, description="evaluate all clients every this many rounds")
+    """Every ``every`` rounds a seeded ``fraction`` of the clients evaluates (a curve for the
+    price of a training round); the final round evaluates every client (the reported figures)."""
+
+    every: int = Field(1, ge=1, description="evaluate every this many rounds")
+    fraction: float = Field(0.2, gt=0.0, le=1.0,
+                            description="share of clients evaluated between the first and the "
+                                        "final round (1.0: all)")
     final: bool = True
     global_model: bool = True
     batch_size: int = Field(512, ge=1)
@@ -211,7 +218,7 @@ class SimulationConfig(_Strict):
 
 class OutputConfig(_Strict):
     dir: Path = Path("runs")
-    name: str = "quickstart"
+    name: str | None = Field(None, description="run-folder prefix; default: method-dataset")
 
 
 class ExperimentConfig(_Strict):
@@ -230,6 +237,26 @@ class ExperimentConfig(_Strict):
     simulation: SimulationConfig = SimulationConfig()
     clock: ClockConfig = ClockConfig()
     output: OutputConfig = OutputConfig()
+    #: what validation changed in the user's words (a strategy mapped to its mask-aware twin)
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        return self._notes
+
+    @model_validator(mode="after")
+    def _strategy_for_method(self) -> ExperimentConfig:
+        """Flower's names in any case; for a method with sparse updates, a dense strategy
+        that has a mask-aware counterpart means that counterpart (and says so)."""
+        from fedsparse.clients.registry import resolve
+        from fedsparse.strategies.registry import canonical
+
+        name, note = canonical(self.strategy.name, resolve(self.method.name).sparse_updates)
+        if name != self.strategy.name:
+            self.strategy.name = name
+        if note:
+            self._notes.append(note)
+        return self
 
     @model_validator(mode="after")
     def _feasible(self) -> ExperimentConfig:
@@ -238,6 +265,13 @@ class ExperimentConfig(_Strict):
                              f"{self.clients_per_round} clients sampled per round: lower it or "
                              "raise --fraction")
         return self
+
+    @property
+    def eval_clients(self) -> int | None:
+        """Clients evaluated at an intermediate evaluation round (None: all of them)."""
+        if self.eval.fraction >= 1.0:
+            return None
+        return max(1, round(self.eval.fraction * self.num_clients))
 
     @property
     def clients_per_round(self) -> int:

@@ -35,8 +35,9 @@ def _series(rounds: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list
 
 
 def accuracy_curves(rounds: Sequence[dict[str, Any]], path: Path, title: str = "") -> int:
-    """Mean and bottom-decile client accuracy (and the global model's) per evaluated round."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Left: mean and bottom-decile client accuracy (and the global model's) per evaluated
+    round. Right: the clients' training loss per round and their test loss when evaluated."""
+    fig, (ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
     drawn = 0
     for key, label, style in (("accuracy_mean", "mean over clients", "-o"),
                               ("accuracy_bottom_decile", "bottom decile", "-s"),
@@ -45,10 +46,19 @@ def accuracy_curves(rounds: Sequence[dict[str, Any]], path: Path, title: str = "
         if x:
             ax.plot(x, y, style, label=label, markersize=4)
             drawn += 1
+    for key, label, style in (("train_loss", "training loss (sampled clients)", "-"),
+                              ("loss_mean", "test loss (evaluated clients)", "-o")):
+        x, y = _series(rounds, key)
+        if x:
+            loss_ax.plot(x, y, style, label=label, markersize=4)
+            drawn += 1
     ax.set(xlabel="round", ylabel="accuracy", title=title or "accuracy per round", ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend()
+    loss_ax.set(xlabel="round", ylabel="loss", title="loss per round")
+    for axis in (ax, loss_ax):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     _save(fig, path)
     return drawn
 
@@ -152,6 +162,8 @@ def overlaid_accuracy(runs: dict[str, Sequence[dict[str, Any]]], path: Path,
                 drawn += 1
     xlabel = "simulated device time (minutes)" if against == "sim_seconds" else "round"
     ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(0, 1), title=f"accuracy against {xlabel}")
+    if against == "round":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=7)

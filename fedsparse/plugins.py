@@ -69,6 +69,11 @@ def entry_point(group: str, name: str, kind: str) -> Any | None:
     return None
 
 
+def entry_point_names(group: str) -> list[str]:
+    """Names of the installed entry points of ``group`` (none is loaded)."""
+    return [ep.name for ep in entry_points(group=group)]
+
+
 def installed(group: str) -> list[tuple[str, str, Any]]:
     """(name, target, loaded object or the exception loading raised) of every entry point."""
     rows = []

@@ -122,14 +122,30 @@ def compare_markdown(runs: list[RunData]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def legend_labels(runs: list[RunData]) -> list[str]:
+    """What each run is (``method / strategy``), with the folder name added only where two
+    runs would read the same."""
+    base = [f"{r.summary.get('method', '?')} / {r.summary.get('strategy', '?')}" for r in runs]
+    return [f"{b} ({r.name})" if base.count(b) > 1 else b for b, r in zip(base, runs, strict=True)]
+
+
+def compare_stacked(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
+    """The comparison turned on its side for a terminal: one row per figure, one column per
+    run (headed by its number; ``legend_labels`` says which is which)."""
+    header = ["", *(f"[{i + 1}]" for i in range(len(runs)))]
+    rows = [[name, *(_cell(get(run.summary)) for run in runs)] for name, get in COMPARE_COLUMNS]
+    return header, rows
+
+
 def write_comparison(runs: list[RunData], out: Path) -> tuple[Path, Path]:
     """compare.md and compare_accuracy.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     table = out / "compare.md"
     table.write_text(compare_markdown(runs))
     figure = out / "compare_accuracy.png"
-    plots.overlaid_accuracy({run.name: run.rounds for run in runs}, figure)
+    curves = {label: run.rounds for label, run in zip(legend_labels(runs), runs, strict=True)}
+    plots.overlaid_accuracy(curves, figure)
     if all(any("sim_seconds" in r for r in run.rounds) for run in runs):
-        plots.overlaid_accuracy({run.name: run.rounds for run in runs},
+        plots.overlaid_accuracy(curves,
                                 out / "compare_accuracy_vs_time.png", against="sim_seconds")
     return table, figure

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -41,10 +42,19 @@ def check_output_dir(folder: Path) -> None:
         raise ConfigError(f"--out {folder} is not writable: name a folder you can write to")
 
 
+def run_name(config: ExperimentConfig) -> str:
+    """``output.name``, or what the run is: ``<method>-<dataset>`` (a plug-in by its class name),
+    so folders built from flags say what they hold."""
+    if config.output.name:
+        return config.output.name
+    method = config.method.name.rpartition(":")[2] or config.method.name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{method}-{config.data.dataset}").lower()
+
+
 def new_run_dir(config: ExperimentConfig, now: datetime | None = None) -> Path:
     """``<output.dir>/<name>-<timestamp>``, made unique if two runs start in the same second."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    base = Path(config.output.dir) / f"{config.output.name}-{stamp}"
+    base = Path(config.output.dir) / f"{run_name(config)}-{stamp}"
     candidate, n = base, 1
     while candidate.exists():
         candidate = base.with_name(f"{base.name}-{n}")

@@ -24,3 +24,13 @@ def sample_clients(seed: int, server_round: int, partitions: Iterable[int], want
     draw = rng(seed, "sampling", server_round)
     return sorted(int(p) for p in draw.choice(np.array(candidates, dtype=np.int64), size=k,
                                               replace=False))
+
+
+def evaluation_sample(seed: int, server_round: int, partitions: Iterable[int], wanted: int
+                      ) -> list[int]:
+    """A seeded sample of ``wanted`` partitions (sorted) for an intermediate evaluation round:
+    its own stream, so evaluating fewer clients changes no training draw."""
+    candidates = np.array(list(partitions), dtype=np.int64)
+    k = min(max(1, wanted), len(candidates))
+    draw = rng(seed, "evaluation", server_round)
+    return sorted(int(p) for p in draw.choice(candidates, size=k, replace=False))

@@ -20,6 +20,7 @@ STREAMS: dict[str, int] = {
     "availability": 29,       # the clock's online clients, keyed by round and client
     "candidates": 31,         # FedTiny's candidate per-layer densities
     "widths": 37,             # FjORD's per-batch widths, keyed by round and client
+    "evaluation": 41,         # clients evaluated at an intermediate round, keyed by round
 }
 
 

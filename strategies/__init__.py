@@ -11,7 +11,15 @@ from fedsparse.errors import ConfigError
 from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy, StrategyContext
 from fedsparse.strategies.fedavg import FedAvg
 from fedsparse.strategies.masked_fedavg import MaskedFedAvg
-from fedsparse.strategies.registry import BUILTIN, StrategySpec, available, instantiate, resolve
+from fedsparse.strategies.registry import (
+    BUILTIN,
+    StrategySpec,
+    available,
+    canonical,
+    counterpart_hint,
+    instantiate,
+    resolve,
+)
 
 
 def check_strategy(config: ExperimentConfig, sparse_updates: bool) -> StrategySpec:
@@ -20,7 +28,7 @@ def check_strategy(config: ExperimentConfig, sparse_updates: bool) -> StrategySp
     spec = resolve(config.strategy.name)
     if sparse_updates and not spec.accepts_sparse:
         raise ConfigError(f"strategy '{spec.name}' cannot aggregate the sparse updates of method "
-                          f"'{config.method.name}': use --strategy masked-fedavg")
+                          f"'{config.method.name}': use --strategy {counterpart_hint(spec.name)}")
     return spec
 
 
@@ -30,4 +38,5 @@ def build_strategy(config: ExperimentConfig, context: StrategyContext) -> MaskAw
 
 
 __all__ = ["BUILTIN", "ClientUpdate", "FedAvg", "MaskAwareStrategy", "MaskedFedAvg",
-           "StrategyContext", "StrategySpec", "available", "build_strategy", "check_strategy"]
+           "StrategyContext", "StrategySpec", "available", "build_strategy", "canonical",
+           "check_strategy"]

@@ -27,7 +27,7 @@ from fedsparse.budgets import Budget, over_budget
 from fedsparse.clock import ClockSettings, RoundTiming, client_seconds, settle_round
 from fedsparse.costs import ClientRoundCost, CostModel
 from fedsparse.method import Method
-from fedsparse.sampling import sample_clients
+from fedsparse.sampling import evaluation_sample, sample_clients
 from fedsparse.strategies.accounting import CostAccountant
 from fedsparse.strategies.messages import MessageBuilder
 from fedsparse.strategies.validation import (
@@ -79,6 +79,10 @@ class StrategyContext:
     local_epochs: int = 1
     #: the simulated device clock (None: off)
     clock: ClockSettings | None = None
+    #: clients evaluated at an intermediate evaluation round (None: every client)
+    eval_clients: int | None = None
+    #: the run's last round, where every client is evaluated whatever ``eval_clients`` says
+    final_round: int | None = None
 
 
 class MaskAwareStrategy(FlowerFedAvg):
@@ -156,8 +160,13 @@ class MaskAwareStrategy(FlowerFedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Every client evaluates the model it would deploy; none is skipped."""
-        return self.messages.build(list(self.node_of), self.node_of, arrays, config, server_round,
+        """Clients evaluate the model they would deploy: every client at the final round, a
+        seeded sample of ``context.eval_clients`` at the rounds between (a cheap curve)."""
+        partitions = list(self.node_of)
+        wanted = self.context.eval_clients
+        if wanted is not None and server_round != self.context.final_round:
+            partitions = evaluation_sample(self.context.seed, server_round, partitions, wanted)
+        return self.messages.build(partitions, self.node_of, arrays, config, server_round,
                                    MessageType.EVALUATE)
 
     # --- replies --------------------------------------------------------------------------------

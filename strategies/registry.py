@@ -2,7 +2,9 @@
 
 Resolution order for ``--strategy NAME``:
 1. a built-in fedsparse name (``fedsparse strategies`` lists them);
-2. a Flower strategy name (``fedprox``, ``fedadam``, ``krum``...), dense runs only;
+2. a Flower strategy name in any case (``FedProx``, ``FedAdam``, ``Krum``...), dense runs only:
+   with a method whose updates are sparse, a Flower name that has a mask-aware counterpart
+   means that counterpart (``FedAdam`` -> ``masked-fedadam``, ``FedMedian`` -> ``masked-median``);
 3. an entry point named NAME in the group ``fedsparse.strategies`` (installed plug-ins);
 4. ``package.module:Class`` or ``path/to/file.py:Class``.
 The class must subclass ``fedsparse.strategies.MaskAwareStrategy`` (then it receives the
@@ -12,6 +14,7 @@ validated sparse updates) or Flower's ``Strategy`` (then it runs dense updates o
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +23,7 @@ from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import Strategy
 
 from fedsparse.errors import ConfigError
-from fedsparse.plugins import entry_point, first_line, installed, load_object
+from fedsparse.plugins import entry_point, entry_point_names, first_line, installed, load_object
 from fedsparse.strategies.base import MaskAwareStrategy, StrategyContext
 from fedsparse.strategies.fedavg import FedAvg
 from fedsparse.strategies.flower_adapter import FlowerStrategy
@@ -52,6 +55,33 @@ FLOWER: dict[str, str] = {
     "fedtrimmedavg": "FedTrimmedAvg", "krum": "Krum", "multikrum": "MultiKrum", "bulyan": "Bulyan",
 }
 
+#: a strategy that averages dense models -> the mask-aware strategy doing the same per coordinate
+MASKED_COUNTERPART: dict[str, str] = {
+    "fedavg": "masked-fedavg", "flwr-fedavg": "masked-fedavg", "fedavgm": "masked-fedavgm",
+    "fedadam": "masked-fedadam", "fedyogi": "masked-fedyogi", "fedmedian": "masked-median",
+    "fedtrimmedavg": "masked-trimmed-mean",
+}
+
+
+def canonical(name: str, sparse_updates: bool) -> tuple[str, str | None]:
+    """The registered name a user's spelling means for a method whose uploads are
+    (``sparse_updates``) or are not sparse, and a note when the name was mapped to a mask-aware
+    counterpart. Plug-in names and ``module:Class`` are returned as given."""
+    lower = name.lower()
+    if ":" in name or (lower not in BUILTIN and lower not in FLOWER):
+        return name, None
+    if sparse_updates and lower in MASKED_COUNTERPART:
+        target = MASKED_COUNTERPART[lower]
+        return target, (f"strategy '{name}' runs as '{target}', its mask-aware counterpart: the "
+                        "method's updates are sparse")
+    return lower, None
+
+
+def counterpart_hint(name: str) -> str:
+    """What to use instead of a dense-only strategy for sparse updates."""
+    return MASKED_COUNTERPART.get(name.lower(), "masked-fedavg (or masked-median, "
+                                                "masked-trimmed-mean for robustness)")
+
 
 @dataclass(frozen=True)
 class StrategySpec:
@@ -68,6 +98,7 @@ class StrategySpec:
 
 def resolve(name: str) -> StrategySpec:
     """Turn a strategy name into a class, or raise a one-line ConfigError."""
+    name, _ = canonical(name, sparse_updates=False)
     if name in BUILTIN:
         return StrategySpec(name, BUILTIN[name], flower=False)
     if name in FLOWER:
@@ -75,8 +106,11 @@ def resolve(name: str) -> StrategySpec:
     obj = entry_point(ENTRY_POINT_GROUP, name, "strategy")
     if obj is None:
         if ":" not in name:
-            raise ConfigError(f"unknown strategy '{name}': run 'fedsparse strategies' to list "
-                              "names, or pass module:Class or path/to/file.py:Class")
+            known = [*BUILTIN, *FLOWER, *entry_point_names(ENTRY_POINT_GROUP)]
+            close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown strategy '{name}'{hint}: run 'fedsparse strategies' to "
+                              "list names, or pass module:Class or path/to/file.py:Class")
         obj = load_object(name, "strategy")
     if inspect.isclass(obj) and issubclass(obj, MaskAwareStrategy):
         return StrategySpec(name, obj, flower=False)

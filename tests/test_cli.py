@@ -35,7 +35,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         (["--budgets", "0:1"], "--budgets"),
         (["--clients", "10", "--set", "simulation.min_clients=5"], "exceeds the 1 clients sampled"),
         (["--dataset", "fashion-mnist", "--data-dir", "/tmp"], "lacks train-images-idx3-ubyte"),
-        (["--method", "magnitude", "--strategy", "fedavg", "--budgets", "0.3:1"],
+        (["--method", "magnitude", "--strategy", "krum", "--budgets", "0.3:1"],
          "cannot aggregate the sparse updates"),
         (["--method", "magnitude", "--strategy", "masked-fedavg", "--budgets", "0.001:1"],
          "biases and norm layers alone"),
@@ -80,6 +80,12 @@ def test_bad_flag_type_is_a_usage_error(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("simulate", "--out", str(tmp_path), "--set", "roundz=3", "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_version_names_the_stack():
+    result = invoke("--version")
+    assert result.returncode == 0 and result.stdout.startswith("fedsparse 0.")
+    assert "flwr 1.42" in result.stdout
 
 
 def test_help_lists_the_flags():

@@ -1,13 +1,20 @@
 """Report and compare on run folders, including ones written by earlier versions."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from fedsparse.errors import FedsparseError
-from fedsparse.report import compare_markdown, draw_plots, load_run, write_comparison
+from fedsparse.report import (
+    compare_markdown,
+    draw_plots,
+    legend_labels,
+    load_run,
+    write_comparison,
+)
 
 from .test_plots import CLIENTS, ROUNDS
 
@@ -36,7 +43,7 @@ def write_run(folder, method="magnitude", with_costs=True, old=False):
 def test_full_run_draws_every_plot(tmp_path):
     run = load_run(write_run(tmp_path / "r"))
     drawn, skipped = draw_plots(run)
-    assert drawn == {"accuracy.png": 3, "clients_vs_budget.png": 3, "costs.png": 6,
+    assert drawn == {"accuracy.png": 5, "clients_vs_budget.png": 3, "costs.png": 6,
                      "layer_density.png": 1}
     assert not skipped and not run.missing
     assert all((run.path / "plots" / name).is_file() for name in drawn)
@@ -66,6 +73,22 @@ def test_compare_table_markdown_and_curves(tmp_path):
     assert len(lines) == 4 and lines[2].startswith("| a | magnitude | masked-fedavg | 0.6000")
     table, figure = write_comparison(runs, tmp_path / "cmp")
     assert table.read_text() == md and figure.is_file()
+
+
+def test_compare_names_runs_by_what_they_ran_and_fits_80_columns(tmp_path):
+    """Legends read method / strategy (the folder only where two runs would read the same);
+    the terminal table stacks figures by rows so 80 columns show whole numbers."""
+    runs = [load_run(write_run(tmp_path / "a")), load_run(write_run(tmp_path / "b")),
+            load_run(write_run(tmp_path / "c", method="dense"))]
+    labels = legend_labels(runs)
+    assert labels[0] == "magnitude / masked-fedavg (a)" and labels[2].startswith("dense / ")
+    result = subprocess.run([sys.executable, "-m", "fedsparse.cli", "compare",
+                             *(str(tmp_path / n) for n in "abc"), "--out", str(tmp_path / "cmp")],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert "0.6000" in result.stdout and "…" not in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines() if "│" in line) <= 80
+    assert f"[3] {labels[2]}: {tmp_path / 'c'}" in result.stdout.replace("\n", "")
 
 
 def test_compare_rejects_a_folder_that_is_not_a_run(tmp_path):

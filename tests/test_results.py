@@ -13,11 +13,18 @@ def test_bottom_decile_is_the_floor_n_over_10_th_worst():
     assert math.isnan(bottom_decile([]))
 
 
+def test_runs_are_named_by_what_they_run_unless_named(tmp_path):
+    flags = {"method.name": "fedtiny", "data.dataset": "fashion-mnist", "output.dir": str(tmp_path)}
+    assert new_run_dir(load_config(None, None, flags)).name.startswith("fedtiny-fashion-mnist-")
+    named = load_config(None, [f"output.dir={tmp_path}", "output.name=mine"])
+    assert new_run_dir(named).name.startswith("mine-")
+
+
 def test_recorder_writes_durable_files(tmp_path):
     cfg = load_config(None, [f"output.dir={tmp_path}"])
     run_dir = new_run_dir(cfg)
     again = new_run_dir(cfg)
-    assert run_dir != again and run_dir.name.startswith("quickstart-")
+    assert run_dir != again and run_dir.name.startswith("pfedgate-synthetic-")
     rec = RunRecorder(run_dir, cfg)
     rec.log_round({"round": 1, "train_loss": 0.5})
     rec.log_round({"round": 2, "train_loss": 0.4})

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsparse.budgets import DECLARED_BUDGET, declared_budget_fields
@@ -36,6 +36,8 @@ from fedsparse.updates import template_of
 
 #: the message type of a method's query rounds; the action travels in the config
 METHOD_QUERY = "method"
+#: where a deployed node keeps its partition between messages (not the method's state)
+SPLIT_STATE = "fedsparse.split"
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,23 @@ class ClientRuntime:
             return _local_partitions(self.config.model_dump_json())[partition_id]
         return _partitions(str(self.partitions_path), self.config.num_clients)[partition_id]
 
-    def data(self, partition_id: int) -> LocalData:
-        pool = cached_pool(self.config)
+    def node_split(self, partition_id: int, context: Context) -> ClientSplit:
+        """A deployed node partitions once per run and keeps its own split in its Flower state:
+        each ClientApp message starts a fresh process, and partitioning anew (flwr-datasets'
+        import alone) costs seconds of every message."""
+        if self.partitions_path is not None:
+            return self.split(partition_id)
+        kept = context.state.array_records.get(SPLIT_STATE)
+        if kept is not None:
+            return ClientSplit(**{name: array.numpy() for name, array in kept.items()})
         split = self.split(partition_id)
+        context.state[SPLIT_STATE] = ArrayRecord(
+            {name: Array(getattr(split, name)) for name in ("train", "val", "test")})
+        return split
+
+    def data(self, partition_id: int, split: ClientSplit | None = None) -> LocalData:
+        pool = cached_pool(self.config)
+        split = split if split is not None else self.split(partition_id)
         x_tr, y_tr = pool.tensors(split.train)
         x_va, y_va = pool.tensors(split.val)
         x_te, y_te = pool.tensors(split.test)
@@ -93,7 +109,8 @@ def _partition_id(context: Context) -> int:
 
 def _private_state(context: Context) -> dict[str, dict]:
     """The node's persistent state as the method sees it (name -> arrays)."""
-    return {name: from_record(record) for name, record in context.state.array_records.items()}
+    return {name: from_record(record) for name, record in context.state.array_records.items()
+            if name != SPLIT_STATE}
 
 
 def _keep_private_state(context: Context, state: ClientState) -> None:
@@ -102,12 +119,14 @@ def _keep_private_state(context: Context, state: ClientState) -> None:
 
 
 def _task(runtime: ClientRuntime, msg: Message, pid: int, stream_round: int,
-          state: ClientState) -> ClientTask:
+          context: Context) -> ClientTask:
     """The method's view of a message: model, masks, data, seeded generator, config, records."""
+    state = _private_state(context)
+    data = runtime.data(pid, runtime.node_split(pid, context))
     model, masks = runtime.model(msg.content["arrays"])
     config = dict(msg.content["config"])
     generator = torch.Generator().manual_seed(client_seed(runtime.config.seed, stream_round, pid))
-    return ClientTask(model=model, masks=masks, data=runtime.data(pid), generator=generator,
+    return ClientTask(model=model, masks=masks, data=data, generator=generator,
                       partition_id=pid, server_round=int(config.get("server-round", 0)),
                       budget_density=float(config.get("budget-density", 1.0)), config=config,
                       inbox=unpack_records(msg.content, skip={"arrays"}), state=state)
@@ -171,7 +190,7 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         its ``--node-config`` declares one, its budget."""
         runtime, _ = setup(context)
         pid = _partition_id(context)
-        split = runtime.split(pid)
+        split = runtime.node_split(pid, context)
         metrics = MetricRecord({PARTITION_KEY: pid, "num-train": len(split.train),
                                 "num-test": len(split.test)})
         content = RecordDict({"metrics": metrics})
@@ -187,7 +206,7 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         server_round = int(msg.content["config"]["server-round"])
         fault = _maybe_fail(runtime.config, server_round, pid)
         restore(context, pid)
-        task = _task(runtime, msg, pid, server_round, _private_state(context))
+        task = _task(runtime, msg, pid, server_round, context)
         torch.manual_seed(client_seed(runtime.config.seed, server_round, pid))
         received = {n: p.detach().clone() for n, p in task.model.named_parameters()} \
             if fault == "byzantine" else {}
@@ -209,7 +228,7 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         """A method's own query round (e.g. FedTiny's adaptive BN selection)."""
         runtime, method = setup(context)
         pid = _partition_id(context)
-        task = _task(runtime, msg, pid, 0, _private_state(context))
+        task = _task(runtime, msg, pid, 0, context)
         records, metrics = method.answer(str(task.config["action"]), task)
         content = RecordDict({**pack_records(records),
                               "metrics": MetricRecord({**metrics, PARTITION_KEY: pid})})
@@ -221,7 +240,7 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         pid = _partition_id(context)
         server_round = int(msg.content["config"]["server-round"])
         restore(context, pid)
-        task = _task(runtime, msg, pid, -server_round, _private_state(context))
+        task = _task(runtime, msg, pid, -server_round, context)
         metrics = method.evaluate(task)
         _keep_private_state(context, task.state)
         persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)

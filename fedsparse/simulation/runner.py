@@ -218,7 +218,8 @@ def strategy_context(config: ExperimentConfig, federation: Federation,
         cost_model=cost_model, template=template_of(model.state_dict()),
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
         method=method, train_sizes=[len(c.train) for c in federation.clients],
-        local_epochs=config.train.local_epochs, clock=clock_settings(config, budgets))
+        local_epochs=config.train.local_epochs, clock=clock_settings(config, budgets),
+        eval_clients=config.eval_clients, final_round=config.rounds)
 
 
 def clock_settings(config: ExperimentConfig, budgets: list[Budget]) -> ClockSettings | None:

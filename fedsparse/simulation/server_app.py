@@ -284,7 +284,8 @@ class ServerLoop:
         return record, new_arrays if new_arrays is not None else arrays
 
     def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
-        """Every client evaluates its deployed model; the server scores the global model."""
+        """Clients evaluate their deployed models (all of them at the final round, a seeded sample
+        before: ``eval.fraction``); the server scores the global model."""
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         # not abandoned on a stop: the round's training already changed the strategy's and the
         # method's state, so the round finishes (and is recorded) before the loop stops
@@ -334,7 +335,8 @@ class ServerLoop:
         self.recorder.write_clients(rows)
         self.recorder.write_layers(self.layer_densities())
         return {"accuracy_mean": accuracy["mean"], "accuracy_bottom_decile": accuracy["bottom_decile"],
-                "accuracy_global": accuracy["global"], "clients_evaluated": len(rows),
+                "accuracy_global": accuracy["global"], "loss_mean": _mean([r["loss"] for r in rows]),
+                "clients_evaluated": len(rows),
                 "eval_failed": len(messages) - len(rows) - rejected, "eval_rejected": rejected}
 
     def evaluation_row(self, reply: Message, novel: frozenset[int]) -> dict[str, Any]:

@@ -26,11 +26,16 @@ def test_local_training_federates_nothing_and_is_charged_dense(tmp_path):
 
 
 def test_local_needs_a_mask_aware_strategy(tmp_path):
+    """Its updates are empty (sparse): a dense-only strategy is refused, and FedAvg by name
+    runs as its mask-aware counterpart, saying so."""
     from tests.simulation.inprocess import invoke_here
 
     result = invoke_here("simulate", "--out", str(tmp_path), *SMALL, "--method", "local",
-                         "--strategy", "fedavg")
+                         "--strategy", "krum")
     assert result.exit_code == 2 and "use --strategy masked-fedavg" in result.stderr
+    result = invoke_here("simulate", "--out", str(tmp_path), *SMALL, "--method", "local",
+                         "--strategy", "FedAvg")
+    assert result.exit_code == 0 and "runs as 'masked-fedavg'" in result.stderr
 
 
 def test_ditto_evaluates_personal_models_and_pays_for_them(tmp_path):

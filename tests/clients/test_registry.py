@@ -54,6 +54,7 @@ def test_plugin_by_path_module_and_entry_point(tmp_path, monkeypatch):
     ("sets", "needle"),
     [
         (["method.name=nope"], "unknown method 'nope'"),
+        (["method.name=fedtinny"], "did you mean 'fedtiny'"),
         (["method.name=json:dumps"], "not a concrete subclass"),
         (["method.name=fedsparse.method:Method"], "abstract"),
         (["method.name=/nonexistent/m.py:X"], "not found"),
@@ -67,6 +68,12 @@ def test_bad_methods_and_options_are_one_line_errors(sets, needle):
     with pytest.raises(ConfigError, match=None) as err:
         load_config(None, sets)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("FedAvg", "dense"), ("fedavg", "dense"),
+                                              ("FjORD", "fjord"), ("pFedGate", "pfedgate")])
+def test_method_names_in_any_case_and_fedavg_as_dense(name, expected):
+    assert load_config(None, [f"method.name={name}"]).method.name == expected
 
 
 def test_other_methods_sections_stay_valid_when_switching_methods():

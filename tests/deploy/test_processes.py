@@ -27,9 +27,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DENSITIES = [0.1, 0.3, 1.0]
+#: the TLS deployment runs two registered nodes (and a stranger): the CPU both deployments share
+#: is what a deployed round costs here
+TLS_DENSITIES = [0.1, 1.0]
 #: one round: every ClientApp message starts a Python process on each node, so each round costs
 #: seconds of imports; one round shows the whole path (handshake, training, evaluation)
-RUN_CONFIG = 'set="num_clients=3;rounds=1;fraction=1.0;simulation.min_clients=1" out="{out}"'
+RUN_CONFIG = 'set="num_clients={n};rounds=1;fraction=1.0;simulation.min_clients=1" out="{out}"'
 
 
 def free_port() -> int:
@@ -92,14 +95,14 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> Non
     raise AssertionError(f"nothing listens on {port}")
 
 
-def launch_app(deployment: Processes, out: Path) -> subprocess.Popen:
+def launch_app(deployment: Processes, out: Path, nodes: int) -> subprocess.Popen:
     """``flwr run .`` against the deployment's SuperLink, in the background."""
     return subprocess.Popen([str(BIN / "flwr"), "run", ".", "fedsparse", "--run-config",
-                             RUN_CONFIG.format(out=out), "--stream"], env=deployment.env, cwd=ROOT,
+                             RUN_CONFIG.format(n=nodes, out=out), "--stream"], env=deployment.env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def check_app(run: subprocess.Popen, out: Path) -> None:
+def check_app(run: subprocess.Popen, out: Path, densities: list[float]) -> None:
     stdout, stderr = run.communicate(timeout=400)
     assert run.returncode == 0, stdout[-2000:] + stderr[-2000:]
     result = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
@@ -110,7 +113,7 @@ def check_app(run: subprocess.Popen, out: Path) -> None:
     rows = (runs[0] / "clients.csv").read_text().splitlines()
     header = rows[0].split(",")
     declared = {int(r.split(",")[0]): float(r.split(",")[header.index("budget_density")]) for r in rows[1:]}
-    assert declared == dict(enumerate(DENSITIES))  # the nodes' declarations, not the config's tiers
+    assert declared == dict(enumerate(densities))  # the nodes' declarations, not the config's tiers
     records = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1] and records[-1]["budget_violations"] == 0
 
@@ -123,9 +126,9 @@ def start_link(deployment, port: int, certs: Path | None) -> None:
 
 
 def start_node(deployment, name: str, link_port: int, pid: int, density: float, certs: Path | None,
-               key: Path | None) -> subprocess.Popen:
+               key: Path | None, nodes: int) -> subprocess.Popen:
     port = free_port()
-    node = deployment.start(name, node_command(f"127.0.0.1:{link_port}", pid, 3, density, port=port,
+    node = deployment.start(name, node_command(f"127.0.0.1:{link_port}", pid, nodes, density, port=port,
                                                tls=certs, key=key, isolation="process"))
     deployment.start(f"{name}-superexec", superexec_command(f"127.0.0.1:{port}"))
     return node
@@ -136,25 +139,26 @@ def start_insecure(deployment: Processes, folder: Path) -> None:
     write_connection(folder / "flwr-home", port, None)
     start_link(deployment, port, None)
     for i, density in enumerate(DENSITIES):
-        start_node(deployment, f"node{i}", port, i, density, None, None)
+        start_node(deployment, f"node{i}", port, i, density, None, None, len(DENSITIES))
 
 
 def start_tls(deployment: Processes, folder: Path) -> subprocess.Popen:
     """A TLS SuperLink with node authentication, three registered nodes and one stranger (an
     unregistered key); returns the stranger's process."""
     certs = folder / "certs"
-    subprocess.run(["bash", str(ROOT / "docker" / "generate-certs.sh"), str(certs), "4"], check=True,
-                   capture_output=True)
+    subprocess.run(["bash", str(ROOT / "docker" / "generate-certs.sh"), str(certs),
+                    str(len(TLS_DENSITIES) + 1)], check=True, capture_output=True)
     port = free_port()
     write_connection(folder / "flwr-home", port, certs / "ca.crt")
     start_link(deployment, port, certs)
-    for i in range(3):
+    for i in range(len(TLS_DENSITIES)):
         registered = flwr(deployment.env, "supernode", "register", str(certs / f"supernode-{i}.pub"),
                           "fedsparse")
         assert registered.returncode == 0, registered.stdout + registered.stderr
-    stranger = start_node(deployment, "stranger", port, 2, 1.0, certs, certs / "supernode-3")
-    for i, density in enumerate(DENSITIES):
-        start_node(deployment, f"node{i}", port, i, density, certs, certs / f"supernode-{i}")
+    n = len(TLS_DENSITIES)
+    stranger = start_node(deployment, "stranger", port, n - 1, 1.0, certs, certs / f"supernode-{n}", n)
+    for i, density in enumerate(TLS_DENSITIES):
+        start_node(deployment, f"node{i}", port, i, density, certs, certs / f"supernode-{i}", n)
     return stranger
 
 
@@ -167,8 +171,8 @@ def deployments(tmp_path_factory):
     try:
         start_insecure(plain, plain_dir)
         stranger = start_tls(tls, tls_dir)
-        runs["insecure"] = (launch_app(plain, plain_dir / "runs"), plain_dir)
-        runs["tls"] = (launch_app(tls, tls_dir / "runs"), tls_dir)
+        runs["insecure"] = (launch_app(plain, plain_dir / "runs", len(DENSITIES)), plain_dir)
+        runs["tls"] = (launch_app(tls, tls_dir / "runs", len(TLS_DENSITIES)), tls_dir)
         yield runs, stranger
     finally:
         for run, _ in runs.values():
@@ -181,7 +185,7 @@ def deployments(tmp_path_factory):
 def test_insecure_deployment_learns_budgets_from_the_nodes(deployments):
     runs, _ = deployments
     run, folder = runs["insecure"]
-    check_app(run, folder / "runs")
+    check_app(run, folder / "runs", DENSITIES)
 
 
 def test_tls_deployment_admits_only_registered_nodes(deployments):
@@ -189,4 +193,4 @@ def test_tls_deployment_admits_only_registered_nodes(deployments):
     run, folder = runs["tls"]
     assert stranger.wait(timeout=60) != 0  # key 3 was never registered: refused
     assert "Failed to activate SuperNode" in (folder / "stranger.log").read_text()
-    check_app(run, folder / "runs")
+    check_app(run, folder / "runs", TLS_DENSITIES)

@@ -37,3 +37,25 @@ def test_the_app_pickles_by_reference_and_still_trains(tmp_path, task_identity):
     assert int(reply.content["metrics"]["partition-id"]) == 2
     trained = reply.content["arrays"].to_torch_state_dict()
     assert any(not torch.equal(trained[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_deployed_node_partitions_once_per_run_and_keeps_its_split(monkeypatch):
+    """Each deployed ClientApp message runs in a fresh process: the node's split lives in its
+    Flower state after the first message, so later messages neither re-partition nor differ,
+    and the method never sees it as private state."""
+    from fedsparse.simulation import client_app
+
+    config = load_config(None, ["num_clients=4", "method.name=dense", "strategy.name=fedavg"])
+    runtime = client_app.ClientRuntime(config, None)
+    context = Context(run_id=1, node_id=3, node_config={"partition-id": 2}, state=RecordDict(),
+                      run_config={})
+    first = runtime.node_split(2, context)
+    assert (first.train == build_federation(config).clients[2].train).all()
+
+    def no_partitioning(*_):
+        raise AssertionError("partitioned again")
+
+    monkeypatch.setattr(client_app, "_local_partitions", no_partitioning)
+    again = runtime.node_split(2, context)
+    assert all((getattr(again, k) == getattr(first, k)).all() for k in ("train", "val", "test"))
+    assert client_app._private_state(context) == {}

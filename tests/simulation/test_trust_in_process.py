@@ -15,7 +15,8 @@ from fedsparse.method import ClientTask
 from tests.simulation.inprocess import invoke_here, simulate_here
 
 SMALL = ["--clients", "4", "--rounds", "2", "--fraction", "1", "--set", "data.synthetic.iid=true",
-         "--set", "eval.every=1", "--method", "dense", "--strategy", "fedavg", "--budgets", "1.0:1"]
+         "--set", "eval.every=1", "--set", "eval.fraction=1", "--method", "dense", "--strategy", "fedavg",
+         "--budgets", "1.0:1"]
 
 
 class BoastfulEvaluation(Dense):
@@ -35,6 +36,18 @@ def test_impossible_evaluations_are_rejected_and_counted(tmp_path):
     assert all(r["eval_rejected"] == 2 and r["clients_evaluated"] == 2 for r in records)
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["accuracy"]["mean"] <= 1 and summary["accuracy"]["bottom_decile"] <= 1
+
+
+def test_rounds_between_evaluate_a_seeded_sample_and_the_last_evaluates_everyone(tmp_path):
+    """``eval.fraction``: a cheap curve every round, the reported figures from every client."""
+    runs = [simulate_here(tmp_path / name, *SMALL, "--rounds", "3", "--set", "eval.fraction=0.5")
+            for name in ("a", "b")]
+    records = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+               for run in runs]
+    assert [r["clients_evaluated"] for r in records[0]] == [2, 2, 4]
+    assert all("loss_mean" in r for r in records[0])
+    assert records[0] == [{**r, "seconds": a["seconds"]} for r, a in zip(records[1], records[0], strict=True)]
+    assert len((runs[0] / "clients.csv").read_text().splitlines()) == 1 + 4
 
 
 def test_a_run_where_no_round_aggregates_has_no_result(tmp_path):

@@ -46,6 +46,8 @@ def test_module_path_and_entry_point(tmp_path, monkeypatch):
     ("name", "needle"),
     [
         ("nope", "unknown strategy 'nope'"),
+        ("fedadm", "did you mean 'fedadam'"),
+        ("Masked-FedAvgg", "did you mean 'masked-fedavg'"),
         ("no_such_module_xyz:Thing", "importing no_such_module_xyz failed"),
         ("json:nothing_here", "has no attribute 'nothing_here'"),
         ("json:dumps", "not a subclass"),
@@ -67,4 +69,33 @@ def test_broken_plugin_file(tmp_path):
 def test_flower_strategy_refuses_sparse_methods():
     cfg = load_config(None, ["strategy.name=fedprox", "method.name=magnitude"])
     with pytest.raises(ConfigError, match="cannot aggregate the sparse updates"):
+        check_strategy(cfg, method_class(cfg).sparse_updates)
+
+
+@pytest.mark.parametrize(
+    ("method", "name", "expected", "noted"),
+    [
+        ("pfedgate", "FedAvg", "masked-fedavg", True),
+        ("pfedgate", "FedAdam", "masked-fedadam", True),
+        ("magnitude", "FEDMEDIAN", "masked-median", True),
+        ("fedtiny", "FedTrimmedAvg", "masked-trimmed-mean", True),
+        ("dense", "FedAvg", "fedavg", False),
+        ("dense", "FedMedian", "fedmedian", False),
+        ("pfedgate", "Masked-FedYogi", "masked-fedyogi", False),
+        ("pfedgate", "FedProx", "fedprox", False),
+    ],
+)
+def test_flower_names_in_any_case_map_to_what_the_method_can_use(method, name, expected, noted):
+    """Flower's class names work as written; with sparse updates a dense strategy that has a
+    mask-aware counterpart means that counterpart, and the config says so."""
+    cfg = load_config(None, [f"method.name={method}", f"strategy.name={name}"])
+    assert cfg.strategy.name == expected
+    assert bool(cfg.notes) is noted and (not noted or expected in cfg.notes[0])
+    if expected != "fedprox":
+        check_strategy(cfg, method_class(cfg).sparse_updates)
+
+
+def test_a_dense_only_strategy_names_its_counterpart_or_the_robust_ones():
+    cfg = load_config(None, ["strategy.name=krum", "method.name=magnitude"])
+    with pytest.raises(ConfigError, match=r"use --strategy masked-fedavg \(or masked-median"):
         check_strategy(cfg, method_class(cfg).sparse_updates)
