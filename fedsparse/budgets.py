@@ -48,6 +48,18 @@ class Budget:
         return asdict(self)
 
 
+def budget_tiers(budgets: list[Budget]) -> list[dict[str, Any]]:
+    """The budgets a run used, grouped: one entry per distinct declaration with its share and
+    count of clients (what the clients declared, not what a config hoped for)."""
+    groups: dict[tuple, int] = {}
+    for b in budgets:
+        key = (b.density, b.train_flops, b.memory_bytes, b.upload_bytes, b.device)
+        groups[key] = groups.get(key, 0) + 1
+    return [{"density": d, "share": n / len(budgets), "clients": n, "train_flops": f,
+             "memory_bytes": m, "upload_bytes": u, "device": dev}
+            for (d, f, m, u, dev), n in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0])))]
+
+
 def over_budget(budget: Budget, spent: dict[str, float]) -> str | None:
     """The first declared limit ``spent`` exceeds (density, train_flops, memory_bytes,
     upload_bytes), as a sentence; None when every limit holds."""

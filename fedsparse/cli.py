@@ -303,13 +303,21 @@ def deploy_compose(
 ) -> None:
     """Write docker compose files for N SuperNodes with their partition ids and budgets."""
     from fedsparse.budgets import assign_budgets, parse_budget_shorthand
-    from fedsparse.deploy.compose import write_compose
+    from fedsparse.deploy.compose import FLOWER_UID, give_to_flower, mounted_folders, write_compose
 
     with _user_errors(debug):
         if clients < 1:
             raise ConfigError("--clients must be at least 1")
         plain, tls = write_compose(out, assign_budgets(parse_budget_shorthand(budgets), clients, seed))
-        console.print(f"wrote {plain} and {tls}")
+        console.print(f"wrote {plain}, {tls}, {out / '.env'} and the folders they mount "
+                      f"(state, runs, data/server, data/supernode-0..{clients - 1})", soft_wrap=True)
+        writable = [out / "state", out / "runs"]
+        if not give_to_flower(writable):
+            console.print(f"Flower's images run as uid {FLOWER_UID}: run 'sudo chown -R "
+                          f"{FLOWER_UID}:{FLOWER_UID} {' '.join(map(str, writable))}' before "
+                          "'docker compose up'", soft_wrap=True)
+        console.print(f"put each node's dataset files in its data folder (e.g. {mounted_folders(out, 1)[-1]}) "
+                      "and the server's in data/server; Synthetic data needs none", soft_wrap=True)
 
 
 class _user_errors:

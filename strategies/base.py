@@ -9,6 +9,7 @@ global arrays and the round's accepted updates and returns the new global arrays
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
@@ -116,8 +117,15 @@ class MaskAwareStrategy(FlowerFedAvg):
         ``global_arrays`` maps every tensor name to its current value; each update's
         ``update.tensors[name]`` holds the values a client sent (``index`` None: the whole
         tensor, else the flat positions) and may lack tensors the client did not send. Updates
-        arrive validated, within budget, ordered by partition id. ``self.server_round`` is set.
+        arrive validated, within budget, ordered by partition id. An override that declares a
+        ``server_round`` parameter is also given the round number (``self.server_round`` holds
+        it too); one written without it keeps working.
         """
+
+    def _round_argument(self, server_round: int) -> dict[str, int]:
+        """``server_round=`` for an ``aggregate_updates`` that takes it."""
+        parameters = inspect.signature(self.aggregate_updates).parameters
+        return {"server_round": server_round} if "server_round" in parameters else {}
 
     def summary(self) -> None:
         """Flower's hook for logging the configuration; the run's config.yaml records it."""
@@ -207,7 +215,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         if not accepted:
             return None, None
         global_arrays = self.messages.global_arrays
-        stepped = self.aggregate_updates(global_arrays, accepted)
+        stepped = self.aggregate_updates(global_arrays, accepted, **self._round_argument(server_round))
         new_state = self.context.method.after_aggregate(dict(stepped),
                                                         [c.partition_id for c in accepted])
         if any(not np.array_equal(stepped[k], new_state[k]) for k in stepped if k in new_state):

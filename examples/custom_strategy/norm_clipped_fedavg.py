@@ -26,10 +26,14 @@ class NormClippedFedAvg(MaskAwareStrategy):
             raise ValueError("max_norm must be positive")
         self.max_norm = max_norm
         self.clipped_last_round = 0
+        #: round -> how many updates were clipped in it
+        self.clipped_by_round: dict[int, int] = {}
 
     def aggregate_updates(self, global_arrays: Mapping[str, np.ndarray],
-                          updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
+                          updates: list[ClientUpdate], server_round: int = 0) -> dict[str, np.ndarray]:
+        self.clipped_last_round = 0
         clipped = [self._clip(global_arrays, u.update) for u in updates]
+        self.clipped_by_round[server_round] = self.clipped_last_round
         return masked_fedavg(global_arrays, clipped, [u.num_examples for u in updates])
 
     def _clip(self, global_arrays: Mapping[str, np.ndarray], update: SparseUpdate) -> SparseUpdate:

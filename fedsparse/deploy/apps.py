@@ -54,7 +54,7 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
     recorder = RunRecorder(new_run_dir(config), config)
     loop = ServerLoop(config, federation, strategy, recorder)
     loop.run(grid, node_of=node_of)
-    result = finish_run(config, loop, recorder, started)
+    result = finish_run(config, loop, recorder, started, budget_source="declared by the nodes")
     log(INFO, "fedsparse: run folder %s", result.run_dir)
     return result
 

@@ -36,6 +36,8 @@ from fedsparse.updates import template_of
 
 #: the message type of a method's query rounds; the action travels in the config
 METHOD_QUERY = "method"
+#: node-config key: the folder a deployed node reads its dataset files from
+DATA_DIR_KEY = "data-dir"
 #: where a deployed node keeps its partition between messages (not the method's state)
 SPLIT_STATE = "fedsparse.split"
 
@@ -95,6 +97,14 @@ def _partitions(path: str, num_clients: int):  # -> list[ClientSplit]
 def _local_partitions(config_json: str) -> list[ClientSplit]:
     """A deployed node computes the seeded partitions itself (the same on every node)."""
     return build_federation(ExperimentConfig.model_validate_json(config_json)).clients
+
+
+@lru_cache(maxsize=2)
+def _with_data_dir(config_json: str, data_dir: str) -> str:
+    """The experiment as a deployed node runs it: its dataset files are in its own folder."""
+    config = ExperimentConfig.model_validate_json(config_json)
+    data = config.data.model_copy(update={"data_dir": Path(data_dir)})
+    return config.model_copy(update={"data": data}).model_dump_json()
 
 
 @lru_cache(maxsize=2)
@@ -180,6 +190,8 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
     def setup(context: Context) -> tuple[ClientRuntime, Method]:
         exp_json = config_json if config_json is not None else deployed_config_json(
             dict(context.run_config))
+        if config_json is None and context.node_config.get(DATA_DIR_KEY):
+            exp_json = _with_data_dir(exp_json, str(context.node_config[DATA_DIR_KEY]))
         runtime = _runtime(exp_json, partitions_path)
         torch.set_num_threads(max(1, int(runtime.config.simulation.cpus_per_client)))
         return runtime, cached_method(exp_json)

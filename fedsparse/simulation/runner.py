@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsparse.budgets import Budget
+from fedsparse.budgets import Budget, budget_tiers
 from fedsparse.checkpoint import Checkpoint, first_difference, load_checkpoint
 from fedsparse.clock import ClockSettings, build_clock, time_to_accuracy
 from fedsparse.config import ExperimentConfig
@@ -149,7 +149,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
 
 
 def finish_run(config: ExperimentConfig, loop: ServerLoop, recorder: RunRecorder,
-               started: float) -> RunResult:
+               started: float, budget_source: str | None = None) -> RunResult:
     """Write ``summary.json`` and the plots of a finished run; a run in which no round
     aggregated anything has no result, and says so instead (non-zero exit)."""
     run_dir = recorder.run_dir
@@ -164,7 +164,7 @@ def finish_run(config: ExperimentConfig, loop: ServerLoop, recorder: RunRecorder
         raise SimulationError(f"no client returned a valid evaluation in round "
                               f"{outcome.evaluated_round}: the run has no accuracy to report; "
                               f"per-round records are in {run_dir / 'metrics.jsonl'}")
-    summary = build_summary(config, loop, time.perf_counter() - started, run_dir)
+    summary = build_summary(config, loop, time.perf_counter() - started, run_dir, budget_source)
     recorder.write_summary(summary)
     from fedsparse.report import draw_plots, load_run
 
@@ -285,8 +285,9 @@ def _keep_ray_logs(ray_tmp: Path, run_dir: Path) -> None:
 
 
 def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
-                  run_dir: Path) -> dict[str, Any]:
-    """``summary.json``: the stable, machine-readable contract of a run."""
+                  run_dir: Path, budget_source: str | None = None) -> dict[str, Any]:
+    """``summary.json``: the stable, machine-readable contract of a run (``budget_source``:
+    where the clients' budgets came from; default the config's tiers or budget file)."""
     outcome = loop.outcome
     method = loop.method
     return {
@@ -325,8 +326,9 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                  "memory_bytes_peak_ratio": max((c.memory_bytes / c.dense_memory_bytes
                                                  for c in outcome.costs), default=None)},
         "budget": {"violations": outcome.budget_violations,
-                   "tiers": [t.model_dump() for t in config.budgets.tiers]
-                   if config.budgets.file is None else str(config.budgets.file)},
+                   "tiers": budget_tiers(loop.strategy.context.budgets),
+                   "source": budget_source or ("config tiers" if config.budgets.file is None
+                                               else f"budget file {config.budgets.file}")},
         "run_dir": str(run_dir),
         **method.summary(),
     }

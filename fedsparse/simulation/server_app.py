@@ -190,6 +190,7 @@ class ServerLoop:
                                               record["accuracy_mean"]))
             record["seconds"] = round(time.perf_counter() - started, 4)
             self.recorder.log_round(record)
+            log(INFO, "fedsparse: %s", round_line(record, self.config.rounds))
             self.outcome.rounds_done = server_round
             if server_round % sim.checkpoint_every == 0 or server_round == self.config.rounds:
                 self.checkpoint(server_round, arrays)
@@ -382,6 +383,22 @@ class ServerLoop:
         model.load_state_dict(arrays.to_torch_state_dict())
         x, y = self._global_test
         return evaluate(model, x, y, self.config.eval.batch_size).accuracy
+
+
+def round_line(record: dict[str, Any], rounds: int) -> str:
+    """One line per finished round for logs (``flwr run --stream`` shows the ServerApp's)."""
+    parts = [f"round {record['round']}/{rounds}",
+             f"{record['clients_accepted']}/{record['clients_sampled']} updates accepted"]
+    if record.get("train_loss") is not None:
+        parts.append(f"train loss {record['train_loss']:.4f}")
+    if record.get("accuracy_mean") is not None:
+        parts.append(f"accuracy {record['accuracy_mean']:.4f} over {record['clients_evaluated']} "
+                     "clients")
+    failed = record["clients_failed"] + record["updates_rejected"]
+    if failed:
+        parts.append(f"{record['clients_failed']} failed, {record['updates_rejected']} rejected")
+    parts.append(f"{record['seconds']:.1f} s")
+    return ", ".join(parts)
 
 
 def _mean(values: list[float]) -> float:

@@ -1,5 +1,6 @@
 """The committed compose files: they parse, match the generator, and use only real CLI flags."""
 
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import yaml
 from fedsparse.budgets import Budget
 from fedsparse.deploy.compose import (
     CERTS_IN_CONTAINER,
+    DATA_IN_CONTAINER,
+    STATE_IN_CONTAINER,
     compose_services,
     node_command,
     superexec_command,
@@ -42,8 +45,10 @@ def test_committed_files_are_what_the_generator_writes(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fedsparse.cli", *GENERATE, "--out", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    for name in ("compose.yml", "compose.tls.yml"):
-        assert (tmp_path / name).read_text() == (DOCKER / name).read_text(), \
+    context = os.path.relpath(ROOT, tmp_path.resolve())  # docker/'s own is ".."
+    for name in ("compose.yml", "compose.tls.yml", ".env"):
+        written = (tmp_path / name).read_text().replace(f"context: {context}\n", "context: ..\n")
+        assert written == (DOCKER / name).read_text(), \
             f"docker/{name} is stale: run fedsparse {' '.join(GENERATE)}"
 
 
@@ -61,9 +66,11 @@ def test_services_run_the_commands_the_process_tests_run():
     base = load("compose.yml")["services"]
     overlay = load("compose.tls.yml")["services"]
     certs = CERTS_IN_CONTAINER
-    assert base["superlink"]["command"] == superlink_command(host="0.0.0.0", isolation="process")[1:]
+    state = STATE_IN_CONTAINER / "state.db"
+    assert base["superlink"]["command"] == superlink_command(host="0.0.0.0", isolation="process",
+                                                             database=state)[1:]
     assert overlay["superlink"]["command"] == superlink_command(
-        tls=certs, node_auth=True, host="0.0.0.0", isolation="process")[1:]
+        tls=certs, node_auth=True, host="0.0.0.0", isolation="process", database=state)[1:]
     assert base["superexec-serverapp"]["command"] == superexec_command("superlink:8000")[1:]
     assert overlay["superexec-serverapp"]["command"] == superexec_command("superlink:8000", certs)[1:]
     nodes = sorted(s for s in base if s.startswith("supernode-"))
@@ -78,10 +85,10 @@ def test_services_run_the_commands_the_process_tests_run():
         densities.append(density)
         budget = Budget(density=density, device=device)
         assert command == node_command("superlink:8000", pid, 3, budget, host="0.0.0.0",
-                                       isolation="process")[1:]
+                                       isolation="process", data_dir=DATA_IN_CONTAINER)[1:]
         assert overlay[service]["command"] == node_command(
             "superlink:8000", pid, 3, budget, tls=certs, key=certs / f"supernode-{pid}",
-            host="0.0.0.0", isolation="process")[1:]
+            host="0.0.0.0", isolation="process", data_dir=DATA_IN_CONTAINER)[1:]
         assert base[f"superexec-clientapp-{pid}"]["command"] == superexec_command(f"{service}:9094")[1:]
     assert sorted(densities) == [0.1, 0.3, 1.0]
 
@@ -90,8 +97,15 @@ def test_overlay_applied_to_the_base_gives_the_tls_deployment():
     budgets = [Budget(0.1), Budget(1.0)]
     merged = compose_services(budgets)["services"]
     for name, change in write_and_load_overlay(budgets).items():
-        merged[name].update(change)
-    assert merged == compose_services(budgets, tls=True)["services"]
+        merged[name]["command"] = change.get("command", merged[name]["command"])
+        if "volumes" in change:  # compose merges volume lists by container path
+            merged[name]["volumes"] = [*merged[name].get("volumes", []), *change["volumes"]]
+    secure = compose_services(budgets, tls=True)["services"]
+    for service in (merged, secure):
+        for spec in service.values():
+            spec.pop("build", None)  # the context is relative to the folder written
+            spec["volumes"] = sorted(spec.get("volumes", []))
+    assert merged == secure
 
 
 def write_and_load_overlay(budgets):
@@ -100,6 +114,41 @@ def write_and_load_overlay(budgets):
     with tempfile.TemporaryDirectory() as folder:
         _, overlay = write_compose(Path(folder), budgets)
         return yaml.safe_load(overlay.read_text())["services"]
+
+
+def test_compose_out_writes_a_self_contained_folder(tmp_path):
+    """`deploy compose --out EMPTY`: every variable the files use is in their .env, the build
+    context holds the Dockerfile, every mounted path exists relative to the files (certificates
+    once generate-certs wrote them), and the SuperLink sees no key but its own."""
+    out = tmp_path / "deploy"
+    result = subprocess.run([sys.executable, "-m", "fedsparse.cli", "deploy", "compose", "--clients",
+                             "2", "--budgets", "0.1:0.5,1.0:0.5", "--out", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    certs = subprocess.run(["bash", str(DOCKER / "generate-certs.sh"), str(out / "certificates"), "2",
+                            "--san", "DNS:link.example.org"], capture_output=True, text=True)
+    assert certs.returncode == 0, certs.stderr
+    env = dict(line.split("=", 1) for line in (out / ".env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    for name in ("compose.yml", "compose.tls.yml"):
+        text = (out / name).read_text()
+        assert set(re.findall(r"\$\{([A-Z_]+)\}", text)) <= set(env), name
+        for service, spec in yaml.safe_load(text)["services"].items():
+            if "build" in spec:
+                context = (out / spec["build"]["context"]).resolve()
+                assert (context / spec["build"]["dockerfile"]).is_file(), service
+            for volume in spec.get("volumes", []):
+                host = volume.split(":")[0]
+                assert host.startswith("./") and (out / host).exists(), (name, service, volume)
+    tls = yaml.safe_load((out / "compose.tls.yml").read_text())["services"]
+    link_files = {v.split(":")[0] for v in tls["superlink"]["volumes"]}
+    assert link_files == {"./certificates/ca.crt", "./certificates/server.pem", "./certificates/server.key"}
+    san = subprocess.run(["openssl", "x509", "-in", str(out / "certificates" / "server.pem"), "-noout",
+                          "-ext", "subjectAltName"], capture_output=True, text=True).stdout
+    assert "link.example.org" in san and "superlink" in san
+    bad = subprocess.run(["bash", str(DOCKER / "generate-certs.sh"), str(tmp_path / "c"), "1", "--san",
+                          "no spaces"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--san needs DNS:name or IP:address" in bad.stderr
 
 
 def test_env_pins_the_installed_flower():

@@ -114,6 +114,9 @@ def check_app(run: subprocess.Popen, out: Path, densities: list[float]) -> None:
     header = rows[0].split(",")
     declared = {int(r.split(",")[0]): float(r.split(",")[header.index("budget_density")]) for r in rows[1:]}
     assert declared == dict(enumerate(densities))  # the nodes' declarations, not the config's tiers
+    assert summary["budget"]["source"] == "declared by the nodes"
+    assert [t["density"] for t in summary["budget"]["tiers"]] == sorted(densities)
+    assert "fedsparse: round 1/1, " in stdout + stderr  # per-round progress, streamed
     records = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1] and records[-1]["budget_violations"] == 0
 

@@ -160,6 +160,23 @@ def test_a_non_finite_aggregate_is_refused_and_the_model_kept(task_identity):
     assert "'net.1.weight' holds NaN or Inf" in strategy.report.refused
 
 
+class _RoundAware(MaskedFedAvg):
+    """A plug-in that schedules by round: it declares ``server_round`` and is given it."""
+
+    def aggregate_updates(self, global_arrays, updates, server_round=0):
+        self.rounds_seen = [*getattr(self, "rounds_seen", []), server_round]
+        return super().aggregate_updates(global_arrays, updates)
+
+
+def test_aggregate_updates_gets_the_round_when_it_asks_for_it(task_identity):
+    strategy, arrays = make(_RoundAware)
+    for server_round in (1, 2):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid=None))
+        new, _ = strategy.aggregate_train(server_round, [trained_reply(strategy, messages[2], 2)])
+        assert new is not None
+    assert strategy.rounds_seen == [1, 2]
+
+
 def test_records_a_method_did_not_ask_for_are_rejected(task_identity):
     """The base hands a reply's extra ArrayRecords to the method, whose default refuses them."""
     strategy, arrays = make(MaskedFedAvg)
