@@ -316,8 +316,9 @@ def deploy_compose(
             console.print(f"Flower's images run as uid {FLOWER_UID}: run 'sudo chown -R "
                           f"{FLOWER_UID}:{FLOWER_UID} {' '.join(map(str, writable))}' before "
                           "'docker compose up'", soft_wrap=True)
-        console.print(f"put each node's dataset files in its data folder (e.g. {mounted_folders(out, 1)[-1]}) "
-                      "and the server's in data/server; Synthetic data needs none", soft_wrap=True)
+        example = mounted_folders(out, 1)[-1]
+        console.print(f"put each node's dataset files in its data folder (e.g. {example}) and the "
+                      "server's in data/server; Synthetic data needs none", soft_wrap=True)
 
 
 class _user_errors:
