@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedsparse.errors import ConfigError, FedsparseError
+from fedsparse.report import fmt as _fmt
+from fedsparse.report import results_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated learning simulation for sparse, budget-constrained clients.")
@@ -33,53 +35,6 @@ def _root(
                                           help="print the versions and exit")] = False,
 ) -> None:
     """Federated learning simulation for sparse, budget-constrained clients."""
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "-" if value is None else str(value)
-
-
-def _results_table(summary: dict[str, Any]) -> Table:
-    table = Table(title="fedsparse results", show_header=False)
-    acc = summary["accuracy"]
-    by_density = summary.get("accuracy_by_density") or {}
-    rows = [
-        ("method / strategy", f"{summary['method']} / {summary['strategy']}"),
-        ("dataset / model", f"{summary['dataset']} / {summary['model']}"),
-        ("clients (per round)", f"{summary['num_clients']} ({summary['clients_per_round']})"),
-        ("rounds", str(summary["rounds"])),
-        ("accuracy mean", _fmt(acc.get("mean"))),
-        ("accuracy bottom decile", _fmt(acc.get("bottom_decile"))),
-        ("accuracy global model", _fmt(acc.get("global"))),
-        *((f"accuracy at density {d}", _fmt(v)) for d, v in by_density.items()),
-        ("clients failed / updates rejected",
-         f"{summary['failures']['clients_failed']} / {summary['failures'].get('updates_rejected', 0)}"),
-        ("wall time (s)", f"{summary['wall_seconds']:.1f}"),
-    ]
-    cost = summary.get("cost") or {}
-    if cost.get("density") is not None:
-        rows[-1:-1] = [
-            ("density (mean)", _fmt(cost["density"])),
-            ("FLOPs / memory vs dense", f"{_fmt(cost['train_flops_ratio'])} / "
-                                        f"{_fmt(cost['memory_bytes_ratio'])}"),
-            ("upload / download vs dense", f"{_fmt(cost['upload_bytes_ratio'])} / "
-                                           f"{_fmt(cost['download_bytes_ratio'])}"),
-            ("budget violations", str(summary.get("budget", {}).get("violations", 0))),
-        ]
-    clock = summary.get("clock")
-    if clock:
-        reached = clock.get("time_to_target")
-        rows[-1:-1] = [
-            ("simulated time total (s)", f"{clock['total_seconds']:.1f}"),
-            (f"simulated time to {_fmt(clock.get('target_accuracy'))} (s)",
-             "not reached" if reached is None else f"{reached:.1f}"),
-            ("clients late / surplus", f"{clock['clients_late']} / {clock['clients_surplus']}"),
-        ]
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
 
 
 @app.command()
@@ -161,7 +116,7 @@ def report(
     with _user_errors(debug):
         run = load_run(run_dir)
         if run.summary:
-            Console().print(_results_table({**_SUMMARY_DEFAULTS, **run.summary}))
+            Console().print(results_table({**_SUMMARY_DEFAULTS, **run.summary}))
             Console().print(f"run folder: {run.path}", highlight=False, soft_wrap=True)
         drawn, skipped = draw_plots(run)
         for name in drawn:
@@ -283,7 +238,7 @@ def _run_with_progress(cfg: Any, writer_cls: Any = None, resume: Path | None = N
             progress.stop()
         if writer is not None:
             writer.close()
-    Console().print(_results_table(result.summary))
+    Console().print(results_table(result.summary))
     Console().print(f"run folder: {result.run_dir}\nplots: {result.run_dir / 'plots'}",
                     highlight=False, soft_wrap=True)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rich.table import Table
 
 from fedsparse import plots
 from fedsparse.errors import FedsparseError
@@ -149,3 +152,61 @@ def write_comparison(runs: list[RunData], out: Path) -> tuple[Path, Path]:
         plots.overlaid_accuracy(curves,
                                 out / "compare_accuracy_vs_time.png", against="sim_seconds")
     return table, figure
+
+
+def fmt(value: Any) -> str:
+    """A number as the tables show it (4 decimals), '-' for none."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def results_table(summary: dict[str, Any]) -> Table:
+    """The one-run results table ``simulate``, ``report`` and a deployed ServerApp print."""
+    table = Table(title="fedsparse results", show_header=False)
+    acc = summary["accuracy"]
+    by_density = summary.get("accuracy_by_density") or {}
+    rows = [
+        ("method / strategy", f"{summary['method']} / {summary['strategy']}"),
+        ("dataset / model", f"{summary['dataset']} / {summary['model']}"),
+        ("clients (per round)", f"{summary['num_clients']} ({summary['clients_per_round']})"),
+        ("rounds", str(summary["rounds"])),
+        ("accuracy mean", fmt(acc.get("mean"))),
+        ("accuracy bottom decile", fmt(acc.get("bottom_decile"))),
+        ("accuracy global model", fmt(acc.get("global"))),
+        *((f"accuracy at density {d}", fmt(v)) for d, v in by_density.items()),
+        ("clients failed / updates rejected",
+         f"{summary['failures']['clients_failed']} / {summary['failures'].get('updates_rejected', 0)}"),
+        ("wall time (s)", f"{summary['wall_seconds']:.1f}"),
+    ]
+    cost = summary.get("cost") or {}
+    if cost.get("density") is not None:
+        rows[-1:-1] = [
+            ("density (mean)", fmt(cost["density"])),
+            ("FLOPs / memory vs dense", f"{fmt(cost['train_flops_ratio'])} / "
+                                        f"{fmt(cost['memory_bytes_ratio'])}"),
+            ("upload / download vs dense", f"{fmt(cost['upload_bytes_ratio'])} / "
+                                           f"{fmt(cost['download_bytes_ratio'])}"),
+            ("budget violations", str(summary.get("budget", {}).get("violations", 0))),
+        ]
+    clock = summary.get("clock")
+    if clock:
+        reached = clock.get("time_to_target")
+        rows[-1:-1] = [
+            ("simulated time total (s)", f"{clock['total_seconds']:.1f}"),
+            (f"simulated time to {fmt(clock.get('target_accuracy'))} (s)",
+             "not reached" if reached is None else f"{reached:.1f}"),
+            ("clients late / surplus", f"{clock['clients_late']} / {clock['clients_surplus']}"),
+        ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def results_text(summary: dict[str, Any], width: int = 100) -> str:
+    """The results table as plain text (for logs)."""
+    from rich.console import Console
+
+    console = Console(record=True, width=width, file=io.StringIO())
+    console.print(results_table(summary))
+    return console.export_text()

@@ -100,7 +100,7 @@ def test_help_lists_the_flags():
 def test_results_table_shows_the_clock_when_it_ran():
     from rich.console import Console
 
-    from fedsparse.cli import _results_table
+    from fedsparse.cli import results_table as _results_table
 
     summary = {"method": "dense", "strategy": "fedavg", "dataset": "synthetic", "model": "mlp",
                "num_clients": 4, "clients_per_round": 2, "rounds": 2, "wall_seconds": 1.0,

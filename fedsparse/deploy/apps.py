@@ -23,19 +23,30 @@ from fedsparse.budgets import Budget
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import build_federation
 from fedsparse.deploy.run_config import deployed_config
-from fedsparse.experiment import method_class
+from fedsparse.errors import ConfigError
+from fedsparse.experiment import budgets_of, method_class
+from fedsparse.report import results_text
 from fedsparse.results import RunRecorder, new_run_dir
 from fedsparse.simulation.runner import RunResult, finish_run, strategy_context
-from fedsparse.simulation.server_app import ServerLoop, handshake, wait_for_nodes
+from fedsparse.simulation.server_app import ServerLoop, federation_size, handshake, wait_for_nodes
 from fedsparse.strategies import build_strategy, check_strategy
 
 
-def declared_budgets(declared: dict[int, Budget], num_clients: int) -> list[Budget]:
-    """One budget per partition: what its node declared (density 1 if it declared nothing),
-    with tiers numbered by declared density so plots colour them apart."""
-    budgets = [declared.get(pid, Budget()) for pid in range(num_clients)]
+def declared_budgets(declared: dict[int, Budget], configured: list[Budget]) -> list[Budget]:
+    """One budget per partition: what its node declared, else the config's seeded assignment
+    (Flower's local simulation declares nothing), with tiers numbered by density so plots
+    colour them apart."""
+    budgets = [declared.get(pid, configured[pid]) for pid in range(len(configured))]
     order = {d: i for i, d in enumerate(sorted({b.density for b in budgets}))}
     return [replace(b, tier=order[b.density]) for b in budgets]
+
+
+def budget_source(declared: dict[int, Budget], num_clients: int) -> str:
+    if len(declared) == num_clients:
+        return "declared by the nodes"
+    if not declared:
+        return "config tiers (no node declared a budget)"
+    return f"declared by {len(declared)} nodes, config tiers for the other {num_clients - len(declared)}"
 
 
 def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
@@ -44,9 +55,19 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
     check_strategy(config, method_class(config).sparse_updates)
     federation = build_federation(config)
     timeout = config.simulation.node_wait_timeout
-    nodes = wait_for_nodes(grid, config.num_clients, timeout)
+
+    def complete_federation_of_another_size(nodes: list[int]) -> None:
+        size = federation_size(grid, nodes, timeout)
+        if size == len(nodes) != config.num_clients:
+            raise ConfigError(
+                f"the federation has {size} SuperNodes, started for {size} partitions, but the "
+                f"experiment has num_clients={config.num_clients}: for Flower's local simulation "
+                f"run 'flwr run . --federation-config \"num-supernodes={config.num_clients}\"', "
+                f"or pass --run-config 'set=\"num_clients={size}\"'")
+
+    nodes = wait_for_nodes(grid, config.num_clients, timeout, complete_federation_of_another_size)
     node_of, declared = handshake(grid, nodes, timeout, [len(c.train) for c in federation.clients])
-    budgets = declared_budgets(declared, config.num_clients)
+    budgets = declared_budgets(declared, budgets_of(config))
     log(INFO, "fedsparse: %d nodes, declared densities %s", len(node_of),
         sorted({b.density for b in budgets}))
     context = strategy_context(config, federation, budgets)
@@ -54,7 +75,9 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
     recorder = RunRecorder(new_run_dir(config), config)
     loop = ServerLoop(config, federation, strategy, recorder)
     loop.run(grid, node_of=node_of)
-    result = finish_run(config, loop, recorder, started, budget_source="declared by the nodes")
+    result = finish_run(config, loop, recorder, started,
+                        budget_source=budget_source(declared, config.num_clients))
+    log(INFO, "fedsparse: results\n%s", results_text(result.summary))
     log(INFO, "fedsparse: run folder %s", result.run_dir)
     return result
 

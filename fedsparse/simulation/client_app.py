@@ -205,6 +205,8 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         split = runtime.node_split(pid, context)
         metrics = MetricRecord({PARTITION_KEY: pid, "num-train": len(split.train),
                                 "num-test": len(split.test)})
+        if "num-partitions" in context.node_config:
+            metrics["num-partitions"] = int(context.node_config["num-partitions"])
         content = RecordDict({"metrics": metrics})
         declared = declared_budget_fields(dict(context.node_config))
         if declared:

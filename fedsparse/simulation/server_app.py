@@ -81,15 +81,38 @@ def experiment_defining(config: ExperimentConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude={"simulation", "output"})
 
 
-def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
-    """Block until ``expected`` nodes are registered (Flower samples too early otherwise)."""
+def wait_for_nodes(grid: Grid, expected: int, timeout: float,
+                   on_stall: Callable[[list[int]], None] | None = None, stall: float = 5.0) -> list[int]:
+    """Block until ``expected`` nodes are registered (Flower samples too early otherwise).
+
+    ``on_stall``: called once with the nodes present when their number has not changed for
+    ``stall`` seconds (it may raise to end the wait early, e.g. a federation of another size).
+    """
     deadline = time.monotonic() + timeout
+    seen, since, probed = -1, time.monotonic(), False
     while len(nodes := sorted(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if len(nodes) != seen:
+            seen, since = len(nodes), now
+        elif nodes and on_stall is not None and not probed and now - since > stall:
+            probed = True
+            on_stall(nodes)
+        if now > deadline:
             raise SimulationError(f"only {len(nodes)} of {expected} nodes connected within "
-                                  f"{timeout:.0f}s: raise simulation.node_wait_timeout")
+                                  f"{timeout:.0f}s: start more SuperNodes or raise "
+                                  "simulation.node_wait_timeout")
         time.sleep(0.05)
     return nodes
+
+
+def federation_size(grid: Grid, nodes: list[int], timeout: float) -> int | None:
+    """The number of partitions the present nodes were started for, when they all agree
+    (Flower's simulation gives every node ``num-partitions``); None when unknown."""
+    messages = [Message(RecordDict({"config": ConfigRecord({"hello": 1})}),
+                        message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    sizes = {int(r.content["metrics"]["num-partitions"]) for r in send_and_receive(grid, messages, timeout)
+             if not r.has_error() and "num-partitions" in r.content["metrics"]}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def handshake(grid: Grid, nodes: list[int], timeout: float, train_sizes: list[int] | None = None

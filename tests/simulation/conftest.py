@@ -21,14 +21,14 @@ import pytest
 PFEDGATE = ["--clients", "6", "--rounds", "4", "--fraction", "0.5", "--budgets", "0.1:0.5,0.5:0.5",
             "--set", "method.pfedgate.novel_share=0.34", "--set", "train.momentum=0.9",
             "--strategy", "masked-fedadam", "--set", "strategy.options.server_lr=0.05",
-            "--set", "eval.every=2", "--set", "simulation.checkpoint_every=1"]
+            "--set", "eval.every=2", "--set", "eval.fraction=1", "--set", "simulation.checkpoint_every=1"]
 #: FedTiny with nested tiers; its mask changes in rounds 1 and 2 (T_end = 3 of 4), so a resume
 #: must restore the server's masks and adjustment counter
 FEDTINY = ["--clients", "8", "--rounds", "4", "--fraction", "0.5", "--model", "mlp",
            "--set", "model.hidden=[16,128,64]", "--strategy", "masked-fedavg",
            "--set", "method.pruning.adjust_every=1", "--set", "method.pruning.warmup_epochs=2",
            "--method", "fedtiny", "--budgets", "0.2:0.5,0.4:0.5",
-           "--set", "simulation.checkpoint_every=1", "--set", "eval.every=2"]
+           "--set", "simulation.checkpoint_every=1", "--set", "eval.every=2", "--set", "eval.fraction=1"]
 
 
 @dataclass(frozen=True)
