@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from logging import INFO
+from logging import ERROR, INFO
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -23,7 +23,7 @@ from fedsparse.budgets import Budget
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.federation import build_federation
 from fedsparse.deploy.run_config import deployed_config
-from fedsparse.errors import ConfigError
+from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.experiment import budgets_of, method_class
 from fedsparse.report import results_text
 from fedsparse.results import RunRecorder, new_run_dir
@@ -87,5 +87,11 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_deployed(grid, deployed_config(dict(context.run_config)))
+    """A user error (config, federation size, bad declaration) is one logged line and a failed
+    run, not a traceback."""
+    try:
+        run_deployed(grid, deployed_config(dict(context.run_config)))
+    except FedsparseError as exc:
+        log(ERROR, "fedsparse: error: %s", exc)
+        raise SystemExit(exc.exit_code) from None
 

@@ -29,7 +29,7 @@ def can_isolate_network() -> bool:
 
 
 def kill_processes_mentioning(marker: str) -> None:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines()[1:]:
         pid, _, args = line.strip().partition(" ")
         if marker in args and int(pid) != os.getpid():
