@@ -4,7 +4,6 @@ installed environment used (no runtime dependency install), the results table in
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedsparse.simulation.server_app import wait_for_nodes
+from tests.simulation.test_ray_cluster_end_to_end import kill_processes_mentioning
 
 pytestmark = pytest.mark.e2e
 
@@ -24,18 +24,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stop_processes_mentioning(marker: str) -> None:
-    """The managed SuperLink runs detached: stop it (and what it started) by its FLWR_HOME."""
-    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
-    for line in out.splitlines()[1:]:
-        pid, _, args = line.strip().partition(" ")
-        if marker in args and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_flwr_run_on_flowers_local_simulation(tmp_path):
@@ -55,7 +43,7 @@ def test_flwr_run_on_flowers_local_simulation(tmp_path):
              "--run-config", f'set="num_clients=3;rounds=1;fraction=1.0" out="{out}"', "--stream"],
             cwd=app, env=env, capture_output=True, text=True, timeout=300)
     finally:
-        stop_processes_mentioning(str(home))
+        kill_processes_mentioning(str(home))  # the managed SuperLink runs detached
     stream = result.stdout + result.stderr
     assert result.returncode == 0, stream[-3000:]
     (run,) = out.iterdir()
