@@ -12,12 +12,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedsparse.errors import ConfigError, FedsparseError
-from fedsparse.report import fmt as _fmt
-from fedsparse.report import results_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated learning simulation for sparse, budget-constrained clients.")
 console = Console(stderr=True)
+
+
+def _fmt(value: Any) -> str:
+    from fedsparse.report import fmt
+
+    return fmt(value)
+
+
+def results_table(summary: dict[str, Any]) -> Table:
+    """The results table (``fedsparse.report``, imported when needed: ``--help`` stays quick)."""
+    from fedsparse.report import results_table as table
+
+    return table(summary)
 
 
 def _print_version(value: bool) -> None:
