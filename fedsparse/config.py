@@ -186,7 +186,7 @@ class EvalConfig(_Strict):
     """Every ``every`` rounds a seeded ``fraction`` of the clients evaluates (a curve for the
     price of a training round); the final round evaluates every client (the reported figures)."""
 
-    every: int = Field(1, ge=1, description="evaluate every this many rounds")
+    every: int = Field(2, ge=1, description="evaluate every this many rounds")
     fraction: float = Field(0.2, gt=0.0, le=1.0,
                             description="share of clients evaluated between the first and the "
                                         "final round (1.0: all)")
