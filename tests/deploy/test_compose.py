@@ -1,5 +1,6 @@
 """The committed compose files: they parse, match the generator, and use only real CLI flags."""
 
+import functools
 import os
 import re
 import subprocess
@@ -35,10 +36,11 @@ def load(name: str) -> dict:
     return yaml.safe_load((DOCKER / name).read_text())
 
 
-def cli_flags(program: str) -> set[str]:
+@functools.cache
+def cli_flags(program: str) -> frozenset[str]:
     help_text = subprocess.run([str(BIN / program), "--help"], capture_output=True, text=True,
                                env={"COLUMNS": "200", "PATH": str(BIN)}).stdout
-    return set(re.findall(r"(--[a-z][a-z0-9-]*)", help_text))
+    return frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", help_text))
 
 
 def test_committed_files_are_what_the_generator_writes(tmp_path):
