@@ -164,10 +164,10 @@ def _decode_tensor(name: str, kind: str, data: np.ndarray, spec: TensorSpec) -> 
         head = (spec.numel + 7) // 8
         if data.size < head:
             raise UpdateRejected(f"'{name}#bits' is shorter than its {head}-byte mask")
-        unpacked = np.unpackbits(data[:head])
-        if unpacked[spec.numel:].any():
+        padding = 8 * head - spec.numel  # the last byte's low bits (np.packbits is big-endian)
+        if padding and int(data[head - 1]) & ((1 << padding) - 1):
             raise UpdateRejected(f"'{name}#bits' sets padding bits beyond {spec.numel} coordinates")
-        index = np.flatnonzero(unpacked)
+        index = _set_bits(data[:head], spec.numel)
     else:
         nnz, rest = divmod(data.size, 4 + itemsize)
         if rest:
@@ -186,6 +186,13 @@ def _decode_tensor(name: str, kind: str, data: np.ndarray, spec: TensorSpec) -> 
     values = body.view(spec.dtype.newbyteorder("<")).astype(spec.dtype)
     _check_values(name, values, spec)
     return TensorUpdate(values=values, index=index, numel=spec.numel)
+
+
+def _set_bits(packed: np.ndarray, numel: int) -> np.ndarray:
+    """Positions (int64, increasing) of the set bits of a big-endian packed mask: torch's
+    nonzero on the unpacked bytes viewed as booleans is about twice as fast as numpy's."""
+    unpacked = np.unpackbits(packed, count=numel).view(np.bool_)
+    return torch.from_numpy(unpacked).nonzero().reshape(-1).numpy()
 
 
 def _check_values(name: str, values: np.ndarray, spec: TensorSpec) -> None:
