@@ -1,7 +1,6 @@
 """Aggregation math over validated (possibly sparse) updates: plain numpy, no Flower.
 
-Loops run over clients and tensors only; every coordinate operation is vectorised (torch's
-index_add for the scatter of sparse values).
+Loops run over clients and tensors only; every coordinate operation is vectorised.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from fedsparse.updates import SparseUpdate
 
@@ -22,12 +20,8 @@ def holder_average(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
     """
     if len(updates) != len(weights):
         raise ValueError("one weight per update is required")
-    # one index_add over every client's positions (in client order, so the float sums are the
-    # sequential ones): a client sends each position at most once, and one pass over the
-    # concatenation beats a scatter per client
     num = np.zeros(old.size, dtype=np.float64)
     den = np.zeros(old.size, dtype=np.float64)
-    positions, values, holder_weights = [], [], []
     for update, weight in zip(updates, weights, strict=True):
         tensor = update.tensors.get(name)
         if tensor is None or weight <= 0:
@@ -36,13 +30,8 @@ def holder_average(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
             num += weight * tensor.values.astype(np.float64)
             den += weight
         else:
-            positions.append(tensor.index)
-            values.append(weight * tensor.values.astype(np.float64))
-            holder_weights.append(np.full(tensor.index.size, weight, dtype=np.float64))
-    if positions:
-        index = torch.from_numpy(np.concatenate(positions))
-        torch.from_numpy(num).index_add_(0, index, torch.from_numpy(np.concatenate(values)))
-        torch.from_numpy(den).index_add_(0, index, torch.from_numpy(np.concatenate(holder_weights)))
+            num[tensor.index] += weight * tensor.values.astype(np.float64)
+            den[tensor.index] += weight
     sent = den > 0
     mean = old.reshape(-1).astype(np.float64, copy=True)
     mean[sent] = num[sent] / den[sent]
