@@ -32,13 +32,11 @@ from fedsparse.sampling import evaluation_sample, sample_clients
 from fedsparse.strategies.accounting import CostAccountant
 from fedsparse.strategies.messages import MessageBuilder
 from fedsparse.strategies.validation import (
-    CheckedReply,
     ClientUpdate,
     ReplyValidator,
     reply_partition,
     safe_partition,
 )
-from fedsparse.threads import map_on_cores
 from fedsparse.updates import Template, UpdateRejected
 
 __all__ = ["ClientRoundCost", "ClientUpdate", "MaskAwareStrategy", "RoundReport", "StrategyContext",
@@ -187,14 +185,12 @@ class MaskAwareStrategy(FlowerFedAvg):
         accepted: list[ClientUpdate] = []
         losses: list[tuple[float, int]] = []
         # arrival order varies between runs; partition order keeps every float sum reproducible
-        ordered = sorted(replies, key=_arrival_independent_key)
-        checked = self._check_all([r for r in ordered if not r.has_error()])
-        for reply in ordered:
+        for reply in sorted(replies, key=_arrival_independent_key):
             if reply.has_error():
                 report.failed += 1
                 continue
             try:
-                client, cost = self._accept(reply, checked[id(reply)])
+                client, cost = self._accept(reply)
             except UpdateRejected as exc:
                 pid = safe_partition(reply)
                 report.rejected.append((pid, str(exc)))
@@ -241,26 +237,10 @@ class MaskAwareStrategy(FlowerFedAvg):
         reconciles its state with it. Default: nothing to do."""
         return None
 
-    def _check_all(self, replies: list[Message]) -> dict[int, CheckedReply | UpdateRejected]:
-        """The generic checks (decoding included) of every reply, on a thread per core: decoding
-        spends its time in numpy and torch, which release the GIL (100 ResNet18 updates at
-        density 0.1: 3.0 s on one thread, 1.8 s on two). Each reply's outcome is its own, so
-        the order of the later, sequential steps is unchanged."""
-        def check(reply: Message) -> CheckedReply | UpdateRejected:
-            try:
-                return self.validator.check(reply, self.node_of)
-            except UpdateRejected as exc:
-                return exc
-
-        return {id(r): outcome for r, outcome in zip(replies, map_on_cores(check, replies),
-                                                     strict=True)}
-
-    def _accept(self, reply: Message, checked: CheckedReply | UpdateRejected
-                ) -> tuple[ClientUpdate, ClientRoundCost]:
-        """Generic checks (done by ``_check_all``), the coordinates it may update, the method's
-        checks of its records, then the round's cost."""
-        if isinstance(checked, UpdateRejected):
-            raise checked
+    def _accept(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
+        """Generic checks, the coordinates it may update, the method's checks of its records,
+        then the round's cost."""
+        checked = self.validator.check(reply, self.node_of)
         client = checked.client
         method = self.context.method
         method.check_upload(client.budget, self.messages.client_masks(client.partition_id),
