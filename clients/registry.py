@@ -11,7 +11,6 @@ The class must subclass ``fedsparse.method.Method``. Its options are the config 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
 from fedsparse.clients.dense import Dense
@@ -28,7 +27,7 @@ from fedsparse.clients.pfedgate import PFedGate
 from fedsparse.clients.prune_at_init import PruneAtInit
 from fedsparse.errors import ConfigError
 from fedsparse.method import Method
-from fedsparse.plugins import entry_point, entry_point_names, installed, load_object
+from fedsparse.plugins import did_you_mean, entry_point, entry_point_names, installed, load_object
 
 ENTRY_POINT_GROUP = "fedsparse.methods"
 
@@ -49,12 +48,6 @@ def canonical(name: str) -> str:
     lower = name.lower()
     lower = ALIASES.get(lower, lower)
     return lower if lower in BUILTIN else name
-
-
-def did_you_mean(name: str, names: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for a near miss, else nothing."""
-    close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _checked(name: str, obj: object) -> type[Method]:

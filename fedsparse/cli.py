@@ -269,7 +269,7 @@ def deploy_compose(
 ) -> None:
     """Write docker compose files for N SuperNodes with their partition ids and budgets."""
     from fedsparse.budgets import assign_budgets, parse_budget_shorthand
-    from fedsparse.deploy.compose import FLOWER_UID, give_to_flower, mounted_folders, write_compose
+    from fedsparse.deploy.compose import FLOWER_UID, give_to_flower, write_compose
 
     with _user_errors(debug):
         if clients < 1:
@@ -282,9 +282,9 @@ def deploy_compose(
             console.print(f"Flower's images run as uid {FLOWER_UID}: run 'sudo chown -R "
                           f"{FLOWER_UID}:{FLOWER_UID} {' '.join(map(str, writable))}' before "
                           "'docker compose up'", soft_wrap=True)
-        example = mounted_folders(out, 1)[-1]
-        console.print(f"put each node's dataset files in its data folder (e.g. {example}) and the "
-                      "server's in data/server; Synthetic data needs none", soft_wrap=True)
+        console.print(f"put each node's dataset files in its data folder (e.g. "
+                      f"{out / 'data' / 'supernode-0'}) and the server's in {out / 'data' / 'server'}; "
+                      "Synthetic data needs none", soft_wrap=True)
 
 
 class _user_errors:

@@ -6,6 +6,7 @@ plug-in gives the same one-line errors whichever seam it plugs into.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -67,6 +68,12 @@ def entry_point(group: str, name: str, kind: str) -> Any | None:
                 raise ConfigError(f"{kind} plug-in '{name}' ({ep.value}) failed to load "
                                   f"({type(exc).__name__}: {exc}): reinstall or fix it") from exc
     return None
+
+
+def did_you_mean(name: str, names: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for a near miss among ``names``, else nothing."""
+    close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def entry_point_names(group: str) -> list[str]:

@@ -108,14 +108,15 @@ COMPARE_COLUMNS = (
 )
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+def fmt(value: Any) -> str:
+    """A number as the tables show it (4 decimals), '-' for none."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
 
 
 def compare_rows(runs: list[RunData]) -> list[list[str]]:
-    return [[run.name, *(_cell(get(run.summary)) for _, get in COMPARE_COLUMNS)] for run in runs]
+    return [[run.name, *(fmt(get(run.summary)) for _, get in COMPARE_COLUMNS)] for run in runs]
 
 
 def compare_markdown(runs: list[RunData]) -> str:
@@ -136,7 +137,7 @@ def compare_stacked(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
     """The comparison turned on its side for a terminal: one row per figure, one column per
     run (headed by its number; ``legend_labels`` says which is which)."""
     header = ["", *(f"[{i + 1}]" for i in range(len(runs)))]
-    rows = [[name, *(_cell(get(run.summary)) for run in runs)] for name, get in COMPARE_COLUMNS]
+    rows = [[name, *(fmt(get(run.summary)) for run in runs)] for name, get in COMPARE_COLUMNS]
     return header, rows
 
 
@@ -152,13 +153,6 @@ def write_comparison(runs: list[RunData], out: Path) -> tuple[Path, Path]:
         plots.overlaid_accuracy(curves,
                                 out / "compare_accuracy_vs_time.png", against="sim_seconds")
     return table, figure
-
-
-def fmt(value: Any) -> str:
-    """A number as the tables show it (4 decimals), '-' for none."""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "-" if value is None else str(value)
 
 
 def results_table(summary: dict[str, Any]) -> Table:

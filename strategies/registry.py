@@ -14,7 +14,6 @@ validated sparse updates) or Flower's ``Strategy`` (then it runs dense updates o
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,14 @@ from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import Strategy
 
 from fedsparse.errors import ConfigError
-from fedsparse.plugins import entry_point, entry_point_names, first_line, installed, load_object
+from fedsparse.plugins import (
+    did_you_mean,
+    entry_point,
+    entry_point_names,
+    first_line,
+    installed,
+    load_object,
+)
 from fedsparse.strategies.base import MaskAwareStrategy, StrategyContext
 from fedsparse.strategies.fedavg import FedAvg
 from fedsparse.strategies.flower_adapter import FlowerStrategy
@@ -107,10 +113,9 @@ def resolve(name: str) -> StrategySpec:
     if obj is None:
         if ":" not in name:
             known = [*BUILTIN, *FLOWER, *entry_point_names(ENTRY_POINT_GROUP)]
-            close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown strategy '{name}'{hint}: run 'fedsparse strategies' to "
-                              "list names, or pass module:Class or path/to/file.py:Class")
+            raise ConfigError(f"unknown strategy '{name}'{did_you_mean(name, known)}: run "
+                              "'fedsparse strategies' to list names, or pass module:Class or "
+                              "path/to/file.py:Class")
         obj = load_object(name, "strategy")
     if inspect.isclass(obj) and issubclass(obj, MaskAwareStrategy):
         return StrategySpec(name, obj, flower=False)

@@ -42,6 +42,7 @@ def declared_budgets(declared: dict[int, Budget], configured: list[Budget]) -> l
 
 
 def budget_source(declared: dict[int, Budget], num_clients: int) -> str:
+    """Where the run's budgets came from, for ``summary.json``."""
     if len(declared) == num_clients:
         return "declared by the nodes"
     if not declared:

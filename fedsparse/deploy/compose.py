@@ -188,10 +188,11 @@ def source_tree() -> Path:
     return root
 
 
-def mounted_folders(out_dir: Path, nodes: int) -> list[Path]:
-    """The folders the compose files mount, relative to ``out_dir``."""
-    return [out_dir / "state", out_dir / "runs", out_dir / "data" / "server",
-            *(out_dir / "data" / f"supernode-{i}" for i in range(nodes))]
+def mounted_folders(out_dir: Path, services: dict[str, Any]) -> list[Path]:
+    """The folders the services mount (certificates aside, which generate-certs.sh writes),
+    read from the services themselves so the two cannot disagree."""
+    hosts = {volume.split(":")[0] for spec in services.values() for volume in spec.get("volumes", [])}
+    return sorted(out_dir / host for host in hosts if not host.startswith("./certificates"))
 
 
 def write_compose(out_dir: Path, budgets: Sequence[Budget]) -> tuple[Path, Path]:
@@ -209,7 +210,7 @@ def write_compose(out_dir: Path, budgets: Sequence[Budget]) -> tuple[Path, Path]
         paths.append(out_dir / name)
     (out_dir / ".env").write_text(ENV.format(flwr=version("flwr"), python_tag=PYTHON_TAG,
                                              fedsparse=version("fedsparse")))
-    for folder in mounted_folders(out_dir, len(budgets)):
+    for folder in mounted_folders(out_dir, files[0][1]["services"]):
         folder.mkdir(parents=True, exist_ok=True)
     return paths[0], paths[1]
 

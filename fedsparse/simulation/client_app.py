@@ -69,9 +69,8 @@ class ClientRuntime:
             {name: Array(getattr(split, name)) for name in ("train", "val", "test")})
         return split
 
-    def data(self, partition_id: int, split: ClientSplit | None = None) -> LocalData:
+    def data(self, split: ClientSplit) -> LocalData:
         pool = cached_pool(self.config)
-        split = split if split is not None else self.split(partition_id)
         x_tr, y_tr = pool.tensors(split.train)
         x_va, y_va = pool.tensors(split.val)
         x_te, y_te = pool.tensors(split.test)
@@ -132,7 +131,7 @@ def _task(runtime: ClientRuntime, msg: Message, pid: int, stream_round: int,
           context: Context) -> ClientTask:
     """The method's view of a message: model, masks, data, seeded generator, config, records."""
     state = _private_state(context)
-    data = runtime.data(pid, runtime.node_split(pid, context))
+    data = runtime.data(runtime.node_split(pid, context))
     model, masks = runtime.model(msg.content["arrays"])
     config = dict(msg.content["config"])
     generator = torch.Generator().manual_seed(client_seed(runtime.config.seed, stream_round, pid))

@@ -105,11 +105,17 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float,
     return nodes
 
 
+def _hello(nodes: list[int]) -> list[Message]:
+    """The handshake query: each node answers with its partition, sizes and declarations."""
+    return [Message(RecordDict({"config": ConfigRecord({"hello": 1})}),
+                    message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+
+
 def federation_size(grid: Grid, nodes: list[int], timeout: float) -> int | None:
     """The number of partitions the present nodes were started for, when they all agree
-    (Flower's simulation gives every node ``num-partitions``); None when unknown."""
-    messages = [Message(RecordDict({"config": ConfigRecord({"hello": 1})}),
-                        message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    (Flower's simulation gives every node ``num-partitions``); None when unknown. What the
+    nodes say: used only to stop a wait early with a message, never as a result."""
+    messages = _hello(nodes)
     sizes = {int(r.content["metrics"]["num-partitions"]) for r in send_and_receive(grid, messages, timeout)
              if not r.has_error() and "num-partitions" in r.content["metrics"]}
     return sizes.pop() if len(sizes) == 1 else None
@@ -121,8 +127,7 @@ def handshake(grid: Grid, nodes: list[int], timeout: float, train_sizes: list[in
 
     Returns (partition id -> node id, partition id -> declared budget).
     """
-    messages = [Message(RecordDict({"config": ConfigRecord({"hello": 1})}),
-                        message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    messages = _hello(nodes)
     node_of: dict[int, int] = {}
     declared: dict[int, Budget] = {}
     for reply in send_and_receive(grid, messages, timeout):
