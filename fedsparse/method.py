@@ -269,6 +269,10 @@ class Method(ABC):
         return None
 
     # --- client side --------------------------------------------------------------------------
+    def train_settings(self, task: ClientTask) -> TrainSettings:
+        """The training settings of ``task``'s round: the config's, with the lr schedule applied."""
+        return self.run.train.at_round(task.server_round, self.run.rounds)
+
     @abstractmethod
     def fit(self, task: ClientTask) -> FitResult:
         """Train ``task.model`` in place on ``task.data``; metrics must hold ``train-loss``,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +24,29 @@ class TrainSettings(BaseModel):
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    #: how the clients' learning rate moves over the rounds (``lr`` is round 1's)
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    #: exponential: the rate is multiplied by this every round
+    lr_decay: float = Field(0.98, gt=0.0, le=1.0)
+    #: cosine: the rate the last round approaches
+    lr_min: float = Field(0.0, ge=0.0)
+
+    def lr_at(self, server_round: int, rounds: int) -> float:
+        """The learning rate of ``server_round`` (1-based) in a run of ``rounds`` rounds."""
+        step = max(server_round, 1) - 1
+        if self.lr_schedule == "exponential":
+            return self.lr * self.lr_decay ** step
+        if self.lr_schedule == "cosine":
+            progress = min(step / max(rounds, 1), 1.0)
+            return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr
+
+    def at_round(self, server_round: int, rounds: int) -> TrainSettings:
+        """These settings with the schedule's learning rate for ``server_round``."""
+        if self.lr_schedule == "constant":
+            return self
+        return self.model_copy(update={"lr": self.lr_at(server_round, rounds),
+                                       "lr_schedule": "constant"})
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ class Dense(Method):
     def fit(self, task: ClientTask) -> FitResult:
         """Local training; honours FedProx's ``proximal-mu`` when the strategy sends it."""
         mu = float(task.config.get("proximal-mu", 0.0))
-        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train, self.run.train,
+        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train,
+                                 self.train_settings(task),
                                  task.generator, task.masks, proximal_mu=mu)
         return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
                           "samples-seen": float(seen)}, task.masks)

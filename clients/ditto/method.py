@@ -38,7 +38,8 @@ class Ditto(PersonalModelMethod):
         global_model = [p.detach().clone() for p in task.model.parameters()]
         personal = copy.deepcopy(task.model)
         load_personal(personal, task.state)  # first round: starts from the global model
-        settings = self.run.train.model_copy(update={"local_epochs": self.options.personal_epochs})
+        settings = self.train_settings(task).model_copy(
+            update={"local_epochs": self.options.personal_epochs})
         generator = torch.Generator().manual_seed(
             personal_seed(self.run.seed, task.server_round, task.partition_id))
         train_local(personal, task.data.x_train, task.data.y_train, settings, generator,

@@ -32,6 +32,7 @@ class FedAvgFT(Dense):
 
     def evaluate(self, task: ClientTask) -> dict[str, float]:
         tuned = copy.deepcopy(task.model)
-        settings = self.run.train.model_copy(update={"local_epochs": self.options.finetune_epochs})
+        settings = self.train_settings(task).model_copy(
+            update={"local_epochs": self.options.finetune_epochs})
         train_local(tuned, task.data.x_train, task.data.y_train, settings, task.generator, task.masks)
         return super().evaluate(replace(task, model=tuned))

@@ -89,7 +89,8 @@ class FjORD(WidthMethod):
             p = widths[int(next(order))]
             model.active = {name: channels_at(p, s.size) for name, s in graph.spaces.items()}
 
-        loss, seen = train_local(model, task.data.x_train, task.data.y_train, self.run.train,
+        loss, seen = train_local(model, task.data.x_train, task.data.y_train,
+                                 self.train_settings(task),
                                  task.generator, before_batch=sample_width)
         model.active = None
         return loss, seen

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 
 EXACT_TABLE_LIMIT = 2_000_000  # cells of the DP table (items x capacity units) solved exactly
 
@@ -222,3 +223,47 @@ def gated_scales(g: torch.Tensor, m: torch.Tensor, layout: BlockLayout,
 def kept_from_scales(scales: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """Non-zero coordinates per tensor under these scales."""
     return {n: int((s.detach() != 0).sum()) for n, s in scales.items()}
+
+
+class WeightStep:
+    """One training step of the gated model on one batch (blocks of flat weights): the model
+    computes with theta * M' at full shape, so its time does not fall with s."""
+
+    def __init__(self, model: nn.Module, layout: BlockLayout, lr: float, momentum: float,
+                 weight_decay: float, train_model: bool, grad_clip: float, ste: str) -> None:
+        self.model, self.layout, self.ste = model, layout, ste
+        self.params = dict(model.named_parameters())
+        self.weight_decay, self.train_model, self.grad_clip = weight_decay, train_model, grad_clip
+        self.optimizer = torch.optim.SGD(list(self.params.values()), lr=lr, momentum=momentum) \
+            if train_model else None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, m: torch.Tensor,
+                 gate_optimizer: torch.optim.Optimizer) -> tuple[float, dict[str, torch.Tensor]]:
+        """Train on (x, y); returns the loss and the coordinates the batch computed with."""
+        scales = gated_scales(g, m, self.layout, self.ste)
+        effective = {name: p * scales[name] for name, p in self.params.items()}
+        loss = nn.functional.cross_entropy(functional_call(self.model, effective, (x,)), y)
+        used = {name: (s.detach() != 0) for name, s in scales.items()}
+        objective = loss
+        if self.train_model and self.weight_decay > 0:
+            decay = sum(((p * used[name]) ** 2).sum() for name, p in self.params.items())
+            objective = loss + 0.5 * self.weight_decay * decay
+        gate_optimizer.zero_grad(set_to_none=True)
+        trainable = [p for group in gate_optimizer.param_groups for p in group["params"]]
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            trainable += list(self.params.values())
+        objective.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip)
+        gate_optimizer.step()
+        if self.optimizer is not None:
+            self.optimizer.step()
+        return float(loss.detach()), used
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, g: torch.Tensor, m: torch.Tensor
+               ) -> tuple[torch.Tensor, dict[str, int]]:
+        """Evaluation: logits of the gated model for these scores, and its kept weights."""
+        scales = gated_scales(g, m, self.layout)
+        logits = functional_call(self.model, {n: p * scales[n] for n, p in self.params.items()}, (x,))
+        return logits, kept_from_scales(scales)

@@ -18,22 +18,17 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call
 
 from fedsparse.budgets import Budget
-from fedsparse.clients.pfedgate.gating import (
-    BlockLayout,
-    GateNet,
-    gated_scales,
-    kept_from_scales,
-    make_layout,
-)
+from fedsparse.clients.pfedgate.channels import ChannelGating, ChannelStep, make_channel_blocks
+from fedsparse.clients.pfedgate.gating import BlockLayout, GateNet, WeightStep, make_layout
 from fedsparse.costs import CostModel, TrainingCost
 from fedsparse.masks import Masks
 from fedsparse.method import (
@@ -48,6 +43,8 @@ from fedsparse.method import (
     ServerSetup,
 )
 from fedsparse.seeding import private_init_seed, rng
+from fedsparse.structured import ChannelGraph
+from fedsparse.training import TrainSettings
 from fedsparse.updates import SparseUpdate, UpdateRejected
 
 GATE_KEY = "pfedgate-gate"
@@ -69,19 +66,24 @@ class PFedGateOptions(MethodOptions):
     novel_share: float = Field(0.0, ge=0.0, lt=1.0,
                                description="share of clients that never train the global model")
     novel_fit_epochs: int = Field(1, ge=1, description="epochs a novel client fits its gate")
+    blocks: Literal["weights", "channel"] = Field(
+        "weights", description="gated blocks of flat weights (the paper), or groups of output "
+                               "channels trained as a sliced network, so per-batch time falls "
+                               "with s (channel mode gives dropped blocks no gradient)")
     knapsack: Literal["joint", "grouped"] = Field(
-        "joint", description="one knapsack over all tensors, or one per group (linear layers, the "
-                             "others) with its own capacity as in the authors' code: grouped thins "
-                             "convolutions too, so counted FLOPs fall with s")
+        "grouped", description="one knapsack per group (linear layers, the others) with its own "
+                               "capacity, as in the authors' code: convolutions are thinned too, "
+                               "so counted FLOPs fall with s; or one knapsack over all tensors")
     block_fit: int = Field(
-        0, ge=0, description="cut tensors into enough blocks that this many fit a group's capacity "
+        4, ge=0, description="cut tensors into enough blocks that this many fit a group's capacity "
                              "(0: exactly `split` blocks per tensor)")
     sub0_scaled: bool = Field(False, description="scale each tensor's sub0 by a gate score of its "
                                                  "own, as the authors' code does (sub0 is never "
                                                  "dropped, but personalised)")
     ste: Literal["full", "kept"] = Field(
-        "full", description="gate gradients from every block (the paper's straight-through "
-                            "estimator) or from kept blocks only (the authors' code)")
+        "kept", description="gate gradients from kept blocks only (the authors' code: no dense "
+                            "gradient), or from every block (the paper's straight-through "
+                            "estimator; its dense weight gradient is counted in FLOPs and memory)")
 
 
 def linear_or_other(model: nn.Module) -> dict[str, str]:
@@ -104,6 +106,7 @@ class PFedGate(Method):
     def __init__(self, options: PFedGateOptions, run: RunInfo) -> None:
         super().__init__(options, run)
         self._cost_models: dict[int, CostModel] = {}
+        self._graphs: dict[tuple[int, tuple[int, ...]], ChannelGraph] = {}
         self._novel: frozenset[int] = frozenset()
 
     # --- server side ------------------------------------------------------------------------
@@ -163,11 +166,10 @@ class PFedGate(Method):
                 f"{self.options.eval_gating}; novel clients first fit their gate")
 
     # --- gate state -------------------------------------------------------------------------
-    def _gate(self, state: ClientState, layout: BlockLayout, input_shape: tuple[int, ...],
+    def _gate(self, state: ClientState, outputs: int, input_shape: tuple[int, ...],
               partition_id: int) -> GateNet:
         with torch.random.fork_rng():
             torch.manual_seed(private_init_seed(self.run.seed, partition_id))  # same gate whenever created
-            outputs = layout.num_blocks + (len(layout.names) if self.options.sub0_scaled else 0)
             gate = GateNet(input_shape, outputs, self.options.weight_head)
         if GATE_KEY in state:
             gate.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state[GATE_KEY].items()})
@@ -177,10 +179,26 @@ class PFedGate(Method):
     def _save_gate(state: ClientState, gate: GateNet) -> None:
         state[GATE_KEY] = {k: v.detach().numpy().copy() for k, v in gate.state_dict().items()}
 
-    def _layout(self, model: nn.Module, density: float) -> BlockLayout:
+    def _gating(self, model: nn.Module, density: float, input_shape: tuple[int, ...]
+                ) -> BlockLayout | ChannelGating:
+        """The blocks a client with budget ``density`` gates: flat weights or channel groups."""
+        params = dict(model.named_parameters())
         groups = linear_or_other(model) if self.options.knapsack == "grouped" else None
-        return make_layout(dict(model.named_parameters()), density, self.options.split,
-                           self.options.sub0_fraction, groups, self.options.block_fit)
+        if self.options.blocks == "channel":
+            key = (sum(p.numel() for p in params.values()), input_shape)
+            if key not in self._graphs:
+                self._graphs[key] = ChannelGraph.trace(model, input_shape)
+            blocks = make_channel_blocks(self._graphs[key], params, density, self.options.split,
+                                         self.options.sub0_fraction, groups)
+            return ChannelGating(model, blocks)
+        return make_layout(params, density, self.options.split, self.options.sub0_fraction, groups,
+                           self.options.block_fit)
+
+    def _gate_outputs(self, gating: BlockLayout | ChannelGating) -> int:
+        """Gate scores: one per block, plus one per tensor (or channel space) with scaled sub0s."""
+        if isinstance(gating, ChannelGating):
+            return gating.blocks.num_blocks + (len(gating.blocks.spaces) if self.options.sub0_scaled else 0)
+        return gating.num_blocks + (len(gating.names) if self.options.sub0_scaled else 0)
 
     def _cost_model(self, model: nn.Module, input_shape: tuple[int, ...]) -> CostModel:
         key = sum(p.numel() for p in model.parameters())
@@ -188,30 +206,35 @@ class PFedGate(Method):
             self._cost_models[key] = CostModel(model, input_shape)
         return self._cost_models[key]
 
+    def _client_gate(self, task: ClientTask, input_shape: tuple[int, ...]
+                     ) -> tuple[BlockLayout | ChannelGating, GateNet]:
+        gating = self._gating(task.model, task.budget_density, input_shape)
+        return gating, self._gate(task.state, self._gate_outputs(gating), input_shape, task.partition_id)
+
     # --- training ---------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:
         model, data = task.model, task.data
-        input_shape = tuple(data.x_train.shape[1:])
-        layout = self._layout(model, task.budget_density)
-        gate = self._gate(task.state, layout, input_shape, task.partition_id)
-        stats = self._train(model, gate, layout, data, task.generator, train_model=True,
-                            epochs=self.run.train.local_epochs)
+        settings = self.train_settings(task)
+        gating, gate = self._client_gate(task, tuple(data.x_train.shape[1:]))
+        stats = self._train(model, gate, gating, data, task.generator, train_model=True,
+                            epochs=settings.local_epochs, settings=settings)
         self._save_gate(task.state, gate)
-        params = dict(model.named_parameters())
+        total = sum(p.numel() for p in model.parameters())
         touched = stats.pop("touched")
         gate_params = sum(p.numel() for p in gate.parameters())
-        trained = sum(int(t.sum()) for t in touched.values())
-        momentum = 1 if self.run.train.momentum > 0 else 0
-        memory = 4 * (sum(p.numel() for p in params.values()) + gate_params  # weights held
-                      + stats["max_kept"] + gate_params  # gradients of the weights in use
+        trained = sum(int(t.sum()) for n, t in touched.items() if n in dict(model.named_parameters()))
+        momentum = 1 if settings.momentum > 0 else 0
+        dense_gradient = self.options.blocks == "weights" and self.options.ste == "full"
+        memory = 4 * (total + gate_params  # weights held
+                      + (total if dense_gradient else stats["max_kept"]) + gate_params  # gradients
                       + momentum * (trained + gate_params))  # momentum where training happened
         samples = stats["samples"]
         metrics = {"train-loss": stats["loss"], "num-examples": float(len(data.y_train)),
                    "samples-seen": float(samples),
                    "train-flops": float(stats["flops"]),
                    "memory-bytes": float(memory),
-                   "compute-density": stats["max_kept"] / layout.total,
-                   "mean-compute-density": stats["kept_sum"] / max(stats["batches"], 1) / layout.total,
+                   "compute-density": stats["max_kept"] / total,
+                   "mean-compute-density": stats["kept_sum"] / max(stats["batches"], 1) / total,
                    "gate-flops": float(3 * samples * self._gate_flops(gate))}
         return FitResult(metrics, touched)
 
@@ -220,56 +243,74 @@ class PFedGate(Method):
         linears = [m for m in gate.modules() if isinstance(m, nn.Linear)]
         return sum(2 * m.weight.numel() + m.out_features for m in linears)
 
-    def _train(self, model: nn.Module, gate: GateNet, layout: BlockLayout, data: LocalData,
-               generator: torch.Generator, train_model: bool, epochs: int) -> dict[str, Any]:
-        cfg = self.run.train
+    def _step(self, model: nn.Module, gating: BlockLayout | ChannelGating, settings: TrainSettings,
+              train_model: bool) -> WeightStep | ChannelStep:
+        if isinstance(gating, ChannelGating):
+            return ChannelStep(gating, settings.lr, settings.momentum, settings.weight_decay,
+                               train_model, self.options.grad_clip)
+        return WeightStep(model, gating, settings.lr, settings.momentum, settings.weight_decay,
+                          train_model, self.options.grad_clip, self.options.ste)
+
+    def _train(self, model: nn.Module, gate: GateNet, gating: BlockLayout | ChannelGating,
+               data: LocalData, generator: torch.Generator, train_model: bool, epochs: int,
+               settings: TrainSettings) -> dict[str, Any]:
+        """Joint training of gate and model (or of the gate alone), batch by batch.
+
+        FLOPs per sample: forward and input gradient of the weights in use, and their weight
+        gradient; with the paper's full straight-through estimator on flat-weight blocks the
+        weight gradient is dense (dropped blocks send gradient to the gate).
+        """
         params = dict(model.named_parameters())
-        groups = [{"params": list(gate.parameters()), "lr": self.options.gate_lr}]
-        if train_model:
-            groups.append({"params": list(params.values()), "lr": cfg.lr})
-        else:
+        channel_mode = isinstance(gating, ChannelGating)
+        if not train_model and not channel_mode:
             for p in params.values():
                 p.requires_grad_(False)
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        gate_optimizer = torch.optim.SGD(gate.parameters(), lr=self.options.gate_lr,
+                                         momentum=settings.momentum)
+        step = self._step(model, gating, settings, train_model)
         cost = self._cost_model(model, tuple(data.x_train.shape[1:]))
         gate_flops = self._gate_flops(gate)
-        touched = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+        dense_gradient = train_model and not channel_mode and self.options.ste == "full"
+        dense_forward = cost.forward_flops_per_sample({n: p.numel() for n, p in params.items()})
+        if channel_mode:  # tensors without a channel axis are used whole by every batch
+            touched = {n: torch.full_like(t, n not in gating.graph.axes_of, dtype=torch.bool)
+                       for n, t in model.state_dict().items()}
+        else:
+            touched = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
         model.train(train_model)
         gate.train()
-        loss_fn = nn.CrossEntropyLoss()
         stats = {"loss": 0.0, "samples": 0, "flops": 0.0, "max_kept": 0, "kept_sum": 0, "batches": 0}
         n = len(data.y_train)
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator)
-            for start in range(0, n, cfg.batch_size):
-                batch = order[start:start + cfg.batch_size]
+            for start in range(0, n, settings.batch_size):
+                batch = order[start:start + settings.batch_size]
                 if len(batch) < 2:
                     continue  # the gate's BatchNorm needs two samples
                 x, y = data.x_train[batch], data.y_train[batch]
                 g, m = (t.mean(dim=0) for t in gate(x))
-                scales = gated_scales(g, m, layout, self.options.ste)
-                effective = {name: p * scales[name] for name, p in params.items()}
-                loss = loss_fn(functional_call(model, effective, (x,)), y)
-                used = {name: (s.detach() != 0) for name, s in scales.items()}
-                objective = loss
-                if train_model and cfg.weight_decay > 0:
-                    decay = sum(((p * used[name]) ** 2).sum() for name, p in params.items())
-                    objective = loss + 0.5 * cfg.weight_decay * decay
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                trainable = [p for group in groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(trainable, self.options.grad_clip)
-                optimizer.step()
-                kept = {name: int(u.sum()) for name, u in used.items()}
-                for name, u in used.items():
-                    touched[name] |= u
+                if channel_mode:
+                    loss, keep, where = step(x, y, g, m, gate_optimizer)
+                    for name, t in touched.items():
+                        if name in where:
+                            t.view(-1)[where[name].reshape(-1)] = True
+                        elif name in gating.graph.axes_of:
+                            t.fill_(True)  # kept whole along every axis
+                    kept = gating.graph.kept_counts(keep, params)
+                else:
+                    loss, used = step(x, y, g, m, gate_optimizer)
+                    for name, u in used.items():
+                        touched[name] |= u
+                    kept = {name: int(u.sum()) for name, u in used.items()}
                 total_kept = sum(kept.values())
+                forward = cost.forward_flops_per_sample(kept)
                 stats["max_kept"] = max(stats["max_kept"], total_kept)
                 stats["kept_sum"] += total_kept
                 stats["batches"] += 1
-                stats["loss"] += float(loss.detach()) * len(batch)
+                stats["loss"] += loss * len(batch)
                 stats["samples"] += len(batch)
-                stats["flops"] += 3 * len(batch) * (cost.forward_flops_per_sample(kept) + gate_flops)
+                weight_gradient = dense_forward if dense_gradient else forward
+                stats["flops"] += len(batch) * (2 * forward + weight_gradient + 3 * gate_flops)
         for p in params.values():
             p.requires_grad_(True)
         stats["loss"] /= max(stats["samples"], 1)
@@ -278,23 +319,22 @@ class PFedGate(Method):
 
     # --- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def _gated_eval(self, model: nn.Module, gate: GateNet, layout: BlockLayout, x: torch.Tensor,
-                    y: torch.Tensor) -> tuple[float, float, float]:
+    def _gated_eval(self, gate: GateNet, step: WeightStep | ChannelStep, total: int,
+                    x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
         """(summed loss, correct, summed density) over the samples in (x, y)."""
-        params = dict(model.named_parameters())
         g_all, m_all = gate(x)
         groups = [(g_all.mean(0), m_all.mean(0), slice(0, len(y)))] \
             if self.options.eval_gating == "batch" else \
             [(g_all[i], m_all[i], slice(i, i + 1)) for i in range(len(y))]
         loss_sum = correct = density_sum = 0.0
         for g, m, rows in groups:
-            scales = gated_scales(g, m, layout)
-            logits = functional_call(model, {n: p * scales[n] for n, p in params.items()}, (x[rows],))
+            logits, kept = step.logits(x[rows], g, m)
+            if isinstance(step, ChannelStep):
+                kept = step.graph.kept_counts(kept, step.params)
             target = y[rows]
             loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += float((logits.argmax(1) == target).sum())
-            kept = sum(kept_from_scales(scales).values())
-            density_sum += kept / layout.total * len(target)
+            density_sum += sum(kept.values()) / total * len(target)
         return loss_sum, correct, density_sum
 
     def evaluate(self, task: ClientTask) -> dict[str, float]:
@@ -305,24 +345,28 @@ class PFedGate(Method):
         ``eval_after_local_training: false`` evaluates the received model as is). A novel
         client (one that never trains the global model) fits only its gate, and keeps it.
         """
-        model, data, generator = task.model, task.data, task.generator
-        layout = self._layout(model, task.budget_density)
-        gate = self._gate(task.state, layout, tuple(data.x_test.shape[1:]), task.partition_id)
+        data, generator = task.data, task.generator
+        settings = self.train_settings(task)
+        model = task.model
+        if not int(task.config.get("novel", 0)) and self.options.eval_after_local_training:
+            model = copy.deepcopy(model)  # the paper's protocol: personalise, then evaluate
+        gating, gate = self._client_gate(replace(task, model=model), tuple(data.x_test.shape[1:]))
         if int(task.config.get("novel", 0)):
-            self._train(model, gate, layout, data, generator, train_model=False,
-                        epochs=self.options.novel_fit_epochs)
+            self._train(model, gate, gating, data, generator, train_model=False,
+                        epochs=self.options.novel_fit_epochs, settings=settings)
             self._save_gate(task.state, gate)
         elif self.options.eval_after_local_training:
-            model = copy.deepcopy(model)  # the paper's protocol: personalise, then evaluate
-            self._train(model, gate, layout, data, generator, train_model=True,
-                        epochs=self.run.train.local_epochs)
+            self._train(model, gate, gating, data, generator, train_model=True,
+                        epochs=settings.local_epochs, settings=settings)
         model.eval()
         gate.eval()
+        step = self._step(model, gating, settings, train_model=False)
+        total = sum(p.numel() for p in model.parameters())
         loss = correct = density = 0.0
-        step = self.run.train.batch_size  # batch-level gating sees batches as in training
-        for start in range(0, len(data.y_test), step):
-            x, y = data.x_test[start:start + step], data.y_test[start:start + step]
-            parts = self._gated_eval(model, gate, layout, x, y)
+        size = settings.batch_size  # batch-level gating sees batches as in training
+        for start in range(0, len(data.y_test), size):
+            x, y = data.x_test[start:start + size], data.y_test[start:start + size]
+            parts = self._gated_eval(gate, step, total, x, y)
             loss, correct, density = loss + parts[0], correct + parts[1], density + parts[2]
         n = max(len(data.y_test), 1)
         return {"accuracy": correct / n, "loss": loss / n, "num-examples": float(len(data.y_test)),

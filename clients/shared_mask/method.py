@@ -183,7 +183,8 @@ class SharedMask(Method):
     # --- client side ------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:
         """Train the mask the server sent: masked weights stay zero, only kept ones are uploaded."""
-        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train, self.run.train,
+        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train,
+                                 self.train_settings(task),
                                  task.generator, task.masks,
                                  proximal_mu=float(task.config.get("proximal-mu", 0.0)))
         return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),

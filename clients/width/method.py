@@ -214,7 +214,7 @@ class WidthMethod(Method):
     def train(self, small: nn.Module, task: ClientTask, graph: ChannelGraph,
               ratio: float) -> tuple[float, int]:
         """Local training of the sliced submodel (HeteroFL, FedRolex: plain SGD)."""
-        return train_local(small, task.data.x_train, task.data.y_train, self.run.train,
+        return train_local(small, task.data.x_train, task.data.y_train, self.train_settings(task),
                            task.generator, proximal_mu=float(task.config.get("proximal-mu", 0.0)))
 
     def scaled(self) -> bool:

@@ -82,7 +82,8 @@ class FederatedDropout(Method):
     # --- client side ----------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:
         """Masked SGD on the submodel received; uploads exactly that submodel."""
-        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train, self.run.train,
+        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train,
+                                 self.train_settings(task),
                                  task.generator, task.masks)
         return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
                           "samples-seen": float(seen)}, task.masks)
