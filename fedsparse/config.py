@@ -142,6 +142,9 @@ def _validated_options(method: Any, section: str, value: Any) -> dict[str, Any]:
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"unknown key 'method.{section}.{loc}' of method '{method.name}': "
                               "remove it or check its spelling") from None
+        if not loc:  # a rule across options
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"method.{section}: {message}") from None
         raise ConfigError(f"'method.{section}.{loc}' {first['msg'].lower()} "
                           f"(got {first.get('input')!r}): fix this value") from None
 

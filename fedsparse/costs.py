@@ -44,6 +44,9 @@ class TrainingCost:
     flops: float
     memory_bytes: float
     activation_bytes: float
+    #: FLOPs of the Conv2d and Linear weights alone (the papers' counter); None: count them
+    #: from the uploaded coordinates
+    conv_linear_flops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,9 @@ class CostModel:
         copies = 2 + (1 if momentum else 0)
         activations = sum(layer.out_elements for layer in self.layers) * min(batch_size, max(samples, 1))
         return TrainingCost(flops=flops, memory_bytes=copies * weights * BYTES_PER_VALUE,
-                            activation_bytes=activations * BYTES_PER_VALUE)
+                            activation_bytes=activations * BYTES_PER_VALUE,
+                            conv_linear_flops=samples * (1 + BACKWARD_FACTOR)
+                            * self.multiply_flops_per_sample(kept))
 
     def dense_counts(self) -> dict[str, int]:
         return dict(self.param_sizes)

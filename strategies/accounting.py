@@ -67,6 +67,7 @@ class CostAccountant:
             download_bytes=down, dense_train_flops=dense.flops,
             dense_memory_bytes=dense.memory_bytes,
             dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down,
-            conv_linear_flops=(1 + BACKWARD_FACTOR) * samples * model.multiply_flops_per_sample(kept),
+            conv_linear_flops=sparse.conv_linear_flops if sparse.conv_linear_flops is not None
+            else (1 + BACKWARD_FACTOR) * samples * model.multiply_flops_per_sample(kept),
             dense_conv_linear_flops=(1 + BACKWARD_FACTOR) * samples * model.multiply_flops_per_sample(
                 model.dense_counts()))

@@ -1,8 +1,12 @@
+import itertools
+import math
+
+import pytest
 import torch
 
 from fedsparse.config import ModelConfig, TrainConfig
 from fedsparse.models import build_model
-from fedsparse.training import evaluate, train_local
+from fedsparse.training import TrainSettings, evaluate, train_local
 
 
 def _blobs(n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,3 +60,24 @@ def test_proximal_term_keeps_weights_near_the_received_model():
         drifts.append(sum(float(((p - s) ** 2).sum()) for p, s in zip(model.parameters(), start,
                                                                        strict=True)))
     assert drifts[1] < 0.5 * drifts[0]
+
+
+def test_lr_schedules_start_at_lr_and_fall_as_declared():
+    constant = TrainSettings(lr=0.1)
+    assert constant.at_round(7, 10) is constant
+    cosine = TrainSettings(lr=0.1, lr_schedule="cosine", lr_min=0.01)
+    rates = [cosine.lr_at(r, 10) for r in range(1, 11)]
+    assert rates[0] == pytest.approx(0.1) and all(a > b for a, b in itertools.pairwise(rates))
+    assert rates[5] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert rates[-1] > 0.01
+    exponential = TrainSettings(lr=0.1, lr_schedule="exponential", lr_decay=0.5)
+    assert exponential.at_round(3, 10).lr == pytest.approx(0.025)
+    assert exponential.at_round(3, 10).lr_schedule == "constant"  # a round's settings are final
+
+
+def test_a_method_trains_each_round_at_the_schedules_rate():
+    from tests.clients.helpers import make_method, make_task
+
+    method, _ = make_method("dense", "train.lr_schedule=exponential", "train.lr_decay=0.5",
+                            "train.lr=0.2")
+    assert method.train_settings(make_task(None, None, **{"server-round": 3})).lr == pytest.approx(0.05)

@@ -57,5 +57,7 @@ class Ditto(PersonalModelMethod):
         epochs, and the second model held in memory."""
         personal = self.dense_training(self.options.personal_epochs, int(metrics["num-examples"]))
         held = sum(self._cost_model.param_sizes.values()) * BYTES_PER_VALUE
+        conv_linear = None if computed.conv_linear_flops is None \
+            else computed.conv_linear_flops + (personal.conv_linear_flops or 0.0)
         return TrainingCost(computed.flops + personal.flops, computed.memory_bytes + held,
-                            computed.activation_bytes), density
+                            computed.activation_bytes, conv_linear), density

@@ -108,7 +108,11 @@ class FjORD(WidthMethod):
         assert self._model is not None
         plan = self.batch_plan(context.num_examples, has_batchnorm(self._model))
         draws = self.draws(context.partition_id, context.server_round, len(plan), len(widths))
-        per_sample = [self.cost_model(w).forward_flops_per_sample(self.cost_model(w).dense_counts())
-                      for w in widths]
-        flops = (1 + BACKWARD_FACTOR) * sum(size * per_sample[d] for size, d in zip(plan, draws, strict=True))
-        return TrainingCost(float(flops), widest.memory_bytes, widest.activation_bytes), density
+        models = [self.cost_model(w) for w in widths]
+        per_sample = [m.forward_flops_per_sample(m.dense_counts()) for m in models]
+        multiplies = [m.multiply_flops_per_sample(m.dense_counts()) for m in models]
+        pairs = list(zip(plan, draws, strict=True))
+        flops = (1 + BACKWARD_FACTOR) * sum(size * per_sample[d] for size, d in pairs)
+        conv_linear = (1 + BACKWARD_FACTOR) * sum(size * multiplies[d] for size, d in pairs)
+        return TrainingCost(float(flops), widest.memory_bytes, widest.activation_bytes,
+                            float(conv_linear)), density

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from fedsparse.budgets import Budget
@@ -85,6 +85,13 @@ class PFedGateOptions(MethodOptions):
                             "gradient), or from every block (the paper's straight-through "
                             "estimator; its dense weight gradient is counted in FLOPs and memory)")
 
+    @model_validator(mode="after")
+    def _channel_blocks_send_no_gradient_from_dropped_channels(self) -> PFedGateOptions:
+        if self.blocks == "channel" and self.ste == "full":
+            raise ValueError("blocks: channel never computes a dropped channel, so it cannot send "
+                             "it gradient: use ste: kept (the default) or blocks: weights")
+        return self
+
 
 def linear_or_other(model: nn.Module) -> dict[str, str]:
     """The knapsack group of every parameter: its layer's kind (linear, or any other)."""
@@ -100,7 +107,7 @@ class PFedGate(Method):
     Options = PFedGateOptions
     sparse_updates = True
     #: only the client sees its per-batch masks: compute density, FLOPs and memory are its word
-    client_reported = ("density", "train_flops", "memory_bytes")
+    client_reported = ("density", "train_flops", "memory_bytes", "conv_linear_flops")
     options: PFedGateOptions
 
     def __init__(self, options: PFedGateOptions, run: RunInfo) -> None:
@@ -153,8 +160,12 @@ class PFedGate(Method):
         if not (0 <= reported <= 1 and flops >= 0 and memory > 0 and math.isfinite(flops + memory)):
             raise UpdateRejected(f"implausible reported costs (train-flops={flops}, "
                                  f"memory-bytes={memory}, compute-density={reported})")
+        conv_linear = metrics.get("conv-linear-flops")
+        if conv_linear is not None and not (0 <= conv_linear <= flops):
+            raise UpdateRejected(f"implausible reported conv-linear-flops={conv_linear}")
         return TrainingCost(flops=flops, memory_bytes=memory,
-                            activation_bytes=computed.activation_bytes), reported
+                            activation_bytes=computed.activation_bytes,
+                            conv_linear_flops=conv_linear), reported
 
     def summary(self) -> dict[str, Any]:
         return {"eval_gating": self.options.eval_gating}
@@ -232,6 +243,7 @@ class PFedGate(Method):
         metrics = {"train-loss": stats["loss"], "num-examples": float(len(data.y_train)),
                    "samples-seen": float(samples),
                    "train-flops": float(stats["flops"]),
+                   "conv-linear-flops": float(stats["conv_linear"]),
                    "memory-bytes": float(memory),
                    "compute-density": stats["max_kept"] / total,
                    "mean-compute-density": stats["kept_sum"] / max(stats["batches"], 1) / total,
@@ -271,7 +283,9 @@ class PFedGate(Method):
         cost = self._cost_model(model, tuple(data.x_train.shape[1:]))
         gate_flops = self._gate_flops(gate)
         dense_gradient = train_model and not channel_mode and self.options.ste == "full"
-        dense_forward = cost.forward_flops_per_sample({n: p.numel() for n, p in params.items()})
+        dense_counts = {n: p.numel() for n, p in params.items()}
+        dense_forward = cost.forward_flops_per_sample(dense_counts)
+        dense_multiplies = cost.multiply_flops_per_sample(dense_counts)
         if channel_mode:  # tensors without a channel axis are used whole by every batch
             touched = {n: torch.full_like(t, n not in gating.graph.axes_of, dtype=torch.bool)
                        for n, t in model.state_dict().items()}
@@ -279,7 +293,8 @@ class PFedGate(Method):
             touched = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
         model.train(train_model)
         gate.train()
-        stats = {"loss": 0.0, "samples": 0, "flops": 0.0, "max_kept": 0, "kept_sum": 0, "batches": 0}
+        stats = {"loss": 0.0, "samples": 0, "flops": 0.0, "conv_linear": 0.0, "max_kept": 0,
+                 "kept_sum": 0, "batches": 0}
         n = len(data.y_train)
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator)
@@ -311,6 +326,9 @@ class PFedGate(Method):
                 stats["samples"] += len(batch)
                 weight_gradient = dense_forward if dense_gradient else forward
                 stats["flops"] += len(batch) * (2 * forward + weight_gradient + 3 * gate_flops)
+                multiplies = cost.multiply_flops_per_sample(kept)
+                stats["conv_linear"] += len(batch) * (
+                    2 * multiplies + (dense_multiplies if dense_gradient else multiplies))
         for p in params.values():
             p.requires_grad_(True)
         stats["loss"] /= max(stats["samples"], 1)

@@ -320,7 +320,8 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         # which cost figures the server counted itself and which only the client could measure
         "cost_sources": {"client_reported": sorted(method.client_reported),
                          "server_counted": sorted({"density", "train_flops", "memory_bytes",
-                                                   "upload_bytes", "download_bytes"}
+                                                   "upload_bytes", "download_bytes",
+                                                   "conv_linear_flops"}
                                                   - set(method.client_reported))},
         "cost": {**{k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},
                  "memory_bytes_peak_ratio": max((c.memory_bytes / c.dense_memory_bytes

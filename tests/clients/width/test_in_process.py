@@ -24,8 +24,8 @@ def test_a_width_method_runs_and_the_server_counts_its_savings(tmp_path, method)
     assert cost["memory_bytes_ratio"] == pytest.approx(cost["density"])
     assert 0.5 < cost["density"] < 0.62 and 0.5 < cost["upload_bytes_ratio"] < 0.7
     assert cost["train_flops_ratio"] < cost["density"]
-    # the papers' counter (Conv2d and Linear weights only, over the uploaded coordinates)
-    assert 0.4 < cost["conv_linear_flops_ratio"] < 0.7 and cost["conv_linear_flops"] > 0
+    # the papers' counter (Conv2d and Linear weights only) on the networks the batches trained
+    assert 0.2 < cost["conv_linear_flops_ratio"] < cost["density"] and cost["conv_linear_flops"] > 0
     assert summary["accuracy"]["mean"] > 0.3 and summary["accuracy"]["global"] > 0.25  # chance: 0.1
     assert "width submodel" in summary["evaluation_protocol"]
     assert set(summary["accuracy_by_density"]) == {"0.2", "1"}
