@@ -3,18 +3,21 @@ and 0.1, timed side by side for every method (runners interleaved, each repeated
 one thread:
 
 - cnn-bn on Fashion-MNIST-shaped data (1x28x28, 10 classes): dense FedAvg, a FedTiny client
-  (a fixed unstructured magnitude mask), a pFedGate client (gated blocks), and the width methods
-  HeteroFL, FjORD and FedRolex (channel-structured submodels trained sliced);
-- resnet18 on CIFAR-shaped data (3x32x32, synthetic: no CIFAR on this machine): dense and the
-  width methods.
+  (a fixed unstructured magnitude mask), a pFedGate client with blocks of flat weights (the
+  paper's) and with channel-aligned blocks (`pfedgate-channel`: a sliced network per batch), and
+  the width methods HeteroFL, FjORD and FedRolex (channel-structured submodels trained sliced);
+- resnet18 on CIFAR-shaped data (3x32x32, synthetic: no CIFAR on this machine): dense, pFedGate's
+  channel mode and the width methods.
 
     python benchmarks/sparse_speed.py [--samples 600] [--resnet-samples 64] [--repeats 5]
-                                      [--models cnn-bn,resnet18] [--json out.json]
+                                      [--models cnn-bn,resnet18] [--methods a,b] [--json out.json]
 
 Prints a table of seconds per epoch (median and min-max of the repeats), the ratio to the
 same model's dense epoch, and the FLOPs ratio the server counts, and writes the same as JSON.
 A width client's time includes slicing its submodel out of the received model and scattering it
-back. Targets (issue 16): width methods at density 0.5 / 0.3 / 0.1 <= 0.65x / 0.5x / 0.3x dense.
+back. Targets: width methods at density 0.5 / 0.3 / 0.1 <= 0.65x / 0.5x / 0.3x dense (issue 16);
+pFedGate's channel mode at s = 0.3 <= 0.6x dense (issue 17). pFedGate runs with momentum 0.9 as
+its paper-like config, the others with plain SGD as their configs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from fedsparse.models import build_model
 
 SHAPES = {"cnn-bn": (1, 28, 28), "resnet18": (3, 32, 32)}
 WIDTH_METHODS = ("heterofl", "fjord", "fedrolex")
+#: runner label -> (method, extra --set items)
+VARIANTS = {"pfedgate": ("pfedgate", ["train.momentum=0.9"]),
+            "pfedgate-channel": ("pfedgate", ["train.momentum=0.9", "method.pfedgate.blocks=channel"])}
 BATCH = 32
 
 
@@ -62,15 +68,16 @@ def fedtiny_masks(model: torch.nn.Module, density: float) -> Masks | None:
 class Runner:
     """One (model, method, density) client, ready to train one epoch per call."""
 
-    def __init__(self, model_name: str, method_name: str, density: float, samples: int) -> None:
+    def __init__(self, model_name: str, label: str, density: float, samples: int) -> None:
         shape = SHAPES[model_name]
+        method_name, extra = VARIANTS.get(label, (label, []))
         cfg = load_config(None, [f"model.name={model_name}", f"train.batch_size={BATCH}",
-                                 "train.local_epochs=1", f"method.name={method_name}"])
+                                 "train.local_epochs=1", f"method.name={method_name}", *extra])
         torch.manual_seed(0)
         model = build_model(cfg.model, shape, 10)
         self.cost = CostModel(model, shape)
         self.method: Method = build_method(cfg)
-        self.label = (model_name, method_name, density)
+        self.label = (model_name, label, density)
         self.data = local_data(samples, shape)
         self.state: dict = {}
         self.flops_ratio: float | None = None
@@ -106,13 +113,17 @@ class Runner:
                                    state=self.state))
 
 
-def runners(models: list[str], samples: int, resnet_samples: int) -> list[Runner]:
+def runners(models: list[str], samples: int, resnet_samples: int,
+            only: set[str] | None = None) -> list[Runner]:
     out = []
     for model in models:
         n = resnet_samples if model == "resnet18" else samples
         out.append(Runner(model, "dense", 1.0, n))
-        methods = ("fedtiny", "pfedgate", *WIDTH_METHODS) if model == "cnn-bn" else WIDTH_METHODS
+        methods = ("fedtiny", "pfedgate", "pfedgate-channel", *WIDTH_METHODS) if model == "cnn-bn" \
+            else ("pfedgate-channel", *WIDTH_METHODS)
         for method in methods:
+            if only and method not in only:
+                continue
             for density in (0.5, 0.3, 0.1):
                 out.append(Runner(model, method, density, n))
     return out
@@ -130,10 +141,12 @@ def main() -> None:
     parser.add_argument("--resnet-samples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default="cnn-bn,resnet18")
+    parser.add_argument("--methods", default="", help="only these runners (dense always runs)")
     parser.add_argument("--json", type=Path, default=Path("sparse_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    todo = runners(args.models.split(","), args.samples, args.resnet_samples)
+    only = set(args.methods.split(",")) if args.methods else None
+    todo = runners(args.models.split(","), args.samples, args.resnet_samples, only)
     for runner in todo:
         runner()  # warm-up: allocations, tracing, a pFedGate gate's creation
     times: dict[tuple, list[float]] = {r.label: [] for r in todo}

@@ -114,6 +114,20 @@ class CostModel:
             total += (2 * w + b) * layer.positions
         return total
 
+    def flops_per_coordinate(self) -> dict[str, float]:
+        """Forward FLOPs per sample that one kept coordinate of each Conv2d / Linear tensor costs
+        (2 per weight and 1 per bias at each output position): ``forward_flops_per_sample`` is
+        linear in the kept counts with these slopes, plus the norm layers' constant."""
+        out: dict[str, float] = {}
+        for layer in self.layers:
+            if layer.kind == "norm":
+                continue
+            if layer.weight:
+                out[layer.weight] = 2.0 * layer.positions
+            if layer.bias:
+                out[layer.bias] = float(layer.positions)
+        return out
+
     def multiply_flops_per_sample(self, kept: Mapping[str, int]) -> float:
         """Forward FLOPs of the Conv2d and Linear weights alone (2 per multiply-accumulate): what
         torch's ``FlopCounterMode`` and most papers' counters count."""

@@ -19,6 +19,7 @@ batch falls with the budget s instead of staying dense as with blocks of flat we
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -45,49 +46,59 @@ class ChannelBlocks:
     sub0: tuple[int, ...]  # per space: the first sub0[i] channels are always kept
     block_space: tuple[int, ...]  # per block: its space's index
     block_channels: tuple[torch.Tensor, ...]  # per block: its channels
-    #: per knapsack group: weights a batch may compute with, floor(s * the group's weights)
+    #: per knapsack group: weights a batch may compute with, floor(s * the group's weights);
+    #: then, with ``flops``, the forward FLOPs per sample it may spend: s * the dense model's
     limits: tuple[int, ...]
     total: int  # weights of the whole model
     #: per parameter tensor, its knapsack group (all 0: one joint limit)
     groups: tuple[int, ...] = ()
+    #: per parameter tensor, forward FLOPs per sample of one kept coordinate (empty: no limit)
+    flops: tuple[float, ...] = ()
 
     @property
     def num_blocks(self) -> int:
         return len(self.block_space)
 
     @cached_property
-    def _terms(self) -> list[tuple[int, int, list[int]]]:
-        """Per parameter tensor: its group, its coordinates per kept channel combination and the
-        spaces (by index) of its channel axes: kept = base * prod(widths of those spaces)."""
+    def _terms(self) -> list[tuple[int, int, list[int], float]]:
+        """Per parameter tensor: its group, its coordinates per kept channel combination, the
+        spaces (by index) of its channel axes (kept = base * prod(widths of those spaces)) and
+        the FLOPs of one kept coordinate."""
         index = {s: i for i, s in enumerate(self.spaces)}
         groups = self.groups or (0,) * len(self.params)
+        flops = self.flops or (0.0,) * len(self.params)
         terms = []
-        for name, group in zip(self.params, groups, strict=True):
+        for name, group, cost in zip(self.params, groups, flops, strict=True):
             base = math.prod(self.graph.shapes[name])
             spaces = []
             for space, axis in self.graph.axes_of.get(name, ()):
                 base = base // self.graph.shapes[name][axis.dim] * axis.group
                 spaces.append(index[space])
-            terms.append((group, base, spaces))
+            terms.append((group, base, spaces, cost))
         return terms
 
     def counts(self, widths: np.ndarray) -> np.ndarray:
-        """Weights per group of the submodel whose spaces keep ``widths`` channels."""
-        out = np.zeros(len(self.limits), dtype=np.int64)
-        for group, base, spaces in self._terms:
-            out[group] += base * math.prod(int(widths[i]) for i in spaces)
+        """Weights per group of the submodel whose spaces keep ``widths`` channels, then (with
+        ``flops``) its forward FLOPs per sample: the quantities ``limits`` bounds."""
+        out = np.zeros(len(self.limits), dtype=np.float64)
+        for group, base, spaces, cost in self._terms:
+            kept = base * math.prod(int(widths[i]) for i in spaces)
+            out[group] += kept
+            if self.flops:
+                out[-1] += cost * kept
         return out
 
     def count(self, widths: np.ndarray) -> int:
         """Weights (parameters) of the submodel whose spaces keep ``widths`` channels."""
-        return int(self.counts(widths).sum())
+        counts = self.counts(widths)
+        return int(np.rint((counts[:-1] if self.flops else counts).sum()))
 
     def select(self, scores: np.ndarray) -> np.ndarray:
         """Blocks to keep: greedy by score per marginal share of the groups' capacities, never
         past any group's limit. Within a space the best-scored block of a size goes first, so
         each step weighs one candidate per space and block size."""
         widths = np.asarray(self.sub0, dtype=np.int64)
-        limits = np.asarray(self.limits, dtype=np.int64)
+        limits = np.asarray(self.limits, dtype=np.float64)
         full = np.array([self.graph.spaces[s].size for s in self.spaces], dtype=np.int64)
         if np.all(self.counts(full) <= limits):  # everything fits (s = 1)
             return scores > 0
@@ -131,10 +142,14 @@ class ChannelBlocks:
 
 def make_channel_blocks(graph: ChannelGraph, params: Mapping[str, torch.Tensor], density: float,
                         split: int, sub0_fraction: float,
-                        groups: Mapping[str, str] | None = None) -> ChannelBlocks:
+                        groups: Mapping[str, str] | None = None,
+                        flops: Mapping[str, float] | None = None) -> ChannelBlocks:
     """Channel blocks for a client with budget ``density``: a hard limit on the weights of every
     batch, per group when ``groups`` (tensor -> label, e.g. linear vs other layers as in the
-    authors' knapsack) splits them, so that convolutions are thinned too, else overall."""
+    authors' knapsack) splits them, so that convolutions are thinned too, else overall; and, with
+    ``flops`` (tensor -> FLOPs per kept coordinate, ``CostModel.flops_per_coordinate``), on its
+    Conv2d / Linear FLOPs: s of the dense model's. Without that second limit a budget in weights
+    keeps early convolutions wide (few weights, most of the FLOPs), and time hardly falls."""
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     names = tuple(params)
@@ -145,14 +160,20 @@ def make_channel_blocks(graph: ChannelGraph, params: Mapping[str, torch.Tensor],
     group_totals = [sum(params[n].numel() for n, g in zip(names, group_of, strict=True) if g == i)
                     for i in range(len(order))]
     limits = tuple(math.floor(density * t + 1e-9) for t in group_totals)
+    totals = list(group_totals)
+    per_coordinate = tuple(float((flops or {}).get(n, 0.0)) for n in names) if flops else ()
+    if per_coordinate:
+        dense_flops = sum(c * params[n].numel() for n, c in zip(names, per_coordinate, strict=True))
+        limits += (density * dense_flops,)
+        totals.append(dense_flops)
     total = sum(group_totals)
-    blocks = ChannelBlocks(graph, names, spaces, (), (), (), limits, total, group_of)
+    blocks = ChannelBlocks(graph, names, spaces, (), (), (), limits, total, group_of, per_coordinate)
     sizes = np.array([graph.spaces[s].size for s in spaces], dtype=np.int64)
     smallest = blocks.counts(np.ones(len(spaces), dtype=np.int64))
     if np.any(smallest > np.asarray(limits)):
         raise ValueError(f"density {density:g} is below the smallest channel submodel (one "
                          "channel per layer); raise the budget or use method.pfedgate.blocks=weights")
-    targets = np.array([math.floor(sub0_fraction * density * t + 1e-9) for t in group_totals])
+    targets = np.array([sub0_fraction * density * t for t in totals])
     low, high = 0.0, 1.0  # widest prefix ratio whose submodel fits the sub0 share of every group
     for _ in range(40):
         mid = (low + high) / 2
@@ -170,7 +191,7 @@ def make_channel_blocks(graph: ChannelGraph, params: Mapping[str, torch.Tensor],
             block_space.append(i)
             block_channels.append(chunk)
     return ChannelBlocks(graph, names, spaces, tuple(int(w) for w in sub0), tuple(block_space),
-                         tuple(block_channels), limits, total, group_of)
+                         tuple(block_channels), limits, total, group_of, per_coordinate)
 
 
 def _widths(sizes: np.ndarray, ratio: float) -> np.ndarray:
@@ -186,12 +207,13 @@ class ChannelGating:
         self.graph = blocks.graph
         self.tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         self._structures: OrderedDict[tuple[int, ...], nn.Module] = OrderedDict()
+        self._shapes_only = copy.deepcopy(model).to("meta")  # slicing it copies no values
 
     def structure(self, keep: Keep) -> nn.Module:
-        """A network of the kept widths (its own tensors unused: every call passes them)."""
+        """A network of the kept widths, holding no values: every call passes its tensors."""
         key = tuple(len(keep[s]) for s in self.blocks.spaces)
         if key not in self._structures:
-            self._structures[key] = self.graph.sliced_module(self.model, keep)
+            self._structures[key] = self.graph.sliced_module(self._shapes_only, keep)
             if len(self._structures) > CACHED_STRUCTURES:
                 self._structures.popitem(last=False)
         self._structures.move_to_end(key)

@@ -69,7 +69,9 @@ class PFedGateOptions(MethodOptions):
     blocks: Literal["weights", "channel"] = Field(
         "weights", description="gated blocks of flat weights (the paper), or groups of output "
                                "channels trained as a sliced network, so per-batch time falls "
-                               "with s (channel mode gives dropped blocks no gradient)")
+                               "with s: every batch keeps <= s of the weights (per knapsack "
+                               "group) and <= s of the dense Conv2d/Linear FLOPs, and dropped "
+                               "blocks get no gradient")
     knapsack: Literal["joint", "grouped"] = Field(
         "grouped", description="one knapsack per group (linear layers, the others) with its own "
                                "capacity, as in the authors' code: convolutions are thinned too, "
@@ -199,8 +201,9 @@ class PFedGate(Method):
             key = (sum(p.numel() for p in params.values()), input_shape)
             if key not in self._graphs:
                 self._graphs[key] = ChannelGraph.trace(model, input_shape)
+            flops = self._cost_model(model, input_shape).flops_per_coordinate()
             blocks = make_channel_blocks(self._graphs[key], params, density, self.options.split,
-                                         self.options.sub0_fraction, groups)
+                                         self.options.sub0_fraction, groups, flops)
             return ChannelGating(model, blocks)
         return make_layout(params, density, self.options.split, self.options.sub0_fraction, groups,
                            self.options.block_fit)

@@ -32,9 +32,12 @@ def cnn(seed: int = 0) -> torch.nn.Module:
 
 
 def blocks_for(model: torch.nn.Module, density: float, grouped: bool = True, split: int = 4):
+    """Blocks as the method builds them: weight limits per group plus the FLOPs limit."""
     graph = ChannelGraph.trace(model, SHAPE)
     groups = linear_or_other(model) if grouped else None
-    return make_channel_blocks(graph, dict(model.named_parameters()), density, split, 0.5, groups)
+    flops = CostModel(model, SHAPE).flops_per_coordinate()
+    return make_channel_blocks(graph, dict(model.named_parameters()), density, split, 0.5, groups,
+                               flops)
 
 
 def widths(blocks, keep) -> np.ndarray:
@@ -55,6 +58,10 @@ def test_picks_never_exceed_any_group_limit_and_are_maximal(density, grouped):
         assert sum(kept.values()) == blocks.count(widths(blocks, keep))  # the count is exact
         assert np.all(blocks.counts(widths(blocks, keep)) <= np.asarray(blocks.limits))
         assert sum(kept.values()) <= density * blocks.total + 1e-9
+        cost = CostModel(model, SHAPE)  # and the Conv2d / Linear FLOPs (norms are a constant)
+        norms = cost.forward_flops_per_sample({})
+        dense = cost.forward_flops_per_sample(cost.dense_counts()) - norms
+        assert cost.forward_flops_per_sample(kept) - norms <= density * dense * (1 + 1e-9)
         for b in np.flatnonzero(~picked):  # nothing more fits: the budget is used
             grown = widths(blocks, keep)
             grown[blocks.block_space[b]] += sizes[b]
