@@ -21,15 +21,19 @@ def main() -> None:
             [{k: s.get(k) for k in ("run_dir", "method", "budget", "accuracy", "cost", "clock",
                                     "wall_seconds")} for s in summaries], indent=1))
     base = next((s for s in summaries if s["method"] in ("dense", "fedavg-ft")), summaries[0])
+    base_round = round_seconds(base)
     print("| run | method | budgets | acc mean | bottom decile | global | acc by density | "
-          "FLOPs vs FedAvg | memory vs dense | upload vs FedAvg | density | sim s to target | "
-          "sim s total | wall s |")
-    print("|" + "---|" * 14)
+          "FLOPs vs FedAvg | conv+linear FLOPs vs FedAvg | memory vs dense | upload vs FedAvg | "
+          "density | round s vs FedAvg | sim s to target | sim s total | wall s |")
+    print("|" + "---|" * 16)
     for s in summaries:
         tiers = s["budget"]["tiers"]
         budgets = ",".join(f"{t['density']:g}:{t['share']:g}" for t in tiers) \
             if isinstance(tiers, list) else tiers
         flops = s["cost"]["train_flops"] / base["cost"]["train_flops"]
+        conv_linear = (s["cost"].get("conv_linear_flops") or float("nan")) \
+            / (base["cost"].get("conv_linear_flops") or float("nan"))
+        seconds = round_seconds(s) / base_round
         upload = s["cost"]["upload_bytes"] / base["cost"]["upload_bytes"]
         name = Path(s["run_dir"]).name.rsplit("-", 2)[0]
         memory = s["cost"].get("memory_bytes_ratio") or float("nan")
@@ -38,9 +42,21 @@ def main() -> None:
         to_target = clock.get("time_to_target")
         print(f"| {name} | {s['method']} | {budgets} | {s['accuracy']['mean']:.4f} | "
               f"{s['accuracy']['bottom_decile']:.4f} | {glob:.4f} | {by_density(s)} | "
-              f"{flops:.3f} | {memory:.3f} | {upload:.3f} | {s['cost']['density']:.3f} | "
+              f"{flops:.3f} | {conv_linear:.3f} | {memory:.3f} | {upload:.3f} | "
+              f"{s['cost']['density']:.3f} | {seconds:.2f} | "
               f"{'-' if to_target is None else f'{to_target:.1f}'} | "
               f"{clock.get('total_seconds', float('nan')):.1f} | {s['wall_seconds']:.0f} |")
+
+
+def round_seconds(summary: dict) -> float:
+    """Median wall seconds of the rounds that trained and did not evaluate (metrics.jsonl): one
+    local epoch of the sampled clients plus the round's overhead."""
+    path = Path(summary["run_dir"]) / "metrics.jsonl"
+    if not path.exists():
+        return float("nan")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    times = sorted(r["seconds"] for r in rows if "seconds" in r and "accuracy_mean" not in r)
+    return times[len(times) // 2] if times else float("nan")
 
 
 def by_density(summary: dict) -> str:
