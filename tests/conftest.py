@@ -6,6 +6,26 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
+#: fixtures that run a whole simulation (or deployment) once and are shared by several tests:
+#: under pytest-xdist every test that uses one runs on the same worker, so each runs once
+SHARED_RUNS = ("pfedgate_runs", "fedtiny_runs", "deployments")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_worker():
+    """Two xdist workers on two cores: torch's own thread pool per worker would oversubscribe."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
 
 @pytest.fixture
 def task_identity():

@@ -176,3 +176,28 @@ def test_a_gate_with_sub0_scores_trains_within_the_budget():
     outputs = next(v for k, v in gate.items() if k.endswith("score.0.weight")).shape[0]
     assert outputs > 5 * len(list(model.parameters()))  # gated blocks plus one sub0 score each
     assert 0 <= method.evaluate(make_task(model, make_data(0), 0.3, state=state))["accuracy"] <= 1
+
+
+def test_at_s_0_3_on_cnn_bn_different_clients_train_different_blocks():
+    """The defaults (grouped knapsack, blocks cut to fit) give the gate a real choice: two
+    clients with different data, starting from the same model, touch different coordinates.
+    With blocks too large to fit (block_fit 0, joint) every client's mask would be the same."""
+    from fedsparse.config import load_config
+    from fedsparse.experiment import build_method
+    from tests.clients.pfedgate.test_channels import cnn, image_data
+
+    touched = []
+    for pid in (0, 1):
+        method = build_method(load_config(None, ["method.name=pfedgate", "model.name=cnn-bn",
+                                                 "train.batch_size=8", "train.momentum=0.9"]))
+        data = image_data(32)
+        if pid:  # other labels: the client's classes differ
+            data = type(data)(data.x_train.flip(-1), (data.y_train + 1) % 4, data.x_val,
+                              data.y_val, data.x_test, data.y_test)
+        result = method.fit(make_task(cnn(), data, 0.3, seed=pid, partition_id=pid))
+        assert result.metrics["compute-density"] <= 0.3
+        touched.append({name: mask.clone() for name, mask in result.upload.items()})
+    assert touched[0].keys() == touched[1].keys()
+    differ = [n for n in touched[0] if not torch.equal(touched[0][n], touched[1][n])]
+    assert any("features" in n for n in differ), differ  # convolutions' blocks too
+    assert any("classifier" in n for n in differ), differ
