@@ -13,7 +13,10 @@ SHARED_RUNS = ("pfedgate_runs", "fedtiny_runs", "deployments")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        callspec = getattr(item, "callspec", None)  # a parameter naming the fixture it looks up
+        values = [v for v in (callspec.params.values() if callspec else ()) if isinstance(v, str)]
+        named = {*getattr(item, "fixturenames", ()), *values}
+        shared = [name for name in SHARED_RUNS if name in named]
         if shared:
             item.add_marker(pytest.mark.xdist_group(shared[0]))
 
