@@ -22,7 +22,7 @@ PFEDGATE = ["--clients", "6", "--rounds", "4", "--fraction", "0.5", "--budgets",
             "--set", "method.pfedgate.novel_share=0.34", "--set", "train.momentum=0.9",
             "--strategy", "masked-fedadam", "--set", "strategy.options.server_lr=0.05",
             "--set", "eval.every=2", "--set", "eval.fraction=1", "--set", "simulation.checkpoint_every=1",
-            # the pinned figures' options (the defaults became grouped / block_fit 4 / kept)
+            # the pinned figures' options (the defaults became grouped / kept)
             "--set", "method.pfedgate.knapsack=joint", "--set", "method.pfedgate.block_fit=0",
             "--set", "method.pfedgate.ste=full"]
 #: FedTiny with nested tiers; its mask changes in rounds 1 and 2 (T_end = 3 of 4), so a resume

@@ -179,9 +179,9 @@ def test_a_gate_with_sub0_scores_trains_within_the_budget():
 
 
 def test_at_s_0_3_on_cnn_bn_different_clients_train_different_blocks():
-    """The defaults (grouped knapsack, blocks cut to fit) give the gate a real choice: two
+    """Blocks cut to fit (block_fit 4, grouped knapsack) give the gate a real choice: two
     clients with different data, starting from the same model, touch different coordinates.
-    With blocks too large to fit (block_fit 0, joint) every client's mask would be the same."""
+    With blocks too large to fit (block_fit 0, the default) every client's mask is the same."""
     from fedsparse.config import load_config
     from fedsparse.experiment import build_method
     from tests.clients.pfedgate.test_channels import cnn, image_data
@@ -189,7 +189,8 @@ def test_at_s_0_3_on_cnn_bn_different_clients_train_different_blocks():
     touched = []
     for pid in (0, 1):
         method = build_method(load_config(None, ["method.name=pfedgate", "model.name=cnn-bn",
-                                                 "train.batch_size=8", "train.momentum=0.9"]))
+                                                 "train.batch_size=8", "train.momentum=0.9",
+                                                 "method.pfedgate.block_fit=4"]))
         data = image_data(32)
         if pid:  # other labels: the client's classes differ
             data = type(data)(data.x_train.flip(-1), (data.y_train + 1) % 4, data.x_val,
