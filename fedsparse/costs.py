@@ -128,6 +128,14 @@ class CostModel:
                 out[layer.bias] = float(layer.positions)
         return out
 
+    def activations_per_coordinate(self) -> dict[str, float]:
+        """Activation elements per sample that one kept channel of each normalisation layer's
+        weight stands for (its output per channel): a sliced network's BatchNorm, ReLU and
+        pooling work, memory-bound on a CPU, follows these, not the FLOPs. Models without
+        normalisation layers get none."""
+        return {layer.weight: layer.out_elements / self.param_sizes[layer.weight]
+                for layer in self.layers if layer.kind == "norm" and layer.weight}
+
     def multiply_flops_per_sample(self, kept: Mapping[str, int]) -> float:
         """Forward FLOPs of the Conv2d and Linear weights alone (2 per multiply-accumulate): what
         torch's ``FlopCounterMode`` and most papers' counters count."""

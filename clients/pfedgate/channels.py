@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -47,28 +47,29 @@ class ChannelBlocks:
     block_space: tuple[int, ...]  # per block: its space's index
     block_channels: tuple[torch.Tensor, ...]  # per block: its channels
     #: per knapsack group: weights a batch may compute with, floor(s * the group's weights);
-    #: then, with ``flops``, the forward FLOPs per sample it may spend: s * the dense model's
+    #: then, per entry of ``costs``, what a sample may spend of it: s * the dense model's
     limits: tuple[int, ...]
     total: int  # weights of the whole model
     #: per parameter tensor, its knapsack group (all 0: one joint limit)
     groups: tuple[int, ...] = ()
-    #: per parameter tensor, forward FLOPs per sample of one kept coordinate (empty: no limit)
-    flops: tuple[float, ...] = ()
+    #: per limited cost (forward FLOPs, activation elements), per parameter tensor: what one
+    #: kept coordinate costs per sample (empty: weights are the only limit)
+    costs: tuple[tuple[float, ...], ...] = ()
 
     @property
     def num_blocks(self) -> int:
         return len(self.block_space)
 
     @cached_property
-    def _terms(self) -> list[tuple[int, int, list[int], float]]:
+    def _terms(self) -> list[tuple[int, int, list[int], tuple[float, ...]]]:
         """Per parameter tensor: its group, its coordinates per kept channel combination, the
         spaces (by index) of its channel axes (kept = base * prod(widths of those spaces)) and
-        the FLOPs of one kept coordinate."""
+        what one kept coordinate costs per limited cost."""
         index = {s: i for i, s in enumerate(self.spaces)}
         groups = self.groups or (0,) * len(self.params)
-        flops = self.flops or (0.0,) * len(self.params)
+        slopes = list(zip(*self.costs, strict=True)) if self.costs else [()] * len(self.params)
         terms = []
-        for name, group, cost in zip(self.params, groups, flops, strict=True):
+        for name, group, cost in zip(self.params, groups, slopes, strict=True):
             base = math.prod(self.graph.shapes[name])
             spaces = []
             for space, axis in self.graph.axes_of.get(name, ()):
@@ -78,20 +79,21 @@ class ChannelBlocks:
         return terms
 
     def counts(self, widths: np.ndarray) -> np.ndarray:
-        """Weights per group of the submodel whose spaces keep ``widths`` channels, then (with
-        ``flops``) its forward FLOPs per sample: the quantities ``limits`` bounds."""
+        """Weights per group of the submodel whose spaces keep ``widths`` channels, then each
+        limited cost per sample (``costs``): the quantities ``limits`` bounds."""
         out = np.zeros(len(self.limits), dtype=np.float64)
+        first = len(self.limits) - len(self.costs)
         for group, base, spaces, cost in self._terms:
             kept = base * math.prod(int(widths[i]) for i in spaces)
             out[group] += kept
-            if self.flops:
-                out[-1] += cost * kept
+            for j, slope in enumerate(cost):
+                out[first + j] += slope * kept
         return out
 
     def count(self, widths: np.ndarray) -> int:
         """Weights (parameters) of the submodel whose spaces keep ``widths`` channels."""
         counts = self.counts(widths)
-        return int(np.rint((counts[:-1] if self.flops else counts).sum()))
+        return int(np.rint(counts[:len(self.limits) - len(self.costs)].sum()))
 
     def select(self, scores: np.ndarray) -> np.ndarray:
         """Blocks to keep: greedy by score per marginal share of the groups' capacities, never
@@ -143,13 +145,14 @@ class ChannelBlocks:
 def make_channel_blocks(graph: ChannelGraph, params: Mapping[str, torch.Tensor], density: float,
                         split: int, sub0_fraction: float,
                         groups: Mapping[str, str] | None = None,
-                        flops: Mapping[str, float] | None = None) -> ChannelBlocks:
+                        costs: Sequence[Mapping[str, float]] = ()) -> ChannelBlocks:
     """Channel blocks for a client with budget ``density``: a hard limit on the weights of every
     batch, per group when ``groups`` (tensor -> label, e.g. linear vs other layers as in the
-    authors' knapsack) splits them, so that convolutions are thinned too, else overall; and, with
-    ``flops`` (tensor -> FLOPs per kept coordinate, ``CostModel.flops_per_coordinate``), on its
-    Conv2d / Linear FLOPs: s of the dense model's. Without that second limit a budget in weights
-    keeps early convolutions wide (few weights, most of the FLOPs), and time hardly falls."""
+    authors' knapsack) splits them, so that convolutions are thinned too, else overall; and on
+    each of ``costs`` (tensor -> cost per kept coordinate per sample: Conv2d / Linear FLOPs,
+    ``CostModel.flops_per_coordinate``; activation elements, ``activations_per_coordinate``):
+    s of the dense model's. Without them a budget in weights keeps early convolutions wide (few
+    weights, but most of the FLOPs and of the activations), and time hardly falls."""
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     names = tuple(params)
@@ -161,11 +164,11 @@ def make_channel_blocks(graph: ChannelGraph, params: Mapping[str, torch.Tensor],
                     for i in range(len(order))]
     limits = tuple(math.floor(density * t + 1e-9) for t in group_totals)
     totals = list(group_totals)
-    per_coordinate = tuple(float((flops or {}).get(n, 0.0)) for n in names) if flops else ()
-    if per_coordinate:
-        dense_flops = sum(c * params[n].numel() for n, c in zip(names, per_coordinate, strict=True))
-        limits += (density * dense_flops,)
-        totals.append(dense_flops)
+    per_coordinate = tuple(tuple(float(cost.get(n, 0.0)) for n in names) for cost in costs)
+    for slopes in per_coordinate:
+        dense = sum(c * params[n].numel() for n, c in zip(names, slopes, strict=True))
+        limits += (density * dense,)
+        totals.append(dense)
     total = sum(group_totals)
     blocks = ChannelBlocks(graph, names, spaces, (), (), (), limits, total, group_of, per_coordinate)
     sizes = np.array([graph.spaces[s].size for s in spaces], dtype=np.int64)

@@ -70,8 +70,8 @@ class PFedGateOptions(MethodOptions):
         "weights", description="gated blocks of flat weights (the paper), or groups of output "
                                "channels trained as a sliced network, so per-batch time falls "
                                "with s: every batch keeps <= s of the weights (per knapsack "
-                               "group) and <= s of the dense Conv2d/Linear FLOPs, and dropped "
-                               "blocks get no gradient")
+                               "group), of the dense Conv2d/Linear FLOPs and of the activations "
+                               "(normalised channels), and dropped blocks get no gradient")
     knapsack: Literal["joint", "grouped"] = Field(
         "grouped", description="one knapsack per group (linear layers, the others) with its own "
                                "capacity, as in the authors' code: convolutions are thinned too, "
@@ -203,9 +203,10 @@ class PFedGate(Method):
             key = (sum(p.numel() for p in params.values()), input_shape)
             if key not in self._graphs:
                 self._graphs[key] = ChannelGraph.trace(model, input_shape)
-            flops = self._cost_model(model, input_shape).flops_per_coordinate()
+            cost = self._cost_model(model, input_shape)
+            limited = [cost.flops_per_coordinate(), cost.activations_per_coordinate()]
             blocks = make_channel_blocks(self._graphs[key], params, density, self.options.split,
-                                         self.options.sub0_fraction, groups, flops)
+                                         self.options.sub0_fraction, groups, limited)
             return ChannelGating(model, blocks)
         return make_layout(params, density, self.options.split, self.options.sub0_fraction, groups,
                            self.options.block_fit)

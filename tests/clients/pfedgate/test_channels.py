@@ -32,12 +32,13 @@ def cnn(seed: int = 0) -> torch.nn.Module:
 
 
 def blocks_for(model: torch.nn.Module, density: float, grouped: bool = True, split: int = 4):
-    """Blocks as the method builds them: weight limits per group plus the FLOPs limit."""
+    """Blocks as the method builds them: weight limits per group, FLOPs and activations."""
     graph = ChannelGraph.trace(model, SHAPE)
     groups = linear_or_other(model) if grouped else None
-    flops = CostModel(model, SHAPE).flops_per_coordinate()
+    cost = CostModel(model, SHAPE)
+    limited = [cost.flops_per_coordinate(), cost.activations_per_coordinate()]
     return make_channel_blocks(graph, dict(model.named_parameters()), density, split, 0.5, groups,
-                               flops)
+                               limited)
 
 
 def widths(blocks, keep) -> np.ndarray:
@@ -62,6 +63,10 @@ def test_picks_never_exceed_any_group_limit_and_are_maximal(density, grouped):
         norms = cost.forward_flops_per_sample({})
         dense = cost.forward_flops_per_sample(cost.dense_counts()) - norms
         assert cost.forward_flops_per_sample(kept) - norms <= density * dense * (1 + 1e-9)
+        # and the normalised activations: kept channels x elements per channel
+        acts = [(layer.weight, layer.out_elements) for layer in cost.layers if layer.kind == "norm"]
+        kept_acts = sum(kept[w] * n / cost.param_sizes[w] for w, n in acts)
+        assert kept_acts <= density * sum(n for _, n in acts) * (1 + 1e-9)
         for b in np.flatnonzero(~picked):  # nothing more fits: the budget is used
             grown = widths(blocks, keep)
             grown[blocks.block_space[b]] += sizes[b]
