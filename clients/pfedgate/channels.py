@@ -3,12 +3,16 @@ trains the physically smaller network they form (``fedsparse.structured``), so t
 batch falls with the budget s instead of staying dense as with blocks of flat weights.
 
 - Every channel space keeps a prefix ``sub0`` of its channels (the widest prefix submodel
-  holding at most ``sub0_fraction * s`` of the weights) and cuts the rest into ``split``
-  contiguous blocks. The gate scores the blocks (and, with ``sub0_scaled``, each space's sub0).
-- A block's cost in weights depends on what else is kept (a conv's kept weights are its kept
-  output x kept input channels), so the 0/1 knapsack has interacting costs. Blocks are picked
-  greedily by score per *marginal* weight under the exact count of the submodel, which never
-  exceeds floor(s * d): the density stays a hard limit for every batch.
+  holding at most ``sub0_fraction * s`` of every limited quantity) and cuts the rest into
+  ``split`` contiguous blocks. The gate scores the blocks (and, with ``sub0_scaled``, each
+  space's sub0).
+- A block's cost depends on what else is kept (a conv's kept weights are its kept output x kept
+  input channels), so the 0/1 knapsack has interacting costs. Blocks are picked greedily by
+  score per *marginal* share of the limits under the exact count of the submodel: weights per
+  knapsack group <= floor(s * d_group), and Conv2d/Linear FLOPs and normalised activation
+  elements <= s of dense. Weights alone would keep the first convolution wide (few weights, but
+  most of the activations), and its full-resolution pooling and BatchNorm would keep a batch's
+  time near dense. The density stays a hard limit for every batch.
 - A kept channel is weighted by its block's gate value M' = M * I_ST (straight-through on kept
   blocks only: a dropped channel is never computed, so it can send no gradient). The weight
   multiplies the channel's input columns in the layers that read it, i.e. the activation
