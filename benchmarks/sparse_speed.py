@@ -4,7 +4,8 @@ one thread:
 
 - cnn-bn on Fashion-MNIST-shaped data (1x28x28, 10 classes): dense FedAvg, a FedTiny client
   (a fixed unstructured magnitude mask), a pFedGate client with blocks of flat weights (the
-  paper's) and with channel-aligned blocks (`pfedgate-channel`: a sliced network per batch), and
+  paper's) and with channel-aligned blocks (`pfedgate-channel`: a sliced network per batch;
+  `pfedgate-channel-act` also limits activations), and
   the width methods HeteroFL, FjORD and FedRolex (channel-structured submodels trained sliced);
 - resnet18 on CIFAR-shaped data (3x32x32, synthetic: no CIFAR on this machine): dense, pFedGate's
   channel mode and the width methods.
@@ -44,7 +45,9 @@ SHAPES = {"cnn-bn": (1, 28, 28), "resnet18": (3, 32, 32)}
 WIDTH_METHODS = ("heterofl", "fjord", "fedrolex")
 #: runner label -> (method, extra --set items)
 VARIANTS = {"pfedgate": ("pfedgate", ["train.momentum=0.9"]),
-            "pfedgate-channel": ("pfedgate", ["train.momentum=0.9", "method.pfedgate.blocks=channel"])}
+            "pfedgate-channel": ("pfedgate", ["train.momentum=0.9", "method.pfedgate.blocks=channel"]),
+            "pfedgate-channel-act": ("pfedgate", ["train.momentum=0.9", "method.pfedgate.blocks=channel",
+                                                  "method.pfedgate.limit_activations=true"])}
 BATCH = 32
 
 
@@ -119,8 +122,8 @@ def runners(models: list[str], samples: int, resnet_samples: int,
     for model in models:
         n = resnet_samples if model == "resnet18" else samples
         out.append(Runner(model, "dense", 1.0, n))
-        methods = ("fedtiny", "pfedgate", "pfedgate-channel", *WIDTH_METHODS) if model == "cnn-bn" \
-            else ("pfedgate-channel", *WIDTH_METHODS)
+        methods = ("fedtiny", "pfedgate", "pfedgate-channel", "pfedgate-channel-act", *WIDTH_METHODS) \
+            if model == "cnn-bn" else ("pfedgate-channel", "pfedgate-channel-act", *WIDTH_METHODS)
         for method in methods:
             if only and method not in only:
                 continue

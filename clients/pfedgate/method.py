@@ -70,8 +70,13 @@ class PFedGateOptions(MethodOptions):
         "weights", description="gated blocks of flat weights (the paper), or groups of output "
                                "channels trained as a sliced network, so per-batch time falls "
                                "with s: every batch keeps <= s of the weights (per knapsack "
-                               "group), of the dense Conv2d/Linear FLOPs and of the activations "
-                               "(normalised channels), and dropped blocks get no gradient")
+                               "group) and of the dense Conv2d/Linear FLOPs, and dropped blocks "
+                               "get no gradient")
+    limit_activations: bool = Field(
+        False, description="with blocks: channel, also keep <= s of the normalised layers' "
+                           "activation elements: early full-resolution convolutions thin too, so "
+                           "time follows s on small-image CNNs, at the cost of using less of the "
+                           "weight and FLOPs budget")
     knapsack: Literal["joint", "grouped"] = Field(
         "grouped", description="one knapsack per group (linear layers, the others) with its own "
                                "capacity, as in the authors' code: convolutions are thinned too, "
@@ -204,7 +209,9 @@ class PFedGate(Method):
             if key not in self._graphs:
                 self._graphs[key] = ChannelGraph.trace(model, input_shape)
             cost = self._cost_model(model, input_shape)
-            limited = [cost.flops_per_coordinate(), cost.activations_per_coordinate()]
+            limited = [cost.flops_per_coordinate()]
+            if self.options.limit_activations:
+                limited.append(cost.activations_per_coordinate())
             blocks = make_channel_blocks(self._graphs[key], params, density, self.options.split,
                                          self.options.sub0_fraction, groups, limited)
             return ChannelGating(model, blocks)

@@ -31,12 +31,16 @@ def cnn(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def blocks_for(model: torch.nn.Module, density: float, grouped: bool = True, split: int = 4):
-    """Blocks as the method builds them: weight limits per group, FLOPs and activations."""
+def blocks_for(model: torch.nn.Module, density: float, grouped: bool = True, split: int = 4,
+               activations: bool = False):
+    """Blocks as the method builds them: weight limits per group, FLOPs and (with
+    ``limit_activations``) activations."""
     graph = ChannelGraph.trace(model, SHAPE)
     groups = linear_or_other(model) if grouped else None
     cost = CostModel(model, SHAPE)
-    limited = [cost.flops_per_coordinate(), cost.activations_per_coordinate()]
+    limited = [cost.flops_per_coordinate()]
+    if activations:
+        limited.append(cost.activations_per_coordinate())
     return make_channel_blocks(graph, dict(model.named_parameters()), density, split, 0.5, groups,
                                limited)
 
@@ -45,11 +49,12 @@ def widths(blocks, keep) -> np.ndarray:
     return np.array([len(keep[s]) for s in blocks.spaces])
 
 
+@pytest.mark.parametrize("activations", [True, False])
 @pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 1.0])
-def test_picks_never_exceed_any_group_limit_and_are_maximal(density, grouped):
+def test_picks_never_exceed_any_group_limit_and_are_maximal(density, grouped, activations):
     model = cnn()
-    blocks = blocks_for(model, density, grouped)
+    blocks = blocks_for(model, density, grouped, activations=activations)
     sizes = np.array([len(c) for c in blocks.block_channels])
     for seed in range(5):
         scores = np.random.default_rng(seed).random(blocks.num_blocks)
@@ -66,7 +71,7 @@ def test_picks_never_exceed_any_group_limit_and_are_maximal(density, grouped):
         # and the normalised activations: kept channels x elements per channel
         acts = [(layer.weight, layer.out_elements) for layer in cost.layers if layer.kind == "norm"]
         kept_acts = sum(kept[w] * n / cost.param_sizes[w] for w, n in acts)
-        assert kept_acts <= density * sum(n for _, n in acts) * (1 + 1e-9)
+        assert not activations or kept_acts <= density * sum(n for _, n in acts) * (1 + 1e-9)
         for b in np.flatnonzero(~picked):  # nothing more fits: the budget is used
             grown = widths(blocks, keep)
             grown[blocks.block_space[b]] += sizes[b]
@@ -215,3 +220,18 @@ def test_flops_of_a_known_channel_choice_counted_by_hand(monkeypatch):
 def test_channel_blocks_with_the_full_straight_through_estimator_are_refused():
     with pytest.raises(ConfigError, match=r"^method.pfedgate: blocks: channel .* use ste: kept"):
         channel_method("method.pfedgate.ste=full")
+
+
+def test_limiting_activations_thins_the_full_resolution_convolution():
+    """At s=0.3 weights and FLOPs leave conv1 (1 input channel, 12x12 here) nearly whole; with
+    limit_activations its kept channels fall to what s of the activations allows."""
+    model = cnn()
+    kept = {}
+    for flag in (False, True):
+        method = channel_method(f"method.pfedgate.limit_activations={str(flag).lower()}")
+        gating = method._gating(model, 0.3, SHAPE)
+        picked = gating.blocks.select(np.random.default_rng(0).random(gating.blocks.num_blocks))
+        keep = gating.blocks.keep(picked)
+        kept[flag] = len(keep[gating.blocks.spaces[0]])
+    conv1 = model.features[0].out_channels
+    assert kept[True] < kept[False] and kept[True] <= 0.3 * conv1 + 1
