@@ -11,7 +11,8 @@ one thread:
   channel mode and the width methods.
 
     python benchmarks/sparse_speed.py [--samples 600] [--resnet-samples 64] [--repeats 5]
-                                      [--models cnn-bn,resnet18] [--methods a,b] [--json out.json]
+                                      [--models cnn-bn,resnet18] [--methods a,b]
+                                      [--json runs/sparse_speed.json]
 
 Prints a table of seconds per epoch (median and min-max of the repeats), the ratio to the
 same model's dense epoch, and the FLOPs ratio the server counts, and writes the same as JSON.
@@ -145,7 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default="cnn-bn,resnet18")
     parser.add_argument("--methods", default="", help="only these runners (dense always runs)")
-    parser.add_argument("--json", type=Path, default=Path("sparse_speed.json"))
+    parser.add_argument("--json", type=Path, default=Path("runs/sparse_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     only = set(args.methods.split(",")) if args.methods else None
@@ -172,6 +173,7 @@ def main() -> None:
         flops = "client-reported" if r["flops_ratio"] is None else f"{r['flops_ratio']:.3f}"
         print(f"| {r['model']} | {r['method']} | {r['density']:g} | {r['seconds']:.3f} "
               f"({r['min']:.3f}-{r['max']:.3f}) | {r['ratio']:.2f} | {flops} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
 
 

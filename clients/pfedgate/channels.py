@@ -9,10 +9,11 @@ batch falls with the budget s instead of staying dense as with blocks of flat we
 - A block's cost depends on what else is kept (a conv's kept weights are its kept output x kept
   input channels), so the 0/1 knapsack has interacting costs. Blocks are picked greedily by
   score per *marginal* share of the limits under the exact count of the submodel: weights per
-  knapsack group <= floor(s * d_group), and Conv2d/Linear FLOPs and normalised activation
-  elements <= s of dense. Weights alone would keep the first convolution wide (few weights, but
-  most of the activations), and its full-resolution pooling and BatchNorm would keep a batch's
-  time near dense. The density stays a hard limit for every batch.
+  knapsack group <= floor(s * d_group), Conv2d/Linear FLOPs <= s of dense and, with
+  ``limit_activations``, normalised activation elements <= s of dense. Weights alone would keep
+  early convolutions wide (few weights, most of the FLOPs); FLOPs still leave the first one wide
+  (most of the activations, whose pooling and BatchNorm keep a small CNN's batch time high).
+  The density stays a hard limit for every batch.
 - A kept channel is weighted by its block's gate value M' = M * I_ST (straight-through on kept
   blocks only: a dropped channel is never computed, so it can send no gradient). The weight
   multiplies the channel's input columns in the layers that read it, i.e. the activation
@@ -52,7 +53,7 @@ class ChannelBlocks:
     block_channels: tuple[torch.Tensor, ...]  # per block: its channels
     #: per knapsack group: weights a batch may compute with, floor(s * the group's weights);
     #: then, per entry of ``costs``, what a sample may spend of it: s * the dense model's
-    limits: tuple[int, ...]
+    limits: tuple[float, ...]
     total: int  # weights of the whole model
     #: per parameter tensor, its knapsack group (all 0: one joint limit)
     groups: tuple[int, ...] = ()

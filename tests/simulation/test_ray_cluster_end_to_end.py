@@ -52,7 +52,6 @@ export RAY_USAGE_STATS_ENABLED=0
   --temp-dir={ray_dir} --disable-usage-stats > {tmp_path}/head.log 2>&1 || exit 90
 "{sys.executable}" -m fedsparse.cli simulate --clients 4 --rounds 2 --fraction 0.5 \\
   --ray-address 127.0.0.1:6379 --out {tmp_path}/runs --name cluster > {tmp_path}/simulate.log 2>&1
-exit $?
 """)
     try:
         result = subprocess.run([*UNSHARE, "bash", str(script)], timeout=300)
