@@ -1,6 +1,7 @@
-"""Scale: 10, 100 and 1000 clients with 10% sampled per round, through the real CLI.
+"""Scale: 100 and 1,000 clients with 10% sampled per round and 10,000 with 1%, through the real CLI.
 
-    python benchmarks/scale.py [--rounds 5] [--method dense] [--json scale.json]
+    python benchmarks/scale.py [--rounds 5] [--method dense] [--sizes 100:0.1,1000:0.1,10000:0.01]
+                               [--set simulation.nodes=N] [--json runs/scale.json]
 
 For each size it runs ``fedsparse simulate`` (Synthetic data, MLP, evaluation only after the last
 round) and reports the mean time of the training-only rounds, the time of the last round (which
@@ -49,14 +50,16 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
-def run_size(clients: int, rounds: int, method: str, out: Path) -> dict[str, float]:
+def run_size(clients: int, fraction: float, rounds: int, method: str, out: Path,
+             extra: list[str]) -> dict[str, float]:
     budgets = "1.0:1" if method == "dense" else "0.3:1"
     strategy = "fedavg" if method == "dense" else "masked-fedavg"
     argv = [sys.executable, "-m", "fedsparse.cli", "simulate", "--clients", str(clients),
-            "--fraction", "0.1", "--rounds", str(rounds), "--method", method, "--strategy", strategy,
+            "--fraction", str(fraction), "--rounds", str(rounds), "--method", method, "--strategy", strategy,
             "--budgets", budgets, "--set", f"eval.every={rounds + 1}", "--set", "eval.final=true",
             "--set", "eval.global_model=false", "--set", "simulation.node_wait_timeout=600",
-            "--out", str(out), "--name", f"scale-{clients}"]
+            "--out", str(out), "--name", f"scale-{clients}",
+            *[arg for pair in extra for arg in ("--set", pair)]]
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -69,30 +72,46 @@ def run_size(clients: int, rounds: int, method: str, out: Path) -> dict[str, flo
     run = next(out.glob(f"scale-{clients}-*"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     training = [r["seconds"] for r in records[:-1]]
-    return {"clients": clients, "sampled": max(1, round(0.1 * clients)),
+    summary = json.loads((run / "summary.json").read_text())
+    return {"clients": clients, "sampled": max(1, round(fraction * clients)),
+            "nodes": _nodes(run), "accuracy_mean": summary["accuracy"]["mean"],
             "train_round_s": sum(training) / len(training), "last_round_with_eval_s": records[-1]["seconds"],
             "wall_s": wall, "peak_rss_mib": peak / 2**20}
+
+
+def _nodes(run: Path) -> int:
+    """Flower nodes the run started (its config's simulation.nodes or the default rule)."""
+    from fedsparse.config import load_config
+
+    return load_config(run / "config.yaml").flower_nodes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--method", default="dense")
-    parser.add_argument("--sizes", default="10,100,1000")
-    parser.add_argument("--json", type=Path, default=Path("scale.json"))
+    parser.add_argument("--sizes", default="100:0.1,1000:0.1,10000:0.01",
+                        help="clients[:fraction sampled per round], comma-separated")
+    parser.add_argument("--set", action="append", default=[], dest="extra",
+                        help="a config override for every size, e.g. simulation.nodes=1000")
+    parser.add_argument("--json", type=Path, default=Path("runs/scale.json"))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for size in (int(s) for s in args.sizes.split(",")):
-            rows.append(run_size(size, args.rounds, args.method, Path(folder)))
+        for spec in args.sizes.split(","):
+            size, _, fraction = spec.partition(":")
+            rows.append(run_size(int(size), float(fraction or 0.1), args.rounds, args.method,
+                                 Path(folder), args.extra))
             print(f"done {size}", file=sys.stderr, flush=True)
-    print(f"method {args.method}, {args.rounds} rounds, 10% sampled, {os.cpu_count()} CPUs")
-    print("| clients | sampled/round | training round s | last round (+ eval of all) s | wall s "
-          "| peak RSS MiB |")
-    print("|---|---|---|---|---|---|")
+    print(f"method {args.method}, {args.rounds} rounds, {os.cpu_count()} CPUs, {args.extra or ''}")
+    print("| clients | sampled/round | Flower nodes | training round s | last round (+ eval of all) s "
+          "| wall s | peak RSS MiB | mean accuracy |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['sampled']} | {r['train_round_s']:.2f} | "
-              f"{r['last_round_with_eval_s']:.2f} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+        print(f"| {r['clients']} | {r['sampled']} | {r['nodes']} | {r['train_round_s']:.2f} | "
+              f"{r['last_round_with_eval_s']:.2f} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} | "
+              f"{r['accuracy_mean']:.3f} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
 
 

@@ -109,3 +109,13 @@ def load_client_state(run_dir: Path, partition_id: int, up_to_round: int) -> Any
     if not usable:
         return None
     return pickle.loads((folder / f"r{max(usable)}.pkl").read_bytes())
+
+
+def drop_client_states_after(run_dir: Path, server_round: int) -> None:
+    """Delete stored client states of rounds after ``server_round`` (a resume redoes them)."""
+    root = run_dir / CLIENT_STATE_DIR
+    if not root.is_dir():
+        return
+    for path in root.glob("*/r*.pkl"):
+        if int(path.stem[1:]) > server_round:
+            path.unlink(missing_ok=True)

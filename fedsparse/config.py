@@ -198,6 +198,12 @@ class EvalConfig(_Strict):
     batch_size: int = Field(512, ge=1)
 
 
+#: federations up to this size get one Flower node per client (Flower's own model); larger ones
+#: are served by this many nodes, because Flower's in-memory runtime scans every node's queue
+#: against every pending message ten times a second (O(nodes x messages) per poll)
+ONE_NODE_PER_CLIENT_UP_TO = 100
+
+
 class SimulationConfig(_Strict):
     cpus_per_client: float = Field(1.0, gt=0.0)
     round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
@@ -213,6 +219,11 @@ class SimulationConfig(_Strict):
     hang_seconds: float | None = Field(None, gt=0.0,
                                        description="how long a hanging client sleeps "
                                                    "(default: round_timeout + 5)")
+    nodes: int | None = Field(
+        None, ge=1, description="Flower nodes the simulation starts; fewer than the clients: each "
+                                "node serves many virtual clients, the message naming the client "
+                                f"(default: one per client up to {ONE_NODE_PER_CLIENT_UP_TO} "
+                                f"clients, then {ONE_NODE_PER_CLIENT_UP_TO} nodes)")
     ray_address: str | None = Field(
         None, description="run on an existing Ray cluster (host:port of its head) instead of "
                           "starting Ray on this machine")
@@ -267,6 +278,11 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"simulation.min_clients={self.simulation.min_clients} exceeds the "
                              f"{self.clients_per_round} clients sampled per round: lower it or "
                              "raise --fraction")
+        if self.simulation.ray_address and self.flower_nodes < self.num_clients:
+            raise ValueError(f"simulation.nodes={self.simulation.nodes} is fewer than the "
+                             f"{self.num_clients} clients, but virtual clients keep their state on "
+                             "this machine's disk, which a Ray cluster's other machines cannot "
+                             "read: drop simulation.nodes or run without --ray-address")
         return self
 
     @property
@@ -275,6 +291,16 @@ class ExperimentConfig(_Strict):
         if self.eval.fraction >= 1.0:
             return None
         return max(1, round(self.eval.fraction * self.num_clients))
+
+    @property
+    def flower_nodes(self) -> int:
+        """Flower nodes serving the clients (fewer than the clients: virtual clients)."""
+        nodes = self.simulation.nodes
+        if nodes is None:
+            on_cluster = self.simulation.ray_address is not None
+            nodes = self.num_clients if on_cluster else min(self.num_clients,
+                                                            ONE_NODE_PER_CLIENT_UP_TO)
+        return min(nodes, self.num_clients)
 
     @property
     def clients_per_round(self) -> int:

@@ -98,6 +98,9 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.context = context
         self.server_round = 0
         self.node_of: dict[int, int] = {}
+        #: config each message adds when nodes serve virtual clients (the client's id, the folder
+        #: of client states); empty when every node is one client
+        self.routing: dict[str, Any] = {}
         self.report = RoundReport()
         self.messages = MessageBuilder(context.method, context.budgets,
                                        context.cost_model.param_sizes, self.arrayrecord_key,
@@ -130,7 +133,7 @@ class MaskAwareStrategy(FlowerFedAvg):
     def summary(self) -> None:
         """Flower's hook for logging the configuration; the run's config.yaml records it."""
 
-    _INFRASTRUCTURE = frozenset({"context", "node_of", "report", "server_round", "messages",
+    _INFRASTRUCTURE = frozenset({"context", "node_of", "routing", "report", "server_round", "messages",
                                  "validator", "accountant"})
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -144,9 +147,13 @@ class MaskAwareStrategy(FlowerFedAvg):
             setattr(self, key, value)
 
     # --- sampling and messages ----------------------------------------------------------------
-    def bind_nodes(self, node_of_partition: dict[int, int]) -> None:
-        """Tell the strategy which node serves each partition (learned from the handshake)."""
+    def bind_nodes(self, node_of_partition: dict[int, int], state_dir: str | None = None,
+                   virtual: bool = False) -> None:
+        """Tell the strategy which node serves each partition (learned from the handshake, or
+        the routes of virtual clients: then each message names its client and, when given, the
+        folder where clients keep their private state)."""
         self.node_of = dict(sorted(node_of_partition.items()))
+        self.routing = {"virtual": virtual, "state_dir": state_dir}
 
     def sample_partitions(self, server_round: int) -> list[int]:
         """Seeded sample of the training clients (never the method's novel clients)."""
@@ -162,7 +169,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         if planned:
             config = ConfigRecord({**config, **planned})
         messages = self.messages.build(partitions, self.node_of, arrays, config, server_round,
-                                       MessageType.TRAIN)
+                                       MessageType.TRAIN, **self.routing)
         self.accountant.downloads(arrays, partitions, messages)
         return messages
 
@@ -175,7 +182,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         if wanted is not None and server_round != self.context.final_round:
             partitions = evaluation_sample(self.context.seed, server_round, partitions, wanted)
         return self.messages.build(partitions, self.node_of, arrays, config, server_round,
-                                   MessageType.EVALUATE)
+                                   MessageType.EVALUATE, **self.routing)
 
     # --- replies --------------------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

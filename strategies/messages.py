@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,10 @@ class MessageBuilder:
         return self._masks_by_budget[budget]
 
     def build(self, partitions: list[int], node_of: Mapping[int, int], arrays: ArrayRecord,
-              config: ConfigRecord, server_round: int, message_type: str) -> list[Message]:
+              config: ConfigRecord, server_round: int, message_type: str,
+              virtual: bool = False, state_dir: str | None = None) -> list[Message]:
+        """One message per partition; ``virtual``: nodes serve many clients, so each message
+        names its client (and ``state_dir``, where clients keep private state)."""
         self.global_arrays = {k: v.numpy() for k, v in arrays.items()}
         self._masks_by_budget = {}
         config["server-round"] = server_round
@@ -51,7 +55,8 @@ class MessageBuilder:
                 state = {k: torch.from_numpy(v) for k, v in self.global_arrays.items()}
                 payload = encode(state, masks)
             budget = self.budgets[pid]
-            client_config = ConfigRecord({**config, "budget-density": budget.density,
+            client_config = ConfigRecord({**config, **virtual_client_config(pid, virtual, state_dir),
+                                          "budget-density": budget.density,
                                           "novel": int(pid in novel)})
             record = RecordDict({self.arrays_key: payload, self.config_key: client_config})
             if message_type == MessageType.TRAIN:
@@ -60,3 +65,19 @@ class MessageBuilder:
             messages.append(Message(content=record, message_type=message_type,
                                     dst_node_id=node_of[pid]))
         return messages
+
+
+#: message config keys of a virtual client: which client the message is for, and the server's run
+#: folder, under which virtual clients keep their private state (simulations: one machine)
+CLIENT_ID_KEY = "client-id"
+STATE_DIR_KEY = "run-dir"
+
+
+def virtual_client_config(partition_id: int, virtual: bool, state_dir: str | None) -> dict[str, Any]:
+    """What a message to a node serving virtual clients adds to its config."""
+    if not virtual:
+        return {}
+    extra: dict[str, Any] = {CLIENT_ID_KEY: partition_id}
+    if state_dir is not None:
+        extra[STATE_DIR_KEY] = state_dir
+    return extra

@@ -21,7 +21,7 @@ from flwr.supercore import log
 
 from fedsparse.budgets import Budget
 from fedsparse.config import ExperimentConfig
-from fedsparse.data.federation import build_federation
+from fedsparse.data.federation import Federation, build_federation
 from fedsparse.deploy.run_config import deployed_config
 from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.experiment import budgets_of, method_class
@@ -59,6 +59,8 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
 
     def complete_federation_of_another_size(nodes: list[int]) -> None:
         size = federation_size(grid, nodes, timeout)
+        if size == len(nodes) < config.num_clients:
+            raise SmallerSimulation(nodes)
         if size == len(nodes) != config.num_clients:
             raise ConfigError(
                 f"the federation has {size} SuperNodes, started for {size} partitions, but the "
@@ -66,7 +68,11 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
                 f"run 'flwr run . --federation-config \"num-supernodes={config.num_clients}\"', "
                 f"or pass --run-config 'set=\"num_clients={size}\"'")
 
-    nodes = wait_for_nodes(grid, config.num_clients, timeout, complete_federation_of_another_size)
+    try:
+        nodes = wait_for_nodes(grid, config.num_clients, timeout,
+                               complete_federation_of_another_size)
+    except SmallerSimulation as smaller:
+        return run_virtual(grid, config, federation, smaller.nodes, started)
     node_of, declared = handshake(grid, nodes, timeout, [len(c.train) for c in federation.clients])
     budgets = declared_budgets(declared, budgets_of(config))
     log(INFO, "fedsparse: %d nodes, declared densities %s", len(node_of),
@@ -76,8 +82,37 @@ def run_deployed(grid: Grid, config: ExperimentConfig) -> RunResult:
     recorder = RunRecorder(new_run_dir(config), config)
     loop = ServerLoop(config, federation, strategy, recorder)
     loop.run(grid, node_of=node_of)
-    result = finish_run(config, loop, recorder, started,
-                        budget_source=budget_source(declared, config.num_clients))
+    return _finish(config, loop, recorder, started, budget_source(declared, config.num_clients))
+
+
+class SmallerSimulation(Exception):
+    """Flower's local simulation started fewer nodes than the experiment has clients."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        super().__init__(f"{len(nodes)} simulation nodes")
+        self.nodes = nodes
+
+
+def run_virtual(grid: Grid, config: ExperimentConfig, federation: Federation, nodes: list[int],
+                started: float) -> RunResult:
+    """A simulation federation smaller than the experiment (e.g. ``flwr run .`` on Flower's
+    default local simulation): its nodes serve the clients as virtual clients, with the config's
+    budgets (simulated nodes declare none), as ``fedsparse simulate`` does beyond 100 clients."""
+    log(INFO, "fedsparse: the federation has %d simulation nodes for %d clients: each node serves "
+        "virtual clients", len(nodes), config.num_clients)
+    context = strategy_context(config, federation, budgets_of(config))
+    strategy = build_strategy(config, context)
+    recorder = RunRecorder(new_run_dir(config), config)
+    loop = ServerLoop(config, federation, strategy, recorder)
+    loop.run(grid, virtual_nodes=nodes)
+    return _finish(config, loop, recorder, started,
+                   f"config tiers ({config.num_clients} virtual clients on {len(nodes)} "
+                   "simulation nodes)")
+
+
+def _finish(config: ExperimentConfig, loop: ServerLoop, recorder: RunRecorder, started: float,
+            source: str) -> RunResult:
+    result = finish_run(config, loop, recorder, started, budget_source=source)
     log(INFO, "fedsparse: results\n%s", results_text(result.summary))
     log(INFO, "fedsparse: run folder %s", result.run_dir)
     return result

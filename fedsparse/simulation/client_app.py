@@ -31,6 +31,7 @@ from fedsparse.masks import Masks
 from fedsparse.method import ClientState, ClientTask, LocalData, Method
 from fedsparse.models import build_model
 from fedsparse.seeding import client_seed
+from fedsparse.strategies.messages import CLIENT_ID_KEY, STATE_DIR_KEY
 from fedsparse.strategies.validation import PARTITION_KEY
 from fedsparse.updates import template_of
 
@@ -116,6 +117,25 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config[PARTITION_KEY])
 
 
+@dataclass(frozen=True)
+class Served:
+    """The client a message is for: the node's own partition, or a virtual client the message
+    names (then its private state lives in files under ``run_dir``, not in the node's Context,
+    which many clients share)."""
+
+    partition_id: int
+    virtual: bool
+    run_dir: Path | None
+
+
+def _served(msg: Message, context: Context, run_dir: Path | None) -> Served:
+    config = msg.content.config_records.get("config", ConfigRecord())
+    if CLIENT_ID_KEY not in config:
+        return Served(_partition_id(context), False, run_dir)
+    where = config.get(STATE_DIR_KEY)
+    return Served(int(config[CLIENT_ID_KEY]), True, Path(str(where)) if where else run_dir)
+
+
 def _private_state(context: Context) -> dict[str, dict]:
     """The node's persistent state as the method sees it (name -> arrays)."""
     return {name: from_record(record) for name, record in context.state.array_records.items()
@@ -127,11 +147,34 @@ def _keep_private_state(context: Context, state: ClientState) -> None:
         context.state[name] = to_record(arrays)
 
 
-def _task(runtime: ClientRuntime, msg: Message, pid: int, stream_round: int,
-          context: Context) -> ClientTask:
+def _load_state(served: Served, context: Context, up_to_round: int) -> dict[str, dict]:
+    """The client's private state: a virtual client's newest stored copy, else the node's."""
+    if not served.virtual:
+        return _private_state(context)
+    if served.run_dir is None:
+        return {}
+    saved = load_client_state(served.run_dir, served.partition_id, up_to_round)
+    return {} if saved is None else {name: from_record(record)
+                                     for name, record in saved.array_records.items()}
+
+
+def _save_state(served: Served, context: Context, state: ClientState, server_round: int,
+                every: int) -> None:
+    """Keep what the method changed: in the node's Context, or a virtual client's file."""
+    if not served.virtual:
+        _keep_private_state(context, state)
+    elif served.run_dir is not None and state:
+        save_client_state(served.run_dir, served.partition_id, server_round,
+                          RecordDict({name: to_record(arrays) for name, arrays in state.items()}),
+                          keep_from=(server_round - 1) // every * every)
+
+
+def _task(runtime: ClientRuntime, msg: Message, served: Served, stream_round: int,
+          context: Context, state: dict[str, dict]) -> ClientTask:
     """The method's view of a message: model, masks, data, seeded generator, config, records."""
-    state = _private_state(context)
-    data = runtime.data(runtime.node_split(pid, context))
+    pid = served.partition_id
+    split = runtime.split(pid) if served.virtual else runtime.node_split(pid, context)
+    data = runtime.data(split)
     model, masks = runtime.model(msg.content["arrays"])
     config = dict(msg.content["config"])
     generator = torch.Generator().manual_seed(client_seed(runtime.config.seed, stream_round, pid))
@@ -174,16 +217,16 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
     app = RebuiltClientApp((config_json, partitions_path, resume_round))
     run_dir = Path(partitions_path).parent if partitions_path else None
 
-    def restore(context: Context, pid: int) -> None:
+    def restore(context: Context, served: Served) -> None:
         """After a resume, a node starts empty: reload its private state as of the checkpoint."""
-        if run_dir is not None and resume_round and not len(context.state):
-            saved = load_client_state(run_dir, pid, resume_round)
+        if run_dir is not None and resume_round and not served.virtual and not len(context.state):
+            saved = load_client_state(run_dir, served.partition_id, resume_round)
             for key, value in (saved or {}).items():
                 context.state[key] = value
 
-    def persist(context: Context, pid: int, server_round: int, every: int) -> None:
-        if run_dir is not None and len(context.state):
-            save_client_state(run_dir, pid, server_round, context.state,
+    def persist(context: Context, served: Served, server_round: int, every: int) -> None:
+        if run_dir is not None and not served.virtual and len(context.state):
+            save_client_state(run_dir, served.partition_id, server_round, context.state,
                               keep_from=(server_round - 1) // every * every)
 
     def setup(context: Context) -> tuple[ClientRuntime, Method]:
@@ -215,11 +258,14 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         runtime, method = setup(context)
-        pid = _partition_id(context)
+        served = _served(msg, context, run_dir)
+        pid = served.partition_id
         server_round = int(msg.content["config"]["server-round"])
+        every = runtime.config.simulation.checkpoint_every
         fault = _maybe_fail(runtime.config, server_round, pid)
-        restore(context, pid)
-        task = _task(runtime, msg, pid, server_round, context)
+        restore(context, served)
+        task = _task(runtime, msg, served, server_round, context,
+                     _load_state(served, context, server_round))
         torch.manual_seed(client_seed(runtime.config.seed, server_round, pid))
         received = {n: p.detach().clone() for n, p in task.model.named_parameters()} \
             if fault == "byzantine" else {}
@@ -228,8 +274,8 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
             poison(task.model, received)
         elif fault == "liar":
             result.metrics = lie(result.metrics)
-        _keep_private_state(context, task.state)
-        persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
+        _save_state(served, context, task.state, server_round, every)
+        persist(context, served, server_round, every)
         content = RecordDict({"arrays": encode(task.model.state_dict(), result.upload),
                               "metrics": MetricRecord({**result.metrics, PARTITION_KEY: pid})})
         for name, record in pack_records(result.outbox).items():
@@ -240,25 +286,28 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
     def method_query(msg: Message, context: Context) -> Message:
         """A method's own query round (e.g. FedTiny's adaptive BN selection)."""
         runtime, method = setup(context)
-        pid = _partition_id(context)
-        task = _task(runtime, msg, pid, 0, context)
+        served = _served(msg, context, run_dir)
+        task = _task(runtime, msg, served, 0, context, _load_state(served, context, 0))
         records, metrics = method.answer(str(task.config["action"]), task)
         content = RecordDict({**pack_records(records),
-                              "metrics": MetricRecord({**metrics, PARTITION_KEY: pid})})
+                              "metrics": MetricRecord({**metrics,
+                                                       PARTITION_KEY: served.partition_id})})
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         runtime, method = setup(context)
-        pid = _partition_id(context)
+        served = _served(msg, context, run_dir)
         server_round = int(msg.content["config"]["server-round"])
-        restore(context, pid)
-        task = _task(runtime, msg, pid, -server_round, context)
+        every = runtime.config.simulation.checkpoint_every
+        restore(context, served)
+        task = _task(runtime, msg, served, -server_round, context,
+                     _load_state(served, context, server_round))
         metrics = method.evaluate(task)
-        _keep_private_state(context, task.state)
-        persist(context, pid, server_round, runtime.config.simulation.checkpoint_every)
-        return Message(RecordDict({"metrics": MetricRecord({**metrics, PARTITION_KEY: pid})}),
-                       reply_to=msg)
+        _save_state(served, context, task.state, server_round, every)
+        persist(context, served, server_round, every)
+        return Message(RecordDict({"metrics": MetricRecord({
+            **metrics, PARTITION_KEY: served.partition_id})}), reply_to=msg)
 
     return app
 

@@ -22,22 +22,27 @@ from fedsparse.method import Ask, QueryReply, Records
 from fedsparse.simulation.client_app import METHOD_QUERY
 from fedsparse.simulation.grid_io import send_and_receive
 from fedsparse.strategies.base import MaskAwareStrategy
+from fedsparse.strategies.messages import virtual_client_config
 from fedsparse.strategies.validation import reply_partition, safe_partition
 from fedsparse.updates import UpdateRejected
 
 
-def make_ask(grid: Grid, strategy: MaskAwareStrategy, timeout: float) -> Ask:
+def make_ask(grid: Grid, strategy: MaskAwareStrategy, timeout: float,
+             window: int | None = None) -> Ask:
     """The ``ask`` a method's ``start`` uses on this grid."""
 
     def ask(action: str, model: Mapping[str, np.ndarray], records: Records,
             config: dict[str, Any]) -> list[QueryReply]:
         partitions = strategy.sample_partitions(0)
-        content = RecordDict({"arrays": to_record(model), **pack_records(records),
-                              "config": ConfigRecord({**config, "action": action})})
-        messages = [Message(content, message_type=f"query.{METHOD_QUERY}",
-                            dst_node_id=strategy.node_of[p]) for p in partitions]
+        shared = {"arrays": to_record(model), **pack_records(records)}
+        messages = [Message(RecordDict({**shared, "config": ConfigRecord({
+                                **config, "action": action,
+                                **virtual_client_config(p, **strategy.routing)})}),
+                            message_type=f"query.{METHOD_QUERY}", dst_node_id=strategy.node_of[p])
+                    for p in partitions]
         answers = []
-        for reply in sorted((r for r in send_and_receive(grid, messages, timeout)
+        for reply in sorted((r for r in send_and_receive(grid, messages, timeout,
+                                                                   window=window)
                              if not r.has_error()), key=safe_partition):
             try:
                 answers.append(_answer(reply, strategy.node_of))

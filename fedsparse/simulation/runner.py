@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from fedsparse.budgets import Budget, budget_tiers
-from fedsparse.checkpoint import Checkpoint, first_difference, load_checkpoint
+from fedsparse.checkpoint import (
+    Checkpoint,
+    drop_client_states_after,
+    first_difference,
+    load_checkpoint,
+)
 from fedsparse.clock import ClockSettings, build_clock, time_to_accuracy
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
@@ -125,6 +130,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     save_partitions(federation, partitions_path)
     if checkpoint is not None:
         recorder.truncate_rounds(checkpoint.server_round)
+        # client states written after the checkpoint belong to the rounds being redone
+        drop_client_states_after(run_dir, checkpoint.server_round)
     loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint)
     # on a Ray cluster, workers may run on other machines: they partition locally (same seed)
     # instead of reading this machine's partition file, and keep private state in memory only
@@ -259,7 +266,7 @@ def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_d
     ray_tmp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))
     try:
         run_simulation(server_app=make_server_app(loop), client_app=client_app,
-                       num_supernodes=config.num_clients,
+                       num_supernodes=config.flower_nodes,
                        backend_config=backend_config(config, ray_tmp),
                        verbose_logging=config.simulation.verbose)
     except SimulationError:

@@ -171,6 +171,8 @@ class ServerLoop:
         self._global_test = federation.pool.tensors(federation.pooled_test())
         self.initial_arrays = self._initial_arrays()  # also rejects a model unfit for the data
         self.first_round = 1
+        #: most messages in flight at once (None: all of a round's)
+        self.window: int | None = None
         if resume is not None:
             self.first_round = resume.server_round + 1
             self.initial_arrays = ArrayRecord(array_dict={
@@ -189,14 +191,25 @@ class ServerLoop:
         last = server_round == self.config.rounds and self.config.eval.final
         return last or server_round % self.config.eval.every == 0
 
-    def run(self, grid: Grid, node_of: dict[int, int] | None = None) -> Outcome:
-        """Run every round; ``node_of``: a handshake already done (deployment)."""
+    def run(self, grid: Grid, node_of: dict[int, int] | None = None,
+            virtual_nodes: list[int] | None = None) -> Outcome:
+        """Run every round; ``node_of``: a handshake already done (deployment);
+        ``virtual_nodes``: nodes that serve the clients as virtual clients (found by the caller).
+        Without either, the loop waits for the config's ``flower_nodes`` and hands each client a
+        node of its own or, when they are fewer, routes clients over them."""
         sim = self.config.simulation
-        if node_of is None:
-            nodes = wait_for_nodes(grid, self.config.num_clients, sim.node_wait_timeout)
-            node_of, _ = handshake(grid, nodes, sim.node_wait_timeout,
-                                   [len(c.train) for c in self.federation.clients])
-        self.strategy.bind_nodes(node_of)
+        if node_of is None and virtual_nodes is None:
+            nodes = wait_for_nodes(grid, self.config.flower_nodes, sim.node_wait_timeout)
+            if len(nodes) < self.config.num_clients:
+                virtual_nodes = nodes
+            else:
+                node_of, _ = handshake(grid, nodes, sim.node_wait_timeout,
+                                       [len(c.train) for c in self.federation.clients])
+        if virtual_nodes is not None:
+            self.route_virtual_clients(virtual_nodes)
+        else:
+            assert node_of is not None
+            self.strategy.bind_nodes(node_of)
         arrays = self.initial_arrays
         if self.first_round == 1:
             arrays = self.start_method(grid, arrays)
@@ -229,6 +242,18 @@ class ServerLoop:
             self.checkpoint(self.outcome.rounds_done, arrays)  # resume from the last finished round
         return self.outcome
 
+    def route_virtual_clients(self, nodes: list[int]) -> None:
+        """Many clients per node: client ``p`` is served by node ``p mod len(nodes)``, each
+        message names its client, clients keep their private state in the run folder, and no
+        more messages than nodes are in flight (so the runtime's polling stays O(nodes x nodes)
+        whatever the federation's size)."""
+        nodes = sorted(nodes)
+        routes = {pid: nodes[pid % len(nodes)] for pid in range(self.config.num_clients)}
+        self.strategy.bind_nodes(routes, state_dir=str(self.recorder.run_dir.resolve()),
+                                 virtual=True)
+        self.window = len(nodes)
+        log(INFO, "fedsparse: %d clients served by %d nodes", self.config.num_clients, len(nodes))
+
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         save_checkpoint(self.recorder.run_dir, Checkpoint(
             server_round, {k: v.numpy() for k, v in arrays.items()}, self.outcome,
@@ -256,7 +281,7 @@ class ServerLoop:
         query rounds)."""
         arrays = self.warm_up(arrays)
         state = {k: v.numpy() for k, v in arrays.items()}
-        ask = make_ask(grid, self.strategy, self.config.simulation.round_timeout)
+        ask = make_ask(grid, self.strategy, self.config.simulation.round_timeout, self.window)
         started = self.method.start(state, ask)
         return arrays if started is state else to_record(started)
 
@@ -264,7 +289,7 @@ class ServerLoop:
                     arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = send_and_receive(grid, messages, self.config.simulation.round_timeout,
-                                   stop=self.stop)
+                                   stop=self.stop, window=self.window)
         if self.stop.is_set():
             raise RoundAbandoned
         failed = sum(r.has_error() for r in replies) + len(messages) - len(replies)
@@ -318,7 +343,8 @@ class ServerLoop:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         # not abandoned on a stop: the round's training already changed the strategy's and the
         # method's state, so the round finishes (and is recorded) before the loop stops
-        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout)
+        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout,
+                                   window=self.window)
         rows = []
         novel = self.method.novel_clients()
         rejected = 0

@@ -26,7 +26,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_flwr_run_on_flowers_local_simulation(tmp_path):
+def test_flwr_run_on_flowers_local_simulation_with_fewer_nodes_than_clients(tmp_path):
+    """Two simulated SuperNodes for four clients (as Flower's default federation is smaller than
+    the quickstart): the nodes serve virtual clients, pFedGate's gates kept in the run folder."""
     home = tmp_path / "flwr-home"
     app = tmp_path / "app"  # the bundle's two files (the code is the installed package)
     app.mkdir()
@@ -39,8 +41,8 @@ def test_flwr_run_on_flowers_local_simulation(tmp_path):
     out = tmp_path / "runs"
     try:
         result = subprocess.run(
-            [str(BIN / "flwr"), "run", str(app), "--federation-config", "num-supernodes=3",
-             "--run-config", f'set="num_clients=3;rounds=1;fraction=1.0" out="{out}"', "--stream"],
+            [str(BIN / "flwr"), "run", str(app), "--federation-config", "num-supernodes=2",
+             "--run-config", f'set="num_clients=4;rounds=2;fraction=0.5" out="{out}"', "--stream"],
             cwd=app, env=env, capture_output=True, text=True, timeout=300)
     finally:
         kill_processes_mentioning(str(home))  # the managed SuperLink runs detached
@@ -48,11 +50,16 @@ def test_flwr_run_on_flowers_local_simulation(tmp_path):
     assert result.returncode == 0, stream[-3000:]
     (run,) = out.iterdir()
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rounds"] == 1 and summary["method"] == "pfedgate"
+    assert summary["rounds"] == 2 and summary["method"] == "pfedgate"
     # Flower's simulated nodes declare nothing: the config's tiers hold, as with fedsparse simulate
-    assert summary["budget"]["source"].startswith("config tiers")
-    assert summary["budget"]["violations"] == 0
-    assert "fedsparse: round 1/1" in stream and "accuracy mean" in stream
+    assert summary["budget"]["source"] == "config tiers (4 virtual clients on 2 simulation nodes)"
+    assert summary["budget"]["violations"] == 0 and summary["failures"]["clients_failed"] == 0
+    assert "4 clients served by 2 nodes" in stream
+    assert "fedsparse: round 2/2" in stream and "accuracy mean" in stream
+    with (run / "clients.csv").open() as handle:
+        assert len(handle.readlines()) == 1 + 4  # every virtual client evaluated at the end
+    assert {p.parent.name for p in (run / "client_state").glob("*/r*.pkl")} <= {"0", "1", "2", "3"}
+    assert any((run / "client_state").glob("*/r2.pkl"))  # gates kept between messages
     assert not (home / "runtime-envs").exists() or not any((home / "runtime-envs").iterdir())
 
 

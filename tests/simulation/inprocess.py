@@ -91,7 +91,7 @@ def _server_identity() -> Iterator[None]:
 
 def _simulate(cfg: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path) -> None:
     with _server_identity():
-        loop.run(InProcessGrid(client_app, cfg.num_clients))
+        loop.run(InProcessGrid(client_app, cfg.flower_nodes))
 
 
 @contextmanager

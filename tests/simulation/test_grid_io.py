@@ -40,3 +40,39 @@ def test_polls_the_simulation_grid_faster_than_a_remote_one():
     in_memory = InMemoryGrid.__new__(InMemoryGrid)
     assert poll_interval(in_memory) == IN_MEMORY_POLL < 0.1
     assert poll_interval(SlowGrid()) == REMOTE_POLL < 3
+
+
+class CountingGrid:
+    """Replies to each message one pull after it was pushed; records the most in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight: set[str] = set()
+        self.most = 0
+        self.pushed = 0
+
+    def push_messages(self, messages):
+        ids = []
+        for _ in messages:
+            ids.append(f"m{self.pushed}")
+            self.pushed += 1
+        self.in_flight.update(ids)
+        self.most = max(self.most, len(self.in_flight))
+        return ids
+
+    def pull_messages(self, message_ids):
+        ready = [i for i in message_ids if i in self.in_flight]
+        self.in_flight.difference_update(ready)
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ready]
+
+
+def test_a_window_bounds_the_messages_in_flight_and_still_sends_them_all():
+    grid = CountingGrid()
+    replies = send_and_receive(grid, list(range(25)), timeout=5.0, interval=0.001, window=4)
+    assert len({r.metadata.reply_to_message_id for r in replies}) == 25
+    assert grid.most == 4
+
+
+def test_without_a_window_every_message_is_pushed_at_once():
+    grid = CountingGrid()
+    send_and_receive(grid, list(range(25)), timeout=5.0, interval=0.001)
+    assert grid.most == 25
