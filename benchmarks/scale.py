@@ -97,20 +97,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("runs/scale.json"))
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for spec in args.sizes.split(","):
-            size, _, fraction = spec.partition(":")
-            rows.append(run_size(int(size), float(fraction or 0.1), args.rounds, args.method,
-                                 Path(folder), args.extra))
-            print(f"done {size}", file=sys.stderr, flush=True)
     print(f"method {args.method}, {args.rounds} rounds, {os.cpu_count()} CPUs, {args.extra or ''}")
     print("| clients | sampled/round | Flower nodes | training round s | last round (+ eval of all) s "
           "| wall s | peak RSS MiB | mean accuracy |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['clients']} | {r['sampled']} | {r['nodes']} | {r['train_round_s']:.2f} | "
-              f"{r['last_round_with_eval_s']:.2f} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} | "
-              f"{r['accuracy_mean']:.3f} |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in args.sizes.split(","):
+            size, _, fraction = spec.partition(":")
+            r = run_size(int(size), float(fraction or 0.1), args.rounds, args.method, Path(folder),
+                         args.extra)
+            rows.append(r)
+            print(f"| {r['clients']} | {r['sampled']} | {r['nodes']} | {r['train_round_s']:.2f} | "
+                  f"{r['last_round_with_eval_s']:.2f} | {r['wall_s']:.1f} | "
+                  f"{r['peak_rss_mib']:.0f} | {r['accuracy_mean']:.3f} |", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
 

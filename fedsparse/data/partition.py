@@ -93,7 +93,15 @@ def _natural(pool: DataPool, num_clients: int, seed: int, partitioner_cls) -> li
     chosen = np.sort(np.random.default_rng(seed).choice(available, num_clients, replace=False))
     if available == num_clients:
         chosen = np.arange(num_clients)
-    return [np.asarray(partitioner.load_partition(int(c))["idx"], dtype=np.int64) for c in chosen]
+    # load_partition selects a datasets.Dataset per client (~10 ms each: minutes at 10,000
+    # clients); the partitioner's natural-id order with a numpy group-by gives the same indices
+    natural = partitioner.partition_id_to_natural_id
+    owners = np.asarray(pool.groups)
+    order = np.argsort(owners, kind="stable")
+    values, starts = np.unique(owners[order], return_index=True)
+    bounds = dict(zip(values.tolist(), zip(starts, [*starts[1:], len(order)], strict=True),
+                      strict=True))
+    return [np.sort(order[slice(*bounds[natural[int(c)]])]).astype(np.int64) for c in chosen]
 
 
 def split_client(indices: np.ndarray, cfg: PartitionConfig, seed: int, client: int) -> ClientSplit:

@@ -90,3 +90,22 @@ def test_split_client_fractions_and_disjointness():
     assert len(tiny.train) >= 1 and len(tiny.test) >= 1
     again = split_client(idx, PartitionConfig(), seed=0, client=3)
     assert np.array_equal(split.test, again.test)
+
+
+@pytest.mark.parametrize("clients", [12, 7])
+def test_natural_indices_equal_flower_datasets_load_partition(clients):
+    """The numpy group-by gives exactly the partitioner's own partitions, in its order."""
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    from fedsparse.data.partition import _index_dataset
+
+    pool = _pool(groups=12)
+    parts = partition_indices(pool, PartitionConfig(kind="natural"), clients, seed=3)
+    partitioner = NaturalIdPartitioner(partition_by="group")
+    partitioner.dataset = _index_dataset(pool)
+    chosen = np.sort(np.random.default_rng(3).choice(12, clients, replace=False))
+    chosen = np.arange(12) if clients == 12 else chosen
+    expected = [np.asarray(partitioner.load_partition(int(c))["idx"]) for c in chosen]
+    assert len(parts) == len(expected)
+    for mine, theirs in zip(parts, expected, strict=True):
+        np.testing.assert_array_equal(mine, theirs)

@@ -64,8 +64,8 @@ def test_synthetic_simulation_learns(tmp_path):
     run = simulate(tmp_path, "--clients", "4", "--rounds", "4", "--fraction", "0.5",
                    "--method", "dense", "--strategy", "fedavg", "--budgets", "1.0:1",
                    "--local-epochs", "3", "--lr", "0.1", "--set", "data.synthetic.iid=true",
-                   "--set", "eval.every=2", "--name", "e2e")
-    summary = check_run_folder(run, clients=4, rounds=4)
+                   "--set", "eval.every=2", "--name", "e2e", "--set", "simulation.nodes=2")
+    summary = check_run_folder(run, clients=4, rounds=4)  # 4 virtual clients on 2 Flower nodes
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["clients_sampled"] for r in records] == [2, 2, 2, 2]
     assert "accuracy_mean" in records[1] and "accuracy_mean" not in records[0]
