@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FedTiny beside dense FedAvg and the sparse baselines on Fashion-MNIST (configs/fmnist-fedtiny.yaml):
-# fixed magnitude mask, SNIP, FedDST and FedTiny (ERK allocation, and uniform as before) at densities
-# 0.01, 0.05 and 0.1; every run (dense too) shares the server's held-back set and its warm-up.
+# fixed magnitude mask, SNIP, FedDST, FedTiny (ERK allocation, and uniform as before) and FedMef at
+# densities 0.01, 0.05 and 0.1; every run (dense too) shares the server's held-back set and its warm-up.
 # Usage: bash benchmarks/fedtiny_fmnist.sh [OUT_DIR]   (then: python benchmarks/summarize_runs.py OUT_DIR)
 set -euo pipefail
 out=${1:-runs/fedtiny-fmnist}
@@ -15,4 +15,5 @@ for rho in 0.01 0.05 0.1; do
   run --name "fedtiny-$rho" --method fedtiny --budgets "$rho:1"
   run --name "fedtiny-uniform-$rho" --method fedtiny --budgets "$rho:1" \
     --set method.pruning.allocation=uniform
+  run --name "fedmef-$rho" --method fedmef --budgets "$rho:1"
 done

@@ -17,6 +17,7 @@ from fedsparse.clients.dense import Dense
 from fedsparse.clients.ditto import Ditto
 from fedsparse.clients.fedavg_ft import FedAvgFT
 from fedsparse.clients.feddst import FedDST
+from fedsparse.clients.fedmef import FedMef
 from fedsparse.clients.fedrolex import FedRolex
 from fedsparse.clients.fedtiny import FedTiny
 from fedsparse.clients.fjord import FjORD
@@ -32,7 +33,7 @@ from fedsparse.plugins import did_you_mean, entry_point, entry_point_names, inst
 ENTRY_POINT_GROUP = "fedsparse.methods"
 
 BUILTIN: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Dense, FedAvgFT, LocalOnly, Ditto, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST,
+    Dense, FedAvgFT, LocalOnly, Ditto, Magnitude, PFedGate, FedTiny, PruneAtInit, FedDST, FedMef,
     HeteroFL, FjORD, FedRolex)}
 
 

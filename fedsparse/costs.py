@@ -70,6 +70,8 @@ class ClientRoundCost:
     #: counter of the FedTiny / FedPruning papers), and of the dense model
     conv_linear_flops: float = 0.0
     dense_conv_linear_flops: float = 0.0
+    #: activations the dense model would keep for backward doing the same work
+    dense_activation_bytes: float = 0.0
 
 
 class CostModel:

@@ -60,7 +60,8 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSe
                 generator: torch.Generator, masks: Masks | None = None,
                 proximal_mu: float = 0.0,
                 anchor: list[torch.Tensor] | None = None,
-                before_batch: Callable[[], None] | None = None) -> tuple[float, int]:
+                before_batch: Callable[[], None] | None = None,
+                penalty: Callable[[], torch.Tensor] | None = None) -> tuple[float, int]:
     """Run ``cfg.local_epochs`` epochs of minibatch SGD; return (mean loss, samples seen).
 
     With ``masks``, masked-out weights stay exactly zero: their gradients are zeroed before
@@ -68,7 +69,8 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSe
     ``proximal_mu`` > 0 adds the proximal term mu/2 * ||w - anchor||^2: FedProx's (Li et al.
     2020, anchor = the weights received, the default) or Ditto's (anchor = the global model).
     ``before_batch`` runs before each trained batch (FjORD samples its width there); the batches
-    trained are ``batch_sizes``'s, so a server can replay them.
+    trained are ``batch_sizes``'s, so a server can replay them. ``penalty`` is added to every
+    batch's objective (FedMef's extrusion); the reported loss is the task loss alone.
     """
     model.train()
     if proximal_mu > 0 and anchor is None:
@@ -95,6 +97,8 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainSe
             if anchor:
                 drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 objective = loss + 0.5 * proximal_mu * drift
+            if penalty is not None:
+                objective = objective + penalty()
             objective.backward()
             if masks:
                 mask_gradients(model, masks)

@@ -65,7 +65,7 @@ class CostAccountant:
             train_flops=sparse.flops, memory_bytes=sparse.memory_bytes,
             activation_bytes=sparse.activation_bytes, upload_bytes=upload,
             download_bytes=down, dense_train_flops=dense.flops,
-            dense_memory_bytes=dense.memory_bytes,
+            dense_memory_bytes=dense.memory_bytes, dense_activation_bytes=dense.activation_bytes,
             dense_upload_bytes=upload - arrays_up + dense_arrays, dense_download_bytes=dense_down,
             conv_linear_flops=sparse.conv_linear_flops if sparse.conv_linear_flops is not None
             else (1 + BACKWARD_FACTOR) * samples * model.multiply_flops_per_sample(kept),

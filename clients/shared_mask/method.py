@@ -183,9 +183,12 @@ class SharedMask(Method):
     # --- client side ------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:
         """Train the mask the server sent: masked weights stay zero, only kept ones are uploaded."""
-        loss, seen = train_local(task.model, task.data.x_train, task.data.y_train,
-                                 self.train_settings(task),
-                                 task.generator, task.masks,
-                                 proximal_mu=float(task.config.get("proximal-mu", 0.0)))
+        loss, seen = self.train(task)
         return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
                           "samples-seen": float(seen)}, task.masks)
+
+    def train(self, task: ClientTask) -> tuple[float, int]:
+        """The round's masked local training; (mean loss, samples seen)."""
+        return train_local(task.model, task.data.x_train, task.data.y_train,
+                           self.train_settings(task), task.generator, task.masks,
+                           proximal_mu=float(task.config.get("proximal-mu", 0.0)))

@@ -15,7 +15,9 @@ class PruningOptions(MethodOptions):
     Every client trains the server's mask at its tier's density (tiers nested); ``fedtiny``
     picks the mask by adaptive BN selection and refines it by progressive prune-and-grow,
     ``prune-at-init`` fixes it once by ``criterion``, ``feddst`` lets clients prune-and-grow
-    locally and the server prune the average back to the density.
+    locally and the server prune the average back to the density, ``fedmef`` adjusts as
+    FedTiny from its first (magnitude or random) mask, extrudes what each adjustment will prune
+    and trains with pruned activations.
     """
 
     criterion: Literal["magnitude", "snip", "random"] = Field(
@@ -38,6 +40,14 @@ class PruningOptions(MethodOptions):
         "auto", description="scored unit per adjustment (chunk: one layer, its gradient formed a "
                             "few rows at a time); auto: the coarsest that fits every client's "
                             "memory budget, or twice its sparse training memory if it declares none")
+
+    activation_keep: float = Field(
+        0.5, gt=0.0, le=1.0, description="fedmef: share of each Conv2d / Linear input (but the "
+                                         "first layer's) kept for backward, by magnitude (scaled "
+                                         "activation pruning; 1 - the authors' gamma)")
+    extrusion: float = Field(
+        1.0, ge=0.0, description="fedmef: lambda of budget-aware extrusion, the L2-norm penalty "
+                                 "on the weights an adjustment round will prune (0: off)")
 
     def end_round(self, rounds: int) -> int:
         """T_end of progressive pruning: ``adjust_until``, or 3/4 of the run's rounds."""

@@ -332,7 +332,12 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                                                   - set(method.client_reported))},
         "cost": {**{k.removeprefix("cost_"): v for k, v in mean_costs(outcome.costs).items()},
                  "memory_bytes_peak_ratio": max((c.memory_bytes / c.dense_memory_bytes
-                                                 for c in outcome.costs), default=None)},
+                                                 for c in outcome.costs), default=None),
+                 # weights, gradients, optimizer state and activations together
+                 "training_bytes_peak_ratio": max(
+                     ((c.memory_bytes + c.activation_bytes)
+                      / (c.dense_memory_bytes + c.dense_activation_bytes)
+                      for c in outcome.costs if c.dense_activation_bytes), default=None)},
         "budget": {"violations": outcome.budget_violations,
                    "tiers": budget_tiers(loop.strategy.context.budgets),
                    "source": budget_source or ("config tiers" if config.budgets.file is None

@@ -461,7 +461,8 @@ def _mean(values: list[float]) -> float:
 
 COST_FIELDS = ("density", "train_flops", "memory_bytes", "activation_bytes", "upload_bytes",
                "download_bytes", "conv_linear_flops")
-RATIO_FIELDS = ("train_flops", "memory_bytes", "upload_bytes", "download_bytes", "conv_linear_flops")
+RATIO_FIELDS = ("train_flops", "memory_bytes", "activation_bytes", "upload_bytes", "download_bytes",
+                "conv_linear_flops")
 
 
 def mean_costs(costs: list[ClientRoundCost], prefix: str = "cost_") -> dict[str, float | None]:

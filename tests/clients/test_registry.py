@@ -31,7 +31,7 @@ def write_dist_info(root: Path) -> None:
 def test_builtins_are_listed_with_one_line_each():
     rows = dict(available())
     assert set(BUILTIN) == {"dense", "fedavg-ft", "local", "ditto", "magnitude", "pfedgate",
-                            "fedtiny", "prune-at-init", "feddst", "heterofl", "fjord",
+                            "fedtiny", "prune-at-init", "feddst", "fedmef", "heterofl", "fjord",
                             "fedrolex"} <= set(rows)
     assert all(line and "\n" not in line for line in rows.values())
     assert resolve("fedtiny").section() == "pruning" and resolve("pfedgate").section() == "pfedgate"
