@@ -23,9 +23,10 @@ def main() -> None:
     base = next((s for s in summaries if s["method"] in ("dense", "fedavg-ft")), summaries[0])
     base_round = round_seconds(base)
     print("| run | method | budgets | acc mean | bottom decile | global | acc by density | "
-          "FLOPs vs FedAvg | conv+linear FLOPs vs FedAvg | memory vs dense | upload vs FedAvg | "
+          "FLOPs vs FedAvg | conv+linear FLOPs vs FedAvg | memory vs dense | peak memory | "
+          "activations vs dense | peak with activations | upload vs FedAvg | "
           "density | round s vs FedAvg | sim s to target | sim s total | wall s |")
-    print("|" + "---|" * 16)
+    print("|" + "---|" * 19)
     for s in summaries:
         tiers = s["budget"]["tiers"]
         budgets = ",".join(f"{t['density']:g}:{t['share']:g}" for t in tiers) \
@@ -37,12 +38,14 @@ def main() -> None:
         upload = s["cost"]["upload_bytes"] / base["cost"]["upload_bytes"]
         name = Path(s["run_dir"]).name.rsplit("-", 2)[0]
         memory = s["cost"].get("memory_bytes_ratio") or float("nan")
+        peaks = " | ".join(f"{s['cost'].get(k) or float('nan'):.3f}" for k in (
+            "memory_bytes_peak_ratio", "activation_bytes_ratio", "training_bytes_peak_ratio"))
         glob = s["accuracy"].get("global") or float("nan")
         clock = s.get("clock") or {}
         to_target = clock.get("time_to_target")
         print(f"| {name} | {s['method']} | {budgets} | {s['accuracy']['mean']:.4f} | "
               f"{s['accuracy']['bottom_decile']:.4f} | {glob:.4f} | {by_density(s)} | "
-              f"{flops:.3f} | {conv_linear:.3f} | {memory:.3f} | {upload:.3f} | "
+              f"{flops:.3f} | {conv_linear:.3f} | {memory:.3f} | {peaks} | {upload:.3f} | "
               f"{s['cost']['density']:.3f} | {seconds:.2f} | "
               f"{'-' if to_target is None else f'{to_target:.1f}'} | "
               f"{clock.get('total_seconds', float('nan')):.1f} | {s['wall_seconds']:.0f} |")
