@@ -7,8 +7,9 @@ For each size it runs ``fedsparse simulate`` (Synthetic data, MLP, evaluation on
 round) and reports the first round (it also pays the Ray actors' start: imports, data,
 partitions), the median of the training-only rounds after it, the last round (which also
 evaluates every client), the whole wall time (Ray start-up, handshake with every node), and
-the peak resident memory of the whole process tree (the CLI, Ray's daemons and workers), sampled
-from /proc every 0.2 s. Training-round time should follow the sampled clients, not the total.
+the peak resident and proportional memory of the whole process tree (the CLI, Ray's daemons and
+workers; PSS shares each shared page out among the processes mapping it), sampled from /proc
+every 0.2 s. Training-round time should follow the sampled clients, not the total.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (from /proc)."""
-    total, stack, seen = 0, [root], set()
+def tree_memory_bytes(root: int) -> tuple[int, int]:
+    """Resident (RSS) and proportional (PSS) memory of ``root`` and all its descendants, from
+    /proc. RSS counts a page shared by n processes n times (the memory-mapped data pool, torch's
+    libraries); PSS counts 1/n of it in each, so the tree's PSS is the memory it really holds."""
+    rss = pss = 0
+    stack, seen = [root], set()
     while stack:
         pid = stack.pop()
         if pid in seen:
@@ -44,11 +48,14 @@ def tree_rss_bytes(root: int) -> int:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                    rss += int(line.split()[1]) * 1024
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
         except OSError:
             continue
         stack += _children(pid)
-    return total
+    return rss, pss
 
 
 def run_size(clients: int, fraction: float, rounds: int, method: str, out: Path,
@@ -63,9 +70,10 @@ def run_size(clients: int, fraction: float, rounds: int, method: str, out: Path,
             *[arg for pair in extra for arg in ("--set", pair)]]
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = peak_pss = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss_bytes(proc.pid))
+        rss, pss = tree_memory_bytes(proc.pid)
+        peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         time.sleep(0.2)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -79,7 +87,7 @@ def run_size(clients: int, fraction: float, rounds: int, method: str, out: Path,
             "nodes": _nodes(run), "accuracy_mean": summary["accuracy"]["mean"],
             "first_round_s": records[0]["seconds"], "train_round_s": steady[len(steady) // 2],
             "last_round_with_eval_s": records[-1]["seconds"],
-            "wall_s": wall, "peak_rss_mib": peak / 2**20}
+            "wall_s": wall, "peak_rss_mib": peak / 2**20, "peak_pss_mib": peak_pss / 2**20}
 
 
 def _nodes(run: Path) -> int:
@@ -102,8 +110,9 @@ def main() -> None:
     rows = []
     print(f"method {args.method}, {args.rounds} rounds, {os.cpu_count()} CPUs, {args.extra or ''}")
     print("| clients | sampled/round | Flower nodes | first round s | training round s (median of "
-          "2..n-1) | last round (+ eval of all) s | wall s | peak RSS MiB | mean accuracy |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+          "2..n-1) | last round (+ eval of all) s | wall s | peak RSS MiB | peak PSS MiB | "
+          "mean accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for spec in args.sizes.split(","):
             size, _, fraction = spec.partition(":")
@@ -113,7 +122,8 @@ def main() -> None:
             print(f"| {r['clients']} | {r['sampled']} | {r['nodes']} | {r['first_round_s']:.2f} | "
                   f"{r['train_round_s']:.2f} | "
                   f"{r['last_round_with_eval_s']:.2f} | {r['wall_s']:.1f} | "
-                  f"{r['peak_rss_mib']:.0f} | {r['accuracy_mean']:.3f} |", flush=True)
+                  f"{r['peak_rss_mib']:.0f} | {r['peak_pss_mib']:.0f} | "
+                  f"{r['accuracy_mean']:.3f} |", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
 

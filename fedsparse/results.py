@@ -25,6 +25,8 @@ ROUNDS_FILE = "metrics.jsonl"
 CLIENTS_FILE = "clients.csv"
 SUMMARY_FILE = "summary.json"
 PARTITIONS_FILE = "partitions.npz"
+#: the run's data pool as memory-mapped .npy files, for the simulation's workers (removed at the end)
+POOL_DIR = "pool"
 LAYERS_FILE = "layers.json"
 
 

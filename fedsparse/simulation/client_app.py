@@ -22,14 +22,21 @@ from fedsparse.budgets import DECLARED_BUDGET, declared_budget_fields
 from fedsparse.checkpoint import load_client_state, save_client_state
 from fedsparse.codec import decode, encode, from_record, pack_records, to_record, unpack_records
 from fedsparse.config import ExperimentConfig
-from fedsparse.data.federation import build_federation, cached_pool, load_partitions
+from fedsparse.data.federation import (
+    build_federation,
+    cached_pool,
+    load_partitions,
+    load_shared_pool,
+)
 from fedsparse.data.partition import ClientSplit
+from fedsparse.data.pool import DataPool
 from fedsparse.deploy.run_config import deployed_config_json
 from fedsparse.experiment import cached_method
 from fedsparse.faults import InjectedCrash, injected_fault, lie, poison
 from fedsparse.masks import Masks
 from fedsparse.method import ClientState, ClientTask, LocalData, Method
 from fedsparse.models import build_model
+from fedsparse.results import POOL_DIR
 from fedsparse.seeding import client_seed
 from fedsparse.strategies.messages import CLIENT_ID_KEY, STATE_DIR_KEY
 from fedsparse.strategies.validation import PARTITION_KEY
@@ -70,8 +77,14 @@ class ClientRuntime:
             {name: Array(getattr(split, name)) for name in ("train", "val", "test")})
         return split
 
+    def pool(self) -> DataPool:
+        """The run's shared, memory-mapped pool (simulation), or one loaded here (deployment)."""
+        if self.partitions_path is None:
+            return cached_pool(self.config)
+        return load_shared_pool(self.partitions_path.parent / POOL_DIR)
+
     def data(self, split: ClientSplit) -> LocalData:
-        pool = cached_pool(self.config)
+        pool = self.pool()
         x_tr, y_tr = pool.tensors(split.train)
         x_va, y_va = pool.tensors(split.val)
         x_te, y_te = pool.tensors(split.test)
@@ -79,7 +92,7 @@ class ClientRuntime:
 
     def model(self, arrays: ArrayRecord) -> tuple[torch.nn.Module, Masks | None]:
         """The model the server sent, and the masks of the weights this client does not hold."""
-        pool = cached_pool(self.config)
+        pool = self.pool()
         model = build_model(self.config.model, pool.input_shape, pool.num_classes)
         template = template_of(model.state_dict())
         update = decode(arrays, template)

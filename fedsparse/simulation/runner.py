@@ -14,7 +14,7 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,15 @@ from fedsparse.checkpoint import (
 from fedsparse.clock import ClockSettings, build_clock, time_to_accuracy
 from fedsparse.config import ExperimentConfig
 from fedsparse.costs import CostModel
-from fedsparse.data.federation import Federation, build_federation, save_partitions
+from fedsparse.data.federation import (
+    Federation,
+    build_federation,
+    drop_shared_pool,
+    forget_cached_pool,
+    load_shared_pool,
+    save_partitions,
+    save_pool,
+)
 from fedsparse.errors import ConfigError, SimulationError
 from fedsparse.experiment import (
     budgets_of,
@@ -39,7 +47,13 @@ from fedsparse.experiment import (
 )
 from fedsparse.method import ServerSetup
 from fedsparse.models import build_model
-from fedsparse.results import PARTITIONS_FILE, RunRecorder, check_output_dir, new_run_dir
+from fedsparse.results import (
+    PARTITIONS_FILE,
+    POOL_DIR,
+    RunRecorder,
+    check_output_dir,
+    new_run_dir,
+)
 from fedsparse.simulation.server_app import (
     RoundCallback,
     ServerLoop,
@@ -128,6 +142,11 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     recorder = RunRecorder(run_dir, config)
     partitions_path = run_dir / PARTITIONS_FILE
     save_partitions(federation, partitions_path)
+    pool_dir = run_dir / POOL_DIR
+    if not config.simulation.ray_address:  # workers map this pool instead of building their own
+        save_pool(federation.pool, pool_dir)
+        federation = replace(federation, pool=load_shared_pool(pool_dir))
+        forget_cached_pool()
     if checkpoint is not None:
         recorder.truncate_rounds(checkpoint.server_round)
         # client states written after the checkpoint belong to the rounds being redone
@@ -142,17 +161,20 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
         on_start(run_dir)
     stop = StopRequest()
     loop.stop = stop
-    with stop.handling_signals():
-        _simulate(config, loop, client_app, run_dir)
-    if stop.is_set():
-        name = signal.Signals(stop.signum or signal.SIGINT).name
-        raise Interrupted(f"stopped by {name} after round {loop.outcome.rounds_done} of "
-                          f"{config.rounds}: continue with 'fedsparse simulate --resume {run_dir}'",
-                          stop.signum or signal.SIGINT)
-    if loop.outcome.rounds_done < config.rounds:
-        raise SimulationError(f"the simulation stopped after round {loop.outcome.rounds_done} of "
-                              f"{config.rounds}; finished rounds are in {run_dir}")
-    return finish_run(config, loop, recorder, started)
+    try:
+        with stop.handling_signals():
+            _simulate(config, loop, client_app, run_dir)
+        if stop.is_set():
+            name = signal.Signals(stop.signum or signal.SIGINT).name
+            raise Interrupted(f"stopped by {name} after round {loop.outcome.rounds_done} of "
+                              f"{config.rounds}: continue with 'fedsparse simulate --resume "
+                              f"{run_dir}'", stop.signum or signal.SIGINT)
+        if loop.outcome.rounds_done < config.rounds:
+            raise SimulationError(f"the simulation stopped after round {loop.outcome.rounds_done} "
+                                  f"of {config.rounds}; finished rounds are in {run_dir}")
+        return finish_run(config, loop, recorder, started)
+    finally:
+        drop_shared_pool(pool_dir)  # rebuilt from the config by a resume
 
 
 def finish_run(config: ExperimentConfig, loop: ServerLoop, recorder: RunRecorder,
