@@ -5,8 +5,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedsparse.config import load_config
-from fedsparse.data.federation import build_federation, save_partitions
+from fedsparse.data.federation import build_federation, save_partitions, save_pool
 from fedsparse.models import build_model
+from fedsparse.results import POOL_DIR
 from fedsparse.simulation.client_app import make_client_app
 
 
@@ -16,6 +17,7 @@ def test_the_app_pickles_by_reference_and_still_trains(tmp_path, task_identity):
                                 "budgets.tiers=[{density: 1.0, share: 1.0}]"])
     federation = build_federation(config)
     save_partitions(federation, tmp_path / "partitions.npz")
+    save_pool(federation.pool, tmp_path / POOL_DIR)  # what the driver writes for its workers
     config_json = config.model_dump_json()
     app = make_client_app(config_json, str(tmp_path / "partitions.npz"))
 
