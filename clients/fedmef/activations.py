@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 from torch import nn
@@ -94,12 +95,17 @@ def held_anyway(x: torch.Tensor) -> bool:
     if producer is None:
         return True
     where = x.untyped_storage().data_ptr()
-    for name in dir(producer):
-        if name.startswith("_saved_"):
-            value = getattr(producer, name, None)
-            if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == where:
-                return True
+    for name in _saved_attributes(type(producer)):
+        value = getattr(producer, name, None)
+        if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == where:
+            return True
     return False
+
+
+@cache
+def _saved_attributes(node_type: type) -> tuple[str, ...]:
+    """The saved-tensor attributes of an autograd node type (asked once per type, not per batch)."""
+    return tuple(name for name in dir(node_type) if name.startswith("_saved_"))
 
 
 def _linear(module: nn.Linear, keep: float):

@@ -21,7 +21,7 @@ learning-rate rescaling by the penalised weights' L1 norm is not built, because 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -36,7 +36,6 @@ from fedsparse.clients.shared_mask.method import adjust_plan
 from fedsparse.costs import TrainingCost
 from fedsparse.masks import Masks
 from fedsparse.method import Ask, ClientTask, CostContext, ServerSetup
-from fedsparse.training import train_local
 
 #: samples in the batch whose saved activations are measured at setup
 MEASURE_BATCH = 8
@@ -78,16 +77,16 @@ class FedMef(FedTiny):
         return out
 
     # --- client side ----------------------------------------------------------------------------
-    def train(self, task: ClientTask) -> tuple[float, int]:
-        """Masked training with pruned activations; in an adjustment round, with extrusion."""
+    def train(self, task: ClientTask, penalty: Callable[[], torch.Tensor] | None = None
+              ) -> tuple[float, int]:
+        """Masked training with pruned activations; in an adjustment round, with extrusion (added
+        to ``penalty`` when a subclass passes one)."""
         params = dict(task.model.named_parameters())
         targets = extrusion_targets(params, task.masks, adjust_plan(task.config))
-        penalty = extrusion_penalty(params, targets, self.options.extrusion)
+        terms = [t for t in (penalty, extrusion_penalty(params, targets, self.options.extrusion))
+                 if t is not None]
         with pruned_activations(task.model, self.options.activation_keep):
-            return train_local(task.model, task.data.x_train, task.data.y_train,
-                               self.train_settings(task), task.generator, task.masks,
-                               proximal_mu=float(task.config.get("proximal-mu", 0.0)),
-                               penalty=penalty)
+            return super().train(task, (lambda: sum(t() for t in terms)) if terms else None)
 
 
 def activation_ratio(model: nn.Module, input_shape: tuple[int, ...], keep: float,

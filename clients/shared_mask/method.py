@@ -8,7 +8,7 @@ the mask changes (``adjust``). Subclasses add what their adjustment rounds do on
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -187,8 +187,11 @@ class SharedMask(Method):
         return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
                           "samples-seen": float(seen)}, task.masks)
 
-    def train(self, task: ClientTask) -> tuple[float, int]:
-        """The round's masked local training; (mean loss, samples seen)."""
+    def train(self, task: ClientTask, penalty: Callable[[], torch.Tensor] | None = None
+              ) -> tuple[float, int]:
+        """The round's masked local training (``penalty`` added to every batch's objective);
+        (mean loss, samples seen)."""
         return train_local(task.model, task.data.x_train, task.data.y_train,
                            self.train_settings(task), task.generator, task.masks,
-                           proximal_mu=float(task.config.get("proximal-mu", 0.0)))
+                           proximal_mu=float(task.config.get("proximal-mu", 0.0)),
+                           penalty=penalty)

@@ -28,19 +28,24 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_idx_images_with_a_cnn_dirichlet_and_flower_fedprox(tmp_path):
-    """Learnable images in the real IDX format (class c lights up row band c), trained by a
-    Flower strategy named like a built-in (FedProx: its proximal-mu reaches the clients)."""
+def write_learnable_idx(folder: Path, train: int, test: int) -> Path:
+    """Learnable 28x28 images in the real MNIST IDX format (class c lights rows 2c+4, 2c+5)."""
     rng = np.random.default_rng(0)
-    data = tmp_path / "data"
-    data.mkdir()
-    for split, n in (("train", 900), ("t10k", 300)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("t10k", test)):
         labels = rng.integers(0, 10, n)
         images = rng.integers(0, 60, (n, 28, 28))
         for i, c in enumerate(labels):
             images[i, 2 * c + 4: 2 * c + 6, :] = 250
-        _write_idx(data / f"{split}-images-idx3-ubyte.gz", images)
-        _write_idx(data / f"{split}-labels-idx1-ubyte.gz", labels)
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def test_idx_images_with_a_cnn_dirichlet_and_flower_fedprox(tmp_path):
+    """Learnable images in the real IDX format (class c lights up row band c), trained by a
+    Flower strategy named like a built-in (FedProx: its proximal-mu reaches the clients)."""
+    data = write_learnable_idx(tmp_path / "data", 900, 300)
     run = simulate_here(tmp_path / "runs", "--dataset", "mnist", "--data-dir", str(data), "--clients", "5",
                    "--rounds", "2", "--fraction", "1", "--partition", "dirichlet", "--alpha", "0.5",
                    "--model", "cnn-bn", "--lr", "0.05", "--method", "dense", "--strategy", "fedprox",

@@ -3,26 +3,16 @@ on the same data: it adjusts its mask, its updates pass, and its activations cos
 
 import json
 
-import numpy as np
 import pytest
 
 from tests.simulation.inprocess import simulate_here
-from tests.simulation.test_methods_in_process import _write_idx
+from tests.simulation.test_methods_in_process import write_learnable_idx
 
 
 @pytest.fixture(scope="module")
 def image_data(tmp_path_factory):
-    """A small learnable MNIST-format set (class c lights rows 2c+4, 2c+5)."""
-    data = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 400), ("t10k", 120)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 * c + 4: 2 * c + 6, :] = 250
-        _write_idx(data / f"{split}-images-idx3-ubyte.gz", images)
-        _write_idx(data / f"{split}-labels-idx1-ubyte.gz", labels)
-    return data
+    """A small learnable MNIST-format set."""
+    return write_learnable_idx(tmp_path_factory.mktemp("idx"), 400, 120)
 
 
 def run(tmp_path, data, method):
