@@ -293,6 +293,10 @@ class ServerLoop:
         if self.stop.is_set():
             raise RoundAbandoned
         failed = sum(r.has_error() for r in replies) + len(messages) - len(replies)
+        if len(replies) < len(messages):
+            log(WARNING, "round %d: %d of %d clients failed: no reply within "
+                "simulation.round_timeout=%.0f s", server_round, len(messages) - len(replies),
+                len(messages), self.config.simulation.round_timeout)
         for reply in replies:
             if reply.has_error():
                 log(WARNING, "round %d: node %d failed: %s", server_round,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedsparse.simulation.server_app import wait_for_nodes
+from tests.deploy.test_processes import on_path
 from tests.simulation.test_ray_cluster_end_to_end import kill_processes_mentioning
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +35,7 @@ def test_flwr_run_on_flowers_local_simulation_with_fewer_nodes_than_clients(tmp_
     app.mkdir()
     for name in ("pyproject.toml", "README.md"):
         (app / name).write_bytes((ROOT / name).read_bytes())
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+    env = {**os.environ, "PATH": on_path(), "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}

@@ -68,9 +68,16 @@ class Processes:
                 proc.wait()
 
 
+def on_path() -> str:
+    """PATH with this environment's scripts first: Flower's processes start ``flwr-serverapp``
+    and ``flwr-clientapp`` by name, as an activated environment finds them (pytest run as
+    ``.venv/bin/python -m pytest`` has no activated environment)."""
+    return f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def deployment_env(folder: Path) -> dict[str, str]:
-    return {**os.environ, "FLWR_HOME": str(folder / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    return {**os.environ, "PATH": on_path(), "FLWR_HOME": str(folder / "flwr-home"),
+            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
 
 def write_connection(home: Path, port: int, ca: Path | None) -> None:

@@ -13,19 +13,18 @@ pytestmark = pytest.mark.e2e
 
 
 def test_thirty_percent_failures_finish_with_exact_counts(tmp_path):
-    # seed 5: one crash and one hang. The timeout leaves healthy clients room on a loaded CI
-    # machine (round 1 includes the actors' first messages: 6 s, then 10 s, failed every client
-    # of both rounds beside the loopback deployment test, round 2 queued behind round 1's late
-    # messages); the hang outlasts it, and the final evaluation waits for the hung actor, so it
-    # stays short
+    # seed 5: one crash in round 1, one hang in round 2. Round 1 ends when its last reply arrives,
+    # so only round 2 waits out the timeout: it can be generous. 20 s still failed a healthy client
+    # of round 1 on a loaded clean-clone CI run (beside the loopback deployment test); the hang
+    # outlasts the timeout by a little, since the final evaluation may queue behind it
     clients, rounds, seed, rate = 6, 2, 5, 0.3
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", str(tmp_path),
          "--clients", str(clients), "--rounds", str(rounds), "--fraction", "1", "--seed", str(seed),
          "--method", "dense", "--strategy", "fedavg", "--budgets", "1.0:1",
-         "--inject-failures", str(rate), "--set", "simulation.round_timeout=20",
-         "--set", "simulation.hang_seconds=24", "--set", "eval.every=2"],
+         "--inject-failures", str(rate), "--set", "simulation.round_timeout=45",
+         "--set", "simulation.hang_seconds=48", "--set", "eval.every=2"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.monotonic() - started < 240  # no hang: each round waits at most its timeout
@@ -34,7 +33,9 @@ def test_thirty_percent_failures_finish_with_exact_counts(tmp_path):
                 for r in range(1, rounds + 1)}
     assert sum(expected.values()) > 0  # the seed really injects something
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {r["round"]: r["clients_failed"] for r in records} == expected
+    failed = {r["round"]: r["clients_failed"] for r in records}
+    warnings = [line for line in result.stderr.splitlines() if " failed: " in line]
+    assert failed == expected, warnings
     assert all(r["clients_accepted"] == clients - expected[r["round"]] for r in records)
     assert all(r["aggregated"] for r in records if r["clients_accepted"] > 0)
     summary = json.loads((run / "summary.json").read_text())
