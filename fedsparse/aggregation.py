@@ -1,6 +1,14 @@
-"""Aggregation math over validated (possibly sparse) updates: plain numpy, no Flower.
+"""Aggregation math over validated (possibly sparse) updates: numpy and torch, no Flower.
 
-Loops run over clients and tensors only; every coordinate operation is vectorised.
+Loops run over clients and tensors only; every coordinate operation is vectorised. Sparse
+coordinates are added with torch's ``index_add_`` (one pass over the kept coordinates, where
+numpy's ``a[i] += v`` gathers, adds and scatters), and the tensors of a model are averaged on
+a thread per core: ``index_add_`` itself runs on one thread and releases the GIL.
+
+Sums are kept in the tensor's own precision (float32 for float32 weights, as Flower's FedAvg
+averages them), with the weights normalised to sum to 1 so no sum grows large: float64
+``index_add_`` is ~4x slower here, and the float32 mean of <= thousands of terms is within a
+few ulps of the float64 one.
 """
 
 from __future__ import annotations
@@ -8,8 +16,43 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
+from fedsparse.parallel import thread_map
 from fedsparse.updates import SparseUpdate
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of ``array`` (a copy only when it is read-only, as received bytes are)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def holder_sums(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
+                weights: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat sums over the clients that sent tensor ``name``, in ``old``'s float precision (at
+    least float32): of weight x value, and of the weights (zero where nobody sent). Weights are
+    normalised to sum to 1."""
+    if len(updates) != len(weights):
+        raise ValueError("one weight per update is required")
+    dtype = torch.float64 if old.dtype == np.float64 else torch.float32
+    num = torch.zeros(old.size, dtype=dtype)
+    den = torch.zeros(old.size, dtype=dtype)
+    one = torch.ones(1, dtype=dtype)
+    total = float(sum(w for w in weights if w > 0)) or 1.0
+    for update, weight in zip(updates, weights, strict=True):
+        tensor = update.tensors.get(name)
+        if tensor is None or weight <= 0:
+            continue
+        share = weight / total
+        values = _tensor(tensor.values).to(dtype)
+        if tensor.index is None:
+            num.add_(values, alpha=share)
+            den.add_(share)
+        else:
+            index = _tensor(tensor.index)
+            num.index_add_(0, index, values, alpha=share)
+            den.index_add_(0, index, one.expand(index.numel()), alpha=share)
+    return num, den
 
 
 def holder_average(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
@@ -18,24 +61,11 @@ def holder_average(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
 
     Returns the flat float64 result (``old`` where nobody sent) and the boolean 'sent' mask.
     """
-    if len(updates) != len(weights):
-        raise ValueError("one weight per update is required")
-    num = np.zeros(old.size, dtype=np.float64)
-    den = np.zeros(old.size, dtype=np.float64)
-    for update, weight in zip(updates, weights, strict=True):
-        tensor = update.tensors.get(name)
-        if tensor is None or weight <= 0:
-            continue
-        if tensor.index is None:
-            num += weight * tensor.values.astype(np.float64)
-            den += weight
-        else:
-            num[tensor.index] += weight * tensor.values.astype(np.float64)
-            den[tensor.index] += weight
+    num, den = holder_sums(old, name, updates, weights)
     sent = den > 0
-    mean = old.reshape(-1).astype(np.float64, copy=True)
-    mean[sent] = num[sent] / den[sent]
-    return mean, sent
+    mean = (num / den).to(torch.float64)
+    previous = torch.from_numpy(old.reshape(-1).astype(np.float64))
+    return torch.where(sent, mean, previous).numpy(), sent.numpy()
 
 
 def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[SparseUpdate],
@@ -47,14 +77,19 @@ def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[Spar
     """
     if len(updates) != len(weights):
         raise ValueError("one weight per update is required")
-    new_state: dict[str, np.ndarray] = {}
-    for name, old in global_state.items():
+
+    def average(name: str) -> np.ndarray:
+        old = global_state[name]
         if not np.issubdtype(old.dtype, np.floating):
-            new_state[name] = old.copy()
-            continue
-        mean, _ = holder_average(old, name, updates, weights)
-        new_state[name] = mean.astype(old.dtype).reshape(old.shape)
-    return new_state
+            return old.copy()
+        num, den = holder_sums(old, name, updates, weights)
+        previous = torch.from_numpy(old.reshape(-1).astype(num.numpy().dtype))
+        mean = torch.where(den > 0, num / den, previous)
+        return mean.numpy().astype(old.dtype, copy=False).reshape(old.shape)
+
+    largest_first = sorted(global_state, key=lambda n: -global_state[n].size)
+    averaged = dict(zip(largest_first, thread_map(average, largest_first), strict=True))
+    return {name: averaged[name] for name in global_state}
 
 
 def unusable(state: Mapping[str, np.ndarray]) -> str | None:

@@ -11,6 +11,9 @@ The one place where fedsparse's Flower-free types meet Flower's records:
 
 from __future__ import annotations
 
+import functools
+import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -31,15 +34,50 @@ def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
                                    for k, v in arrays.items()})
 
 
-def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """An ArrayRecord's arrays; ``UpdateRejected`` names one that cannot be read."""
+def from_record(record: ArrayRecord, writeable: bool = True) -> dict[str, np.ndarray]:
+    """An ArrayRecord's arrays; ``UpdateRejected`` names one that cannot be read.
+
+    ``writeable=False``: arrays may be read-only views of the received bytes (no copy).
+    """
     out = {}
     for key, array in record.items():
         try:
-            out[key] = array.numpy()
+            out[key] = _numpy(array, writeable)
         except Exception as exc:  # unreadable payload
             raise UpdateRejected(f"array '{key}' cannot be read: {exc}") from exc
     return out
+
+
+def _numpy(array: Array, writeable: bool) -> np.ndarray:
+    """``Array.numpy()`` without parsing the .npy header when it is byte for byte the header
+    numpy writes for the Array's declared dtype and shape: a sparse update of ResNet18 has 122
+    arrays, and parsing their headers was a third of decoding it. Anything else goes through
+    Flower's own reader, with its checks."""
+    if array.stype == "numpy.ndarray":
+        header = _npy_header(array.dtype, tuple(array.shape))
+        data = array.data
+        if header is not None and data[:len(header)] == header:
+            dtype = np.dtype(array.dtype)
+            count = math.prod(array.shape)
+            if len(data) == len(header) + count * dtype.itemsize:
+                view = np.frombuffer(data, dtype, count, offset=len(header)).reshape(array.shape)
+                return view.copy() if writeable else view
+    return array.numpy()
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes | None:
+    """The .npy (version 1.0) header that ``np.save`` writes for a C-ordered array."""
+    try:
+        descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    except TypeError:
+        return None
+    if not isinstance(descr, str) or np.dtype(dtype).hasobject:
+        return None
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue()
 
 
 def encode(state: Mapping[str, torch.Tensor],
@@ -50,7 +88,7 @@ def encode(state: Mapping[str, torch.Tensor],
 
 def decode(record: ArrayRecord, template: Template) -> SparseUpdate:
     """Parse and validate an encoded update; ``UpdateRejected`` names the first problem."""
-    return decode_arrays(from_record(record), template)
+    return decode_arrays(from_record(record, writeable=False), template)
 
 
 def pack_records(records: Records) -> dict[str, ArrayRecord]:

@@ -69,3 +69,32 @@ def test_unsent_coordinates_keep_their_value():
     np.testing.assert_allclose(masked_fedavg(g, [up], [1])["w"], [1.0, 9.0, 3.0])
     with pytest.raises(ValueError):
         masked_fedavg(g, [up], [1, 2])
+
+
+def test_many_sparse_clients_match_float64_and_do_not_depend_on_threads(monkeypatch):
+    """Float32 sums on a thread per tensor: within float32 rounding of a float64 numpy
+    average, and the same bits whatever the number of threads."""
+    import fedsparse.parallel as parallel
+
+    rng = np.random.default_rng(3)
+    shapes = {"a": (300, 40), "b": (7, 5, 3, 3), "c": (11,)}
+    global_state = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    template = template_of({k: torch.from_numpy(v) for k, v in global_state.items()})
+    weights = rng.integers(1, 600, 30).tolist()
+    updates, num, den = [], {}, {}
+    for w in weights:
+        state = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+        mask = {k: rng.random(s) < 0.1 for k, s in shapes.items()}
+        updates.append(decode(encode({k: torch.from_numpy(v) for k, v in state.items()},
+                                     {k: torch.from_numpy(m) for k, m in mask.items()}), template))
+        for k in shapes:
+            num[k] = num.get(k, 0) + w * np.where(mask[k], state[k], 0).astype(np.float64)
+            den[k] = den.get(k, 0) + w * mask[k]
+    got = masked_fedavg(global_state, updates, weights)
+    for k in shapes:
+        expected = np.where(den[k] > 0, num[k] / np.maximum(den[k], 1), global_state[k])
+        np.testing.assert_allclose(got[k], expected, rtol=2e-6, atol=1e-6)
+        assert got[k].dtype == np.float32
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    alone = masked_fedavg(global_state, updates, weights)
+    assert all(np.array_equal(alone[k], got[k]) for k in shapes)

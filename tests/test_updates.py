@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsparse.codec import decode, encode
-from fedsparse.updates import UpdateRejected, template_of
+from fedsparse.updates import UpdateRejected, decode_arrays, encode_arrays, template_of
 
 shapes = st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple)
 
@@ -30,16 +30,36 @@ def test_smallest_encoding_is_chosen():
     state = {"w": torch.randn(64, 64)}
     template = template_of(state)
     sparse = torch.zeros(64, 64, dtype=torch.bool)
-    sparse.view(-1)[::100] = True  # density ~1%: indices are cheaper than 512 bytes of bits
-    assert set(encode(state, {"w": sparse})) == {"w#index"}
+    sparse.view(-1)[::100] = True  # density ~1%: a byte per gap beats 512 bytes of bits
+    assert set(encode(state, {"w": sparse})) == {"w#gaps"}
+    rare = torch.zeros(64, 64, dtype=torch.bool)
+    rare.view(-1)[[5, 4000]] = True  # 3,995 apart: 16 escape bytes cost more than an int32
+    assert set(encode(state, {"w": rare})) == {"w#index"}
     half = torch.rand(64, 64) < 0.5
     assert set(encode(state, {"w": half})) == {"w#bits"}
     assert set(encode(state, {"w": torch.ones(64, 64, dtype=torch.bool)})) == {"w"}
-    for masks in ({"w": sparse}, {"w": half}):
+    for masks in ({"w": sparse}, {"w": half}, {"w": rare}):
         rec = encode(state, masks)
         sizes = sum(a.numpy().nbytes for a in rec.values())
-        assert sizes <= int(masks["w"].sum()) * 4 + min(4 * int(masks["w"].sum()), 512)
-        assert decode(rec, template).tensors["w"].nnz == int(masks["w"].sum())
+        nnz = int(masks["w"].sum())
+        assert sizes <= nnz * 4 + min(4 * nnz, 512, 4 + nnz + 16)
+        assert decode(rec, template).tensors["w"].nnz == nnz
+
+
+@pytest.mark.parametrize("gap", [1, 254, 255, 256, 510, 511, 2000])
+def test_gaps_round_trip_across_escapes(gap):
+    """Gaps of 255 and more are written with escape bytes; positions come back exactly."""
+    numel = 3 * gap + 10
+    state = {"w": torch.arange(numel, dtype=torch.float32) + 1}
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[[gap - 1, 2 * gap - 1, 3 * gap - 1, 3 * gap + 9]] = True
+    data = encode_arrays(state, {"w": mask})
+    (key,) = data
+    update = decode_arrays(data, template_of(state))
+    assert np.array_equal(update.tensors["w"].index, np.flatnonzero(mask.numpy()))
+    assert np.array_equal(update.tensors["w"].values, state["w"][mask].numpy())
+    if key == "w#gaps":
+        assert data[key].size == 4 + 4 + 3 * ((gap - 1) // 255) + 4 * 4
 
 
 def test_missing_tensors_are_allowed_and_read_as_not_sent():
@@ -59,7 +79,7 @@ def _bytes(*parts) -> np.ndarray:
 
 
 TEMPLATE = template_of({"w": torch.zeros(3, 4)})
-F, I32 = np.float32, np.int32
+F, I32, U32 = np.float32, np.int32, np.uint32
 ONE_VALUE = np.ones(1, F)
 
 
@@ -80,8 +100,40 @@ ONE_VALUE = np.ones(1, F)
         (_rec(w__bits=np.uint8([0x80])), "shorter"),
         (_rec(w__bits=_bytes(np.uint8([0xC0, 0]), ONE_VALUE)), "keeps 2 coordinates but sends 1"),
         (_rec(w__bits=_bytes(np.uint8([0x80, 0]), np.array([np.inf], F))), "NaN or Inf"),
+        (_rec(w__gaps=np.uint8([1, 0])), "shorter than its 4-byte count"),
+        (_rec(w__gaps=_bytes(U32([2]), np.uint8([1]), ONE_VALUE)), "too short for the 2"),
+        (_rec(w__gaps=_bytes(U32([1]), np.uint8([1, 1]), ONE_VALUE)), "holds 2 gaps, not the 1"),
+        (_rec(w__gaps=_bytes(U32([1]), np.uint8([0]), ONE_VALUE)), "holds 0 gaps, not the 1"),
+        (_rec(w__gaps=_bytes(U32([1]), np.uint8([1, 0]), ONE_VALUE)), "ends in escape bytes"),
+        (_rec(w__gaps=_bytes(U32([2]), np.uint8([12, 1]), np.ones(2, F))), "outside"),
+        (_rec(w__gaps=_bytes(U32([1]), np.uint8([0, 1]), ONE_VALUE)), "outside"),
+        (_rec(w__gaps=_bytes(U32([1]), np.uint8([1]), np.array([np.nan], F))), "NaN or Inf"),
     ],
 )
 def test_invalid_updates_are_rejected(record, needle):
     with pytest.raises(UpdateRejected, match=needle):
         decode(record, TEMPLATE)
+
+
+@pytest.mark.parametrize("array", [np.arange(12, dtype=np.float32).reshape(3, 4),
+                                   np.array(5, dtype=np.int64), np.zeros(0, np.uint8),
+                                   np.arange(7, dtype=">f8"), np.ones((2, 3), np.float16)])
+def test_arrays_read_without_numpys_parser_equal_flowers_reading(array):
+    from fedsparse.codec import from_record
+
+    record = ArrayRecord(array_dict={"x": Array(array)})
+    for writeable in (True, False):
+        got = from_record(record, writeable=writeable)["x"]
+        expected = record["x"].numpy()
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+
+
+def test_a_header_other_than_numpys_own_goes_through_flowers_reader():
+    """A Fortran-ordered payload (whose header differs from the canonical C-ordered one) is
+    read by Flower's ``Array.numpy`` and comes back the same."""
+    from fedsparse.codec import from_record
+
+    array = np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    record = ArrayRecord(array_dict={"x": Array(array)})
+    assert np.array_equal(from_record(record)["x"], array)
