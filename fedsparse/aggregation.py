@@ -5,7 +5,7 @@ coordinates are added with torch's ``index_add_`` (one pass over the kept coordi
 numpy's ``a[i] += v`` gathers, adds and scatters), and the tensors of a model are averaged on
 a thread per core: ``index_add_`` itself runs on one thread and releases the GIL.
 
-Sums are kept in the tensor's own precision (float32 for float32 weights, as Flower's FedAvg
+Sums are kept in the tensor's own precision (float32 for float32 tensors, as Flower's FedAvg
 averages them), with the weights normalised to sum to 1 so no sum grows large: float64
 ``index_add_`` is ~4x slower here, and the float32 mean of <= thousands of terms is within a
 few ulps of the float64 one.
@@ -55,17 +55,24 @@ def holder_sums(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
     return num, den
 
 
+def _holder_mean(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
+                 weights: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat weighted mean over the holders, in the sums' precision (``old`` where nobody
+    sent), and the boolean 'sent' mask."""
+    num, den = holder_sums(old, name, updates, weights)
+    sent = den > 0
+    previous = torch.from_numpy(old.reshape(-1).astype(num.numpy().dtype))
+    return torch.where(sent, num / den, previous), sent
+
+
 def holder_average(old: np.ndarray, name: str, updates: Sequence[SparseUpdate],
                    weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Per-coordinate weighted mean over the clients that sent tensor ``name``.
 
     Returns the flat float64 result (``old`` where nobody sent) and the boolean 'sent' mask.
     """
-    num, den = holder_sums(old, name, updates, weights)
-    sent = den > 0
-    mean = (num / den).to(torch.float64)
-    previous = torch.from_numpy(old.reshape(-1).astype(np.float64))
-    return torch.where(sent, mean, previous).numpy(), sent.numpy()
+    mean, sent = _holder_mean(old, name, updates, weights)
+    return mean.to(torch.float64).numpy(), sent.numpy()
 
 
 def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[SparseUpdate],
@@ -82,9 +89,7 @@ def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[Spar
         old = global_state[name]
         if not np.issubdtype(old.dtype, np.floating):
             return old.copy()
-        num, den = holder_sums(old, name, updates, weights)
-        previous = torch.from_numpy(old.reshape(-1).astype(num.numpy().dtype))
-        mean = torch.where(den > 0, num / den, previous)
+        mean, _ = _holder_mean(old, name, updates, weights)
         return mean.numpy().astype(old.dtype, copy=False).reshape(old.shape)
 
     largest_first = sorted(global_state, key=lambda n: -global_state[n].size)
