@@ -52,6 +52,9 @@ class FedMef(FedTiny):
         return options.criterion == "snip"
 
     def setup(self, setup: ServerSetup) -> None:
+        if self.filters:
+            raise ValueError("fedmef extrudes and prunes single weights: method.pruning."
+                             "granularity filter is for fedtiny and prune-at-init")
         super().setup(setup)
         self.activation_ratio = activation_ratio(setup.model, setup.cost_model.input_shape,
                                                  self.options.activation_keep, self.run.seed)

@@ -29,6 +29,13 @@ from fedsparse.clients.fedtiny.algorithm import (
     mean_losses,
 )
 from fedsparse.clients.shared_mask import PruningOptions, SharedMask
+from fedsparse.clients.shared_mask.filter_server import FilterMaskServer
+from fedsparse.clients.shared_mask.filters import (
+    candidate_counts,
+    growth_scores,
+    keep_by_importance,
+    report_top,
+)
 from fedsparse.clients.shared_mask.method import adjust_plan, one_batch
 from fedsparse.clients.shared_mask.pruning import (
     pruned_gradients,
@@ -39,6 +46,7 @@ from fedsparse.clients.shared_mask.server import Pairs, PairsRejected
 from fedsparse.errors import SimulationError
 from fedsparse.masks import Masks, pack_mask, unpack_mask
 from fedsparse.method import Ask, ClientTask, FitResult, Records
+from fedsparse.seeding import rng
 from fedsparse.updates import UpdateRejected
 
 log = getLogger("flwr")
@@ -68,10 +76,19 @@ class FedTiny(SharedMask):
     # --- server side: the first mask ------------------------------------------------------------
     def first_masks(self, model: nn.Module, rho: float, ask: Ask) -> Masks:
         cfg = self.options
-        params = dict(model.named_parameters())
-        densities = self.allocate({n: params[n] for n in self.mask_server.prunable},
-                                  rho / CANDIDATE_MARGIN)
-        candidates = candidate_masks(model, densities, cfg.candidates, self.run.seed)
+        server = self.mask_server
+        if isinstance(server, FilterMaskServer):
+            draw = rng(self.run.seed, "candidates")
+            state = model.state_dict()
+            candidates = [server.graph.masks(keep_by_importance(server.graph, state, counts),
+                                             server.prunable)
+                          for counts in candidate_counts(server.graph, server.params, rho,
+                                                         cfg.candidates, draw)]
+        else:
+            params = dict(model.named_parameters())
+            densities = self.allocate({n: params[n] for n in server.prunable},
+                                      rho / CANDIDATE_MARGIN)
+            candidates = candidate_masks(model, densities, cfg.candidates, self.run.seed)
         best, stats, losses = self._abns(model, candidates, ask)
         model.load_state_dict({**model.state_dict(), **stats[best]})
         self.mask_server.info.update({"candidate_losses": losses,
@@ -152,7 +169,9 @@ class FedTiny(SharedMask):
         """Masked training; in an adjustment round, then the top-K pruned gradients."""
         result = super().fit(task)
         plan = adjust_plan(task.config)
-        if plan:
+        if plan and self.filters:
+            result.outbox[PAIRS] = encode_pairs(self._channel_scores(task, plan))
+        elif plan:
             x, y = one_batch(task.data, self.run.train.batch_size, task.generator)
             pruned = self._adjust_masks(task, plan)
             rows = [int(r) for r in task.config.get("adjust-rows", [])]
@@ -164,6 +183,19 @@ class FedTiny(SharedMask):
                 result.outbox[PAIRS] = encode_pairs(
                     {n: topk_pruned_gradients(grads[n], pruned[n], k) for n, k in plan.items()})
         return result
+
+    def _channel_scores(self, task: ClientTask, plan: Mapping[str, int]
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Filter level: the top-K growth scores of the channels the top tier prunes."""
+        (space, k), = plan.items()
+        graph = self.channel_graph(task.model, tuple(task.data.x_train.shape[1:]))
+        kept = torch.zeros(graph.spaces[space].size, dtype=torch.bool)
+        kept[torch.tensor([int(c) for c in task.config["adjust-channels"]], dtype=torch.long)] = True
+        candidates = torch.nonzero(~kept).reshape(-1)
+        x, y = one_batch(task.data, self.run.train.batch_size, task.generator)
+        scores = growth_scores(graph, task.model, graph.keep_of(task.masks), space, candidates,
+                               x, y, self.run.seed, task.server_round)
+        return {space: report_top(scores, candidates, k)}
 
     @staticmethod
     def _adjust_masks(task: ClientTask, plan: Mapping[str, int]) -> Masks:

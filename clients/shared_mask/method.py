@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from fedsparse.budgets import Budget
+from fedsparse.clients.shared_mask.filter_server import FilterMaskServer
+from fedsparse.clients.shared_mask.filters import keep_by_importance, random_keep
 from fedsparse.clients.shared_mask.options import PruningOptions
 from fedsparse.clients.shared_mask.pruning import (
     layer_densities,
@@ -36,7 +38,8 @@ from fedsparse.method import (
     RunInfo,
     ServerSetup,
 )
-from fedsparse.training import train_local
+from fedsparse.structured import ChannelGraph, UnsupportedModel
+from fedsparse.training import evaluate, train_local
 
 
 def adjust_plan(config: Mapping[str, Any]) -> dict[str, int]:
@@ -64,7 +67,8 @@ class SharedMask(Method):
 
     def __init__(self, options: PruningOptions, run: RunInfo) -> None:
         super().__init__(options, run)
-        self.server: SharedMaskServer | None = None
+        self.server: SharedMaskServer | FilterMaskServer | None = None
+        self._graph: ChannelGraph | None = None
         self._model: nn.Module | None = None
         self._server_data: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -82,6 +86,11 @@ class SharedMask(Method):
     def setup(self, setup: ServerSetup) -> None:
         """Build the mask server; budgets it cannot serve fail here, before anything starts."""
         model = setup.model
+        if self.filters:
+            self.server = self._filter_server(setup)
+            self._model = copy.deepcopy(model)
+            self._server_data = setup.server_data
+            return
         self.server = SharedMaskServer(
             self.adjust, self.options, prunable_weights(dict(model.named_parameters()), True),
             {n: tuple(p.shape) for n, p in model.named_parameters()}, setup.budgets,
@@ -92,7 +101,33 @@ class SharedMask(Method):
         self._server_data = setup.server_data
 
     @property
-    def mask_server(self) -> SharedMaskServer:
+    def filters(self) -> bool:
+        """Whole channels are pruned and grown (``granularity: filter``)."""
+        return self.options.granularity == "filter"
+
+    def _filter_server(self, setup: ServerSetup) -> FilterMaskServer:
+        if self.options.criterion == "snip" and self.adjust == "fixed":
+            raise ValueError("SNIP ranks single weights: with method.pruning.granularity filter "
+                             "use criterion magnitude or random")
+        try:
+            server = FilterMaskServer(
+                self.adjust, self.options, setup.model, setup.cost_model.input_shape,
+                setup.budgets, self.run.train.momentum > 0, self.options.end_round(self.run.rounds),
+                self.options.every(self.run.rounds), self.run.seed)
+        except UnsupportedModel as exc:
+            raise ValueError(f"{exc}: granularity filter needs a model of Conv2d / Linear / "
+                             "BatchNorm layers") from None
+        server.batch_size = self.run.train.batch_size
+        return server
+
+    def channel_graph(self, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+        """The model's channel spaces (traced once per process)."""
+        if self._graph is None:
+            self._graph = ChannelGraph.trace(model, input_shape)
+        return self._graph
+
+    @property
+    def mask_server(self) -> SharedMaskServer | FilterMaskServer:
         if self.server is None:
             raise RuntimeError("setup() has not run")
         return self.server
@@ -118,10 +153,14 @@ class SharedMask(Method):
     def first_masks(self, model: nn.Module, rho: float, ask: Ask) -> Masks:
         """The first mask by ``criterion`` (magnitude, SNIP on the server's set, random)."""
         server = self.mask_server
-        params = dict(model.named_parameters())
-        weights = {n: params[n].detach() for n in server.prunable}
         criterion = self.options.criterion
         server.info["criterion"] = criterion
+        if isinstance(server, FilterMaskServer):
+            keep = (random_keep(server.graph, server.uniform, self.run.seed) if criterion == "random"
+                    else keep_by_importance(server.graph, model.state_dict(), server.uniform))
+            return server.graph.masks(keep, server.prunable)
+        params = dict(model.named_parameters())
+        weights = {n: params[n].detach() for n in server.prunable}
         if criterion == "snip":  # SNIP ranks all weights together: its own allocation
             x, y = self.server_data()
             return snip_masks(model, server.prunable, x, y, rho)
@@ -156,6 +195,10 @@ class SharedMask(Method):
         """Masked training plus, in adjustment rounds, the extra mini-batch, the scored unit's
         dense gradient and the K pairs (or FedDST's local prune-and-grow)."""
         server = self.mask_server
+        if isinstance(server, FilterMaskServer) and context is not None:
+            computed = server.training_cost(budget.density,
+                                            context.local_epochs * context.num_examples,
+                                            context.batch_size)
         return TrainingCost(computed.flops + server.extra_flops(budget),
                             computed.memory_bytes + server.extra_memory(budget),
                             computed.activation_bytes), density
@@ -165,6 +208,9 @@ class SharedMask(Method):
         return self.mask_server.after_aggregate(dict(arrays), [])
 
     def evaluation_protocol(self) -> str:
+        if self.filters:
+            return ("the client's tier of the shared channel mask, as received, sliced to a "
+                    "narrower network")
         return "the global model under the client's tier of the shared mask, as received"
 
     def summary(self) -> dict[str, Any]:
@@ -182,10 +228,35 @@ class SharedMask(Method):
 
     # --- client side ------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:
-        """Train the mask the server sent: masked weights stay zero, only kept ones are uploaded."""
+        """Train the mask the server sent: masked weights stay zero, only kept ones are uploaded.
+        At filter level the kept channels are trained as an ordinary narrower network."""
+        if self.filters:
+            return self._fit_sliced(task)
         loss, seen = self.train(task)
         return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
                           "samples-seen": float(seen)}, task.masks)
+
+    def _fit_sliced(self, task: ClientTask) -> FitResult:
+        graph = self.channel_graph(task.model, tuple(task.data.x_train.shape[1:]))
+        keep = graph.keep_of(task.masks)
+        small = graph.sliced_module(task.model, keep)
+        loss, seen = train_local(small, task.data.x_train, task.data.y_train,
+                                 self.train_settings(task), task.generator,
+                                 proximal_mu=float(task.config.get("proximal-mu", 0.0)))
+        graph.scatter(task.model.state_dict(), small.state_dict(), keep)
+        upload = graph.masks(keep) if task.masks else None
+        return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
+                          "samples-seen": float(seen)}, upload)
+
+    def evaluate(self, task: ClientTask) -> dict[str, float]:
+        """The client's tier as received (at filter level, sliced: the same function, less work)."""
+        model = task.model
+        if self.filters and task.masks:
+            graph = self.channel_graph(task.model, tuple(task.data.x_test.shape[1:]))
+            model = graph.sliced_module(task.model, graph.keep_of(task.masks))
+        result = evaluate(model, task.data.x_test, task.data.y_test, self.run.eval_batch_size)
+        return {"accuracy": result.accuracy, "loss": result.loss,
+                "num-examples": float(result.num_examples)}
 
     def train(self, task: ClientTask, penalty: Callable[[], torch.Tensor] | None = None
               ) -> tuple[float, int]:

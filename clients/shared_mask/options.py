@@ -36,10 +36,13 @@ class PruningOptions(MethodOptions):
     adjust_until: int | None = Field(None, ge=1, description="last round that adjusts (T_end); "
                                                              "default 3/4 of the rounds")
     alpha: float = Field(0.1, gt=0.0, le=1.0, description="initial share of a layer adjusted")
-    granularity: Literal["auto", "model", "block", "layer", "chunk"] = Field(
+    granularity: Literal["auto", "model", "block", "layer", "chunk", "filter"] = Field(
         "auto", description="scored unit per adjustment (chunk: one layer, its gradient formed a "
                             "few rows at a time); auto: the coarsest that fits every client's "
-                            "memory budget, or twice its sparse training memory if it declares none")
+                            "memory budget, or twice its sparse training memory if it declares "
+                            "none; filter: prune and grow whole channels (filters, neurons), one "
+                            "layer's channels per adjustment, every tier trained as a narrower "
+                            "network (fedtiny, prune-at-init)")
 
     activation_keep: float = Field(
         0.5, gt=0.0, le=1.0, description="fedmef: share of each Conv2d / Linear input (but the "
