@@ -17,7 +17,8 @@ def images(tmp_path_factory):
 
 def filter_run(tmp_path, images, method, *extra):
     return simulate_here(tmp_path, "--dataset", "mnist", "--data-dir", str(images), "--clients", "4",
-                         "--rounds", "4", "--fraction", "1", "--partition", "iid", "--model", "cnn-bn", "--lr", "0.05",
+                         "--rounds", "4", "--fraction", "1", "--partition", "iid", "--model", "cnn-bn",
+                         "--lr", "0.05",
                          "--method", method, "--strategy", "masked-fedavg",
                          "--budgets", "0.1:0.5,0.3:0.5", "--set", "partition.server_set=true",
                          "--set", "method.pruning.granularity=filter",
@@ -60,7 +61,8 @@ def test_filter_level_refuses_snip_and_fedmef_in_one_line(tmp_path, images):
     for method, extra, needle in (("prune-at-init", ["--set", "method.pruning.criterion=snip"], "SNIP"),
                                   ("fedmef", [], "fedmef")):
         result = invoke_here("simulate", "--out", str(tmp_path / method), "--dataset", "mnist",
-                             "--data-dir", str(images), "--clients", "4", "--rounds", "1", "--partition", "iid",
+                             "--data-dir", str(images), "--clients", "4", "--rounds", "1",
+                             "--partition", "iid",
                              "--model", "cnn-bn", "--method", method, "--strategy", "masked-fedavg",
                              "--budgets", "0.3:1", "--set", "partition.server_set=true",
                              "--set", "method.pruning.granularity=filter", *extra)
