@@ -1,4 +1,7 @@
-"""``--ray-address``: a simulation on an existing Ray cluster that the test starts and stops.
+"""``--ray-address``: a simulation on an existing Ray cluster that the test starts and stops,
+running plug-ins from outside the package: a strategy and a method installed by entry point
+(``examples/``, their dist-info on PYTHONPATH for the head and the driver, as a cluster needs
+them on every worker). Sharing one Ray start-up for both saves the suite one.
 
 Ray advertises the machine's external interface even when told 127.0.0.1, so the head, the
 simulation and everything Ray spawns run inside a fresh network namespace (``unshare -n``) whose
@@ -19,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients.test_registry import EXAMPLE as METHOD_EXAMPLE
+from tests.clients.test_registry import write_dist_info as write_method_dist_info
+from tests.strategies.test_registry import EXAMPLE, write_dist_info
 from tests.test_cli import invoke
 
 pytestmark = pytest.mark.e2e
@@ -44,13 +50,20 @@ def kill_processes_mentioning(marker: str) -> None:
 @pytest.mark.skipif(not can_isolate_network(), reason="needs 'unshare' (root) to keep Ray on loopback")
 def test_simulation_runs_on_an_existing_cluster(tmp_path):
     ray_dir = Path(tempfile.mkdtemp(prefix="fsrc-", dir="/tmp"))  # Ray's socket paths must be short
+    site = tmp_path / "site"
+    write_dist_info(site)
+    write_method_dist_info(site)
+    path = os.pathsep.join([str(site), str(EXAMPLE), str(METHOD_EXAMPLE),
+                            os.environ.get("PYTHONPATH", "")])
     script = tmp_path / "cluster.sh"
     script.write_text(f"""set -u
 ip link set lo up
-export RAY_USAGE_STATS_ENABLED=0
+export RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="{path}"
 "{BIN / 'ray'}" start --head --port=6379 --include-dashboard=false --num-cpus=2 \\
   --temp-dir={ray_dir} --disable-usage-stats > {tmp_path}/head.log 2>&1 || exit 90
-"{sys.executable}" -m fedsparse.cli simulate --clients 4 --rounds 2 --fraction 0.5 \\
+"{sys.executable}" -m fedsparse.cli simulate --clients 4 --rounds 2 --fraction 1 \\
+  --set data.synthetic.iid=true --set eval.every=2 --strategy norm-clipped \\
+  --method federated-dropout --budgets 0.5:1 \\
   --ray-address 127.0.0.1:6379 --out {tmp_path}/runs --name cluster > {tmp_path}/simulate.log 2>&1
 """)
     try:
@@ -62,7 +75,12 @@ export RAY_USAGE_STATS_ENABLED=0
     assert result.returncode == 0, (tmp_path / "simulate.log").read_text()[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rounds"] == 2 and summary["failures"]["clients_failed"] == 0
+    assert summary["rounds"] == 2
+    assert summary["failures"] == {"clients_failed": 0, "updates_rejected": 0, "aggregates_refused": 0}
+    # both plug-ins ran, named like built-ins, on the cluster's workers
+    assert summary["strategy"] == "norm-clipped" and summary["method"] == "federated-dropout"
+    assert summary["sparse_updates"] and summary["cost"]["train_flops_ratio"] < 0.8
+    assert 0.0 < summary["accuracy"]["global"] <= 1.0
     assert "Registering job" in gcs_log  # the simulation ran as a job of the test's cluster
     assert not (run / "ray-logs").exists()  # no Ray of its own was started
 
