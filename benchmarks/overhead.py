@@ -1,31 +1,32 @@
-"""Framework overhead: the same dense FedAvg workload three ways, per-round time compared.
+"""Framework overhead: the same dense FedAvg workload run by fedsparse and by its peers.
 
-    python benchmarks/overhead.py [--rounds 11] [--repeats 2] [--clients 100] [--config FILE]
-        [--json overhead.json]
+    python benchmarks/overhead.py [--rounds 11] [--repeats 3] [--clients 100] [--config FILE]
+        [--runners a,b,...] [--json overhead.json]
 
 Workload: the default Synthetic federation (100 clients), the default MLP (or the data and model
 of ``--config``, e.g. configs/fashion-mnist-cnn.yaml for real local work), 10 clients per round,
-one local epoch of SGD each (``fedsparse.training.train_local``, the same batches for a client
-in a round in all three), sample-weighted FedAvg, no evaluation between rounds.
+the same clients sampled in every runner, one local epoch of SGD each (``train_local``, the same
+batches for a client in a round), sample-weighted FedAvg, no evaluation between rounds.
 
-1. plain PyTorch: one process using every core, a loop over the sampled clients, FedAvg (the
-   issue's baseline);
-1b. plain PyTorch with one single-threaded worker process per core (a multiprocessing pool, as
-   Flower's Ray actors are): the strongest baseline without a framework;
-2. plain Flower: ``run_simulation`` with Flower's own ``FedAvg`` and a minimal ClientApp;
-3. fedsparse: ``fedsparse simulate --method dense --strategy fedavg``, timed by the ``seconds``
-   its metrics record per round (configure, train, aggregate; the checkpoint written every 5
-   rounds, ~4 ms, falls outside). Plain Flower is timed from one ``configure_train`` to the next.
+- plain PyTorch: one process using every core, a loop over the sampled clients;
+- 1 process per core: one single-threaded worker process per core (a multiprocessing pool, as
+  Flower's Ray actors are): the strongest baseline without a framework, and the one the ratios
+  are taken against;
+- plain Flower: ``run_simulation`` with Flower's own ``FedAvg`` and a minimal ClientApp;
+- fedsparse: ``fedsparse simulate --method dense --strategy fedavg``;
+- pfl, pfl 1 worker per core: Apple's pfl simulator (``benchmarks/pfl_runner.py``; skipped
+  unless ``pip install -e '.[bench]'``), in one process and under torchrun with gloo.
 
-Ray start-up and the first round of each run (actor start, imports) are excluded; the four
-runners alternate ``--repeats`` times so the machine's drifting load hits them alike, and the
-table gives the median (robust to a stray slow round) and the mean of the remaining rounds.
+Every runner runs in a process of its own, started from here, so each pays its imports and
+start-up alike: *start-up* is the time from that process's launch to the start of round 1.
+Round times exclude round 1 (actor start, first imports). The runners take turns ``--repeats``
+times (the order rotated each time) so the machine's drifting load hits them alike; the table
+gives each runner's median over all steady rounds and the range of its per-run medians.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -65,9 +66,9 @@ def plain_pytorch(config: ExperimentConfig) -> list[float]:
     torch.manual_seed(config.seed)
     global_state = {k: v.clone() for k, v in build_model(config.model, pool.input_shape,
                                                          pool.num_classes).state_dict().items()}
-    times = []
+    starts = []
     for server_round in range(1, config.rounds + 1):
-        started = time.perf_counter()
+        starts.append(time.time())
         states, weights = [], []
         for pid in sampled(config, server_round):
             model = build_model(config.model, pool.input_shape, pool.num_classes)
@@ -79,8 +80,7 @@ def plain_pytorch(config: ExperimentConfig) -> list[float]:
         total = sum(weights)
         global_state = {k: sum(s[k].double() * (w / total) for s, w in zip(states, weights, strict=True)
                                ).to(global_state[k].dtype) for k in global_state}
-        times.append(time.perf_counter() - started)
-    return times
+    return [*starts, time.time()]
 
 
 _worker: dict = {}
@@ -113,20 +113,19 @@ def plain_processes(config: ExperimentConfig) -> list[float]:
     pool_data = federation.pool
     global_state = {k: v.numpy().copy() for k, v in build_model(
         config.model, pool_data.input_shape, pool_data.num_classes).state_dict().items()}
-    times = []
+    starts = []
     context = multiprocessing.get_context("spawn")
     with context.Pool(os.cpu_count() or 1, _init_worker, (config.model_dump_json(),)) as workers:
         workers.map(abs, range(os.cpu_count() or 1))  # wait for the workers to start
         for server_round in range(1, config.rounds + 1):
-            started = time.perf_counter()
+            starts.append(time.time())
             jobs = [(pid, global_state) for pid in sampled(config, server_round)]
             results = list(workers.imap_unordered(_train_client, jobs, chunksize=1))
             results.sort(key=lambda r: -r[1])  # a fixed order for the float sums
             total = sum(n for _, n in results)
             global_state = {k: np.asarray(sum(s[k].astype(np.float64) * (n / total) for s, n in results
                                               ), dtype=global_state[k].dtype) for k in global_state}
-            times.append(time.perf_counter() - started)
-    return times
+    return [*starts, time.time()]
 
 
 def plain_flower(config: ExperimentConfig) -> list[float]:
@@ -144,7 +143,7 @@ def plain_flower(config: ExperimentConfig) -> list[float]:
 
     class TimedFedAvg(FedAvg):
         def configure_train(self, server_round, arrays, config, grid):  # type: ignore[override]
-            starts.append(time.perf_counter())
+            starts.append(time.time())
             return super().configure_train(server_round, arrays, config, grid)
 
         def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[override]
@@ -181,66 +180,140 @@ def plain_flower(config: ExperimentConfig) -> list[float]:
                                min_available_nodes=config.num_clients)
         strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=config.rounds,
                        train_config=ConfigRecord())
-        starts.append(time.perf_counter())
+        starts.append(time.time())
 
     os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"})
     run_simulation(server_app=server, client_app=client, num_supernodes=config.num_clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0,
                                                  "logging_level": "ERROR", "log_to_driver": False}})
-    return [b - a for a, b in itertools.pairwise(starts)]
+    return starts
 
 
-def fedsparse_cli(config: ExperimentConfig) -> list[float]:
-    with tempfile.TemporaryDirectory() as out:
-        with open(Path(out) / "config.yaml", "w") as handle:
-            handle.write(dump_config(config))
-        argv = [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", out, "--name", "overhead",
-                "--config", str(Path(out) / "config.yaml"), "--clients", str(config.num_clients),
-                "--rounds", str(config.rounds),
-                "--fraction", str(config.fraction), "--method", "dense", "--strategy", "fedavg",
-                "--budgets", "1.0:1", "--set", "train.momentum=0.0",
-                "--set", f"eval.every={config.rounds + 1}", "--set", "eval.final=false"]
-        subprocess.run(argv, check=True, capture_output=True)
-        run = next(p for p in Path(out).glob("overhead-*") if p.is_dir())
-        return [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+IN_PROCESS = {"plain PyTorch": plain_pytorch, "1 process per core": plain_processes,
+              "plain Flower": plain_flower}
+BASELINE = "1 process per core"
+HERE = Path(__file__).resolve().parent
 
 
-RUNNERS = {"plain PyTorch": plain_pytorch, "plain PyTorch, 1 process per core": plain_processes,
-           "plain Flower": plain_flower, "fedsparse": fedsparse_cli}
+def launch(name: str, config: ExperimentConfig, folder: Path) -> list[float]:
+    """Run one runner in a fresh process; return its round starts (wall clock, the end of the
+    last round appended) and, first, the launch time."""
+    config_path = folder / "config.json"
+    config_path.write_text(config.model_dump_json())
+    result = folder / f"{name}.json".replace(" ", "-")
+    result.unlink(missing_ok=True)
+    if name == "fedsparse":
+        return fedsparse_cli(config, folder)
+    if name.startswith("pfl"):
+        runner = [str(HERE / "pfl_runner.py"), str(config_path), str(result)]
+        workers = os.cpu_count() or 1
+        argv = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(workers),
+                 "--master-port", "29533", *runner] if name != "pfl" else [sys.executable, *runner])
+    else:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--one", name,
+                "--config-json", str(config_path), "--json", str(result)]
+    launched = time.time()
+    subprocess.run(argv, check=True, capture_output=True)
+    return [launched, *json.loads(result.read_text())["round_starts"]]
+
+
+def fedsparse_cli(config: ExperimentConfig, folder: Path) -> list[float]:
+    """``fedsparse simulate`` as a user runs it; round 1 starts ``seconds`` of its record before
+    its line appears in metrics.jsonl (watched every 10 ms), later rounds follow by ``seconds``."""
+    out = Path(tempfile.mkdtemp(dir=folder))
+    with open(out / "config.yaml", "w") as handle:
+        handle.write(dump_config(config))
+    argv = [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", str(out), "--name", "overhead",
+            "--config", str(out / "config.yaml"), "--clients", str(config.num_clients),
+            "--rounds", str(config.rounds),
+            "--fraction", str(config.fraction), "--method", "dense", "--strategy", "fedavg",
+            "--budgets", "1.0:1", "--set", "train.momentum=0.0",
+            "--set", f"eval.every={config.rounds + 1}"]  # evaluated once, after the timed rounds
+    launched = time.time()
+    log = out / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
+    first_seen = None
+    while process.poll() is None:
+        if first_seen is None:
+            metrics = next(out.glob("overhead-*/metrics.jsonl"), None)
+            if metrics is not None and metrics.read_text().strip():
+                first_seen = time.time()
+        time.sleep(0.01)
+    if process.returncode:
+        raise RuntimeError(f"fedsparse failed: {log.read_text()[-2000:]}")
+    run = next(p for p in out.glob("overhead-*") if p.is_dir())
+    seconds = [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if first_seen is None:
+        raise RuntimeError("fedsparse finished before its first round was seen: rerun with more rounds")
+    starts = [first_seen - seconds[0]]
+    for s in seconds:
+        starts.append(starts[-1] + s)
+    return [launched, *starts]
+
+
+def pfl_available() -> bool:
+    try:
+        import pfl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def summarise(runs: list[list[float]]) -> dict:
+    """Start-up and steady round times of one runner's runs (round 1 of each run excluded)."""
+    startups = [run[1] - run[0] for run in runs]
+    per_run = [np.diff(run[1:])[1:] for run in runs]
+    medians = [float(np.median(r)) for r in per_run]
+    steady = np.concatenate(per_run)
+    return {"round_starts": runs, "startup_s": startups, "median_startup_s": float(np.median(startups)),
+            "median_round_s": float(np.median(steady)), "mean_round_s": float(np.mean(steady)),
+            "run_medians_s": medians}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="run the three runners this many times, interleaved (noise drifts)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="run every runner this many times, interleaved (noise drifts)")
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--runners", default=None, help="comma-separated subset of the runners")
     parser.add_argument("--json", type=Path, default=Path("overhead.json"))
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--config-json", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:  # a runner's own process
+        config = ExperimentConfig.model_validate_json(args.config_json.read_text())
+        args.json.write_text(json.dumps({"round_starts": IN_PROCESS[args.one](config)}))
+        return
     config = experiment(args.clients, args.rounds, args.config)
-    runs: dict[str, list[list[float]]] = {name: [] for name in RUNNERS}
-    for repeat in range(args.repeats):
-        for name, fn in RUNNERS.items():
-            runs[name].append(fn(config))
-            print(f"repeat {repeat + 1}/{args.repeats}: done {name}", file=sys.stderr, flush=True)
-    results = {}
-    for name, times in runs.items():
-        steady = [t for run in times for t in run[1:]]  # each run's first round excluded
-        results[name] = {"rounds_s": times, "median_round_s": float(np.median(steady)),
-                         "mean_round_s": float(np.mean(steady))}
-    base = results["plain PyTorch"]
+    names = [*IN_PROCESS, "fedsparse"] + (["pfl", "pfl, 1 worker per core"] if pfl_available() else [])
+    if args.runners:
+        names = [n for n in names if n in args.runners.split(",")]
+    elif "pfl" not in names:
+        print("pfl not installed (pip install -e '.[bench]'): its runners are skipped", file=sys.stderr)
+    runs: dict[str, list[list[float]]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="fsoverhead-") as folder:
+        for repeat in range(args.repeats):
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                runs[name].append(launch(name, config, Path(folder)))
+                print(f"repeat {repeat + 1}/{args.repeats}: {name} done", file=sys.stderr, flush=True)
+    results = {name: summarise(r) for name, r in runs.items()}
+    base = results.get(BASELINE) or next(iter(results.values()))
     print(f"{args.clients} clients, {config.clients_per_round} per round, {args.rounds} rounds "
-          f"x {args.repeats} runs (first round of each excluded), {config.data.dataset} + "
-          f"{config.model.name}, {config.train.local_epochs} local epoch(s)")
-    print("| runner | median s/round | vs plain PyTorch | mean s/round | vs plain PyTorch |")
+          f"x {args.repeats} runs each (round 1 excluded), {config.data.dataset} + "
+          f"{config.model.name}, {config.train.local_epochs} local epoch(s), {os.cpu_count()} cores")
+    print("| runner | median s/round | per-run medians | vs 1 process per core | start-up s (median, range) "
+          "|")
     print("|---|---|---|---|---|")
     for name, r in results.items():
         r["ratio_median"] = r["median_round_s"] / base["median_round_s"]
-        r["ratio_mean"] = r["mean_round_s"] / base["mean_round_s"]
-        print(f"| {name} | {r['median_round_s']:.3f} | {r['ratio_median']:.2f} | "
-              f"{r['mean_round_s']:.3f} | {r['ratio_mean']:.2f} |")
+        low, high = min(r["run_medians_s"]), max(r["run_medians_s"])
+        print(f"| {name} | {r['median_round_s']:.3f} | {low:.3f}-{high:.3f} | {r['ratio_median']:.2f} | "
+              f"{r['median_startup_s']:.1f} ({min(r['startup_s']):.1f}-{max(r['startup_s']):.1f}) |")
     args.json.write_text(json.dumps(results, indent=1))
 
 
