@@ -18,8 +18,10 @@ batches for a client in a round), sample-weighted FedAvg, no evaluation between 
   unless ``pip install -e '.[bench]'``), in one process and under torchrun with gloo.
 
 Every runner runs in a process of its own, started from here, so each pays its imports and
-start-up alike: *start-up* is the time from that process's launch to the start of round 1.
-Round times exclude round 1 (actor start, first imports). The runners take turns ``--repeats``
+start-up alike. *Start-up* is the time from that process's launch to the end of round 1, less
+one steady round: what a run costs before its rounds take their steady time, wherever a runner
+pays it (Flower starts its actors inside round 1, fedsparse before it, to ask every node which
+partition it serves). Round times exclude round 1. The runners take turns ``--repeats``
 times (the order rotated each time) so the machine's drifting load hits them alike; the table
 gives each runner's median over all steady rounds and the range of its per-run medians.
 """
@@ -219,38 +221,40 @@ def launch(name: str, config: ExperimentConfig, folder: Path) -> list[float]:
 
 
 def fedsparse_cli(config: ExperimentConfig, folder: Path) -> list[float]:
-    """``fedsparse simulate`` as a user runs it; round 1 starts ``seconds`` of its record before
-    its line appears in metrics.jsonl (watched every 10 ms), later rounds follow by ``seconds``."""
+    """``fedsparse simulate`` as a user runs it, with one round more than the others: its final
+    round evaluates every client (a run must end with a result), so it is left out. Each round's
+    end is when its line appears in metrics.jsonl (watched every 10 ms), so the time between
+    rounds (logging, checkpoints) counts; round 1 starts ``seconds`` of its record before."""
     out = Path(tempfile.mkdtemp(dir=folder))
     with open(out / "config.yaml", "w") as handle:
         handle.write(dump_config(config))
     argv = [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", str(out), "--name", "overhead",
             "--config", str(out / "config.yaml"), "--clients", str(config.num_clients),
-            "--rounds", str(config.rounds),
+            "--rounds", str(config.rounds + 1),
             "--fraction", str(config.fraction), "--method", "dense", "--strategy", "fedavg",
             "--budgets", "1.0:1", "--set", "train.momentum=0.0",
-            "--set", f"eval.every={config.rounds + 1}"]  # evaluated once, after the timed rounds
+            "--set", f"eval.every={config.rounds + 2}"]  # evaluated once, in the extra round
     launched = time.time()
     log = out / "stderr.txt"
     with open(log, "w") as stderr:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
-    first_seen = None
+    ends: list[float] = []
+    metrics, size = None, 0
     while process.poll() is None:
-        if first_seen is None:
-            metrics = next(out.glob("overhead-*/metrics.jsonl"), None)
-            if metrics is not None and metrics.read_text().strip():
-                first_seen = time.time()
+        metrics = metrics or next(out.glob("overhead-*/metrics.jsonl"), None)
+        if metrics is not None and metrics.stat().st_size != size:
+            text = metrics.read_text()
+            size = len(text.encode())
+            now = time.time()
+            ends.extend([now] * (text.count("\n") - len(ends)))
         time.sleep(0.01)
     if process.returncode:
         raise RuntimeError(f"fedsparse failed: {log.read_text()[-2000:]}")
-    run = next(p for p in out.glob("overhead-*") if p.is_dir())
-    seconds = [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    if first_seen is None:
-        raise RuntimeError("fedsparse finished before its first round was seen: rerun with more rounds")
-    starts = [first_seen - seconds[0]]
-    for s in seconds:
-        starts.append(starts[-1] + s)
-    return [launched, *starts]
+    assert metrics is not None
+    first = json.loads(metrics.read_text().splitlines()[0])["seconds"]
+    if len(ends) < config.rounds:
+        raise RuntimeError("fedsparse finished before its rounds were seen: rerun with more rounds")
+    return [launched, ends[0] - first, *ends[:config.rounds]]
 
 
 def pfl_available() -> bool:
@@ -263,9 +267,9 @@ def pfl_available() -> bool:
 
 def summarise(runs: list[list[float]]) -> dict:
     """Start-up and steady round times of one runner's runs (round 1 of each run excluded)."""
-    startups = [run[1] - run[0] for run in runs]
     per_run = [np.diff(run[1:])[1:] for run in runs]
     medians = [float(np.median(r)) for r in per_run]
+    startups = [run[2] - run[0] - m for run, m in zip(runs, medians, strict=True)]
     steady = np.concatenate(per_run)
     return {"round_starts": runs, "startup_s": startups, "median_startup_s": float(np.median(startups)),
             "median_round_s": float(np.median(steady)), "mean_round_s": float(np.mean(steady)),
