@@ -198,10 +198,10 @@ class EvalConfig(_Strict):
     batch_size: int = Field(512, ge=1)
 
 
-#: federations up to this size get one Flower node per client (Flower's own model); larger ones
-#: are served by this many nodes, because Flower's in-memory runtime scans every node's queue
-#: against every pending message ten times a second (O(nodes x messages) per poll)
-ONE_NODE_PER_CLIENT_UP_TO = 100
+#: a local simulation starts at most this many Flower nodes, each serving virtual clients:
+#: Flower's in-memory runtime scans every node's queue against every pending message ten times
+#: a second (O(nodes x messages) per poll)
+MAX_LOCAL_NODES = 100
 
 
 class SimulationConfig(_Strict):
@@ -220,10 +220,9 @@ class SimulationConfig(_Strict):
                                        description="how long a hanging client sleeps "
                                                    "(default: round_timeout + 5)")
     nodes: int | None = Field(
-        None, ge=1, description="Flower nodes the simulation starts; fewer than the clients: each "
-                                "node serves many virtual clients, the message naming the client "
-                                f"(default: one per client up to {ONE_NODE_PER_CLIENT_UP_TO} "
-                                f"clients, then {ONE_NODE_PER_CLIENT_UP_TO} nodes)")
+        None, ge=1, description="Flower nodes a local simulation starts, each serving the virtual "
+                                "clients its messages name (default: as many as the clients, at "
+                                f"most {MAX_LOCAL_NODES}); a Ray cluster has one per client")
     ray_address: str | None = Field(
         None, description="run on an existing Ray cluster (host:port of its head) instead of "
                           "starting Ray on this machine")
@@ -294,12 +293,11 @@ class ExperimentConfig(_Strict):
 
     @property
     def flower_nodes(self) -> int:
-        """Flower nodes serving the clients (fewer than the clients: virtual clients)."""
+        """Flower nodes serving the clients."""
         nodes = self.simulation.nodes
         if nodes is None:
             on_cluster = self.simulation.ray_address is not None
-            nodes = self.num_clients if on_cluster else min(self.num_clients,
-                                                            ONE_NODE_PER_CLIENT_UP_TO)
+            nodes = self.num_clients if on_cluster else min(self.num_clients, MAX_LOCAL_NODES)
         return min(nodes, self.num_clients)
 
     @property

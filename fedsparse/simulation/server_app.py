@@ -195,20 +195,21 @@ class ServerLoop:
             virtual_nodes: list[int] | None = None) -> Outcome:
         """Run every round; ``node_of``: a handshake already done (deployment);
         ``virtual_nodes``: nodes that serve the clients as virtual clients (found by the caller).
-        Without either, the loop waits for the config's ``flower_nodes`` and hands each client a
-        node of its own or, when they are fewer, routes clients over them."""
+        Without either, the loop waits for the config's ``flower_nodes`` and routes the clients
+        over them as virtual clients; on a Ray cluster (no shared disk for private state) it asks
+        every node which partition it serves and hands each client its own node."""
         sim = self.config.simulation
         if node_of is None and virtual_nodes is None:
             nodes = wait_for_nodes(grid, self.config.flower_nodes, sim.node_wait_timeout)
-            if len(nodes) < self.config.num_clients:
-                virtual_nodes = nodes
+            if len(nodes) < self.config.num_clients or sim.ray_address is None:
+                # fedsparse's own ClientApp knows the run folder: messages need not name it
+                self.route_virtual_clients(nodes, name_state_dir=False)
             else:
                 node_of, _ = handshake(grid, nodes, sim.node_wait_timeout,
                                        [len(c.train) for c in self.federation.clients])
         if virtual_nodes is not None:
             self.route_virtual_clients(virtual_nodes)
-        else:
-            assert node_of is not None
+        elif node_of is not None:
             self.strategy.bind_nodes(node_of)
         arrays = self.initial_arrays
         if self.first_round == 1:
@@ -242,15 +243,16 @@ class ServerLoop:
             self.checkpoint(self.outcome.rounds_done, arrays)  # resume from the last finished round
         return self.outcome
 
-    def route_virtual_clients(self, nodes: list[int]) -> None:
+    def route_virtual_clients(self, nodes: list[int], name_state_dir: bool = True) -> None:
         """Many clients per node: client ``p`` is served by node ``p mod len(nodes)``, each
         message names its client, clients keep their private state in the run folder, and no
         more messages than nodes are in flight (so the runtime's polling stays O(nodes x nodes)
-        whatever the federation's size)."""
+        whatever the federation's size). ``name_state_dir``: messages carry the run folder
+        (a ClientApp started by Flower, e.g. ``flwr run``, does not know it)."""
         nodes = sorted(nodes)
         routes = {pid: nodes[pid % len(nodes)] for pid in range(self.config.num_clients)}
-        self.strategy.bind_nodes(routes, state_dir=str(self.recorder.run_dir.resolve()),
-                                 virtual=True)
+        state_dir = str(self.recorder.run_dir.resolve()) if name_state_dir else None
+        self.strategy.bind_nodes(routes, state_dir=state_dir, virtual=True)
         self.window = len(nodes)
         log(INFO, "fedsparse: %d clients served by %d nodes", self.config.num_clients, len(nodes))
 

@@ -23,7 +23,7 @@ from fedsparse.cli import app
 from fedsparse.config import ExperimentConfig
 from fedsparse.simulation import runner
 from fedsparse.simulation.client_app import make_client_app
-from fedsparse.simulation.server_app import ServerLoop
+from fedsparse.simulation.server_app import ServerLoop, handshake
 
 
 class InProcessGrid(Grid):
@@ -94,11 +94,23 @@ def _simulate(cfg: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir:
         loop.run(InProcessGrid(client_app, cfg.flower_nodes))
 
 
+def _simulate_one_node_per_client(cfg: ExperimentConfig, loop: ServerLoop, client_app: Any,
+                                  run_dir: Path) -> None:
+    """Flower's own model, as on a Ray cluster or a deployment: a node per client, found by the
+    handshake, private state in the node's Context."""
+    with _server_identity():
+        grid = InProcessGrid(client_app, cfg.num_clients)
+        node_of, _ = handshake(grid, list(grid.nodes), cfg.simulation.node_wait_timeout,
+                               [len(c.train) for c in loop.federation.clients])
+        loop.run(grid, node_of=node_of)
+
+
 @contextmanager
-def in_process() -> Iterator[None]:
-    """Within the block, ``run_experiment`` (and so ``fedsparse simulate``) runs in this process."""
+def in_process(one_node_per_client: bool = False) -> Iterator[None]:
+    """Within the block, ``run_experiment`` (and so ``fedsparse simulate``) runs in this process;
+    ``one_node_per_client``: through the handshake, instead of virtual clients."""
     original = runner._simulate
-    runner._simulate = _simulate
+    runner._simulate = _simulate_one_node_per_client if one_node_per_client else _simulate
     try:
         yield
     finally:
@@ -112,15 +124,16 @@ def simulate_in_process(config: ExperimentConfig, out: Path) -> runner.RunResult
         return runner.run_experiment(config)
 
 
-def invoke_here(*args: str) -> Any:
+def invoke_here(*args: str, one_node_per_client: bool = False) -> Any:
     """``fedsparse ARGS`` through the real CLI, simulations in this process; Click's result."""
-    with in_process():
+    with in_process(one_node_per_client):
         return CliRunner().invoke(app, list(args), prog_name="fedsparse")
 
 
-def simulate_here(out: Path, *args: str) -> Path:
+def simulate_here(out: Path, *args: str, one_node_per_client: bool = False) -> Path:
     """``fedsparse simulate --out OUT ARGS`` through the real CLI, in this process; the run folder."""
-    result = invoke_here("simulate", "--out", str(out), *args)
+    result = invoke_here("simulate", "--out", str(out), *args,
+                         one_node_per_client=one_node_per_client)
     assert result.exit_code == 0, (result.stderr or "")[-3000:] + repr(result.exception)
     runs = sorted(Path(out).iterdir())
     assert len(runs) == 1

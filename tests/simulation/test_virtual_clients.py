@@ -1,6 +1,7 @@
-"""Virtual clients: fewer Flower nodes than clients, each message naming its client and clients
-keeping their private state in the run folder, give the same experiment as one node per client
-(through the real CLI, server loop and ClientApp, in one process)."""
+"""Virtual clients (a local simulation's routing): nodes serving clients that each message names,
+clients keeping their private state in the run folder, give the same experiment as Flower's one
+node per client found by the handshake (a Ray cluster's or a deployment's routing), through the
+real CLI, server loop and ClientApp, in one process."""
 
 import csv
 import json
@@ -16,7 +17,7 @@ SMALL = ["--clients", "6", "--rounds", "3", "--fraction", "0.5", "--set", "eval.
 
 def _same(row: dict) -> dict:
     """What must not change: all but timing, the folder, and download bytes (a virtual client's
-    messages also carry its id and the run folder, and the server counts what it sends)."""
+    messages also carry its id, and the server counts what it sends)."""
     return {k: _same(v) if isinstance(v, dict) else v for k, v in row.items()
             if k not in ("seconds", "wall_seconds", "run_dir") and "download" not in k}
 
@@ -35,12 +36,14 @@ def _results(run: Path) -> tuple[list[dict], list[dict], dict]:
     ["--method", "fedtiny", "--budgets", "0.2:1", "--set", "method.pruning.candidates=2"],  # queries
 ])
 def test_two_nodes_serving_six_clients_run_the_same_experiment(tmp_path, method):
-    one_each = simulate_here(tmp_path / "one", *SMALL, *method)
+    one_each = simulate_here(tmp_path / "one", *SMALL, *method, one_node_per_client=True)
     shared = simulate_here(tmp_path / "two", *SMALL, *method, "--set", "simulation.nodes=2")
-    assert _results(shared) == _results(one_each)
+    six = simulate_here(tmp_path / "six", *SMALL, *method)  # the default: a node for each
+    assert _results(shared) == _results(one_each) == _results(six)
     downloads = [json.loads((run / "summary.json").read_text())["cost"]["download_bytes"]
-                 for run in (one_each, shared)]
-    assert 0 < downloads[1] - downloads[0] < 300  # the client id and the run folder, per message
+                 for run in (one_each, shared, six)]
+    assert 0 < downloads[1] - downloads[0] < 100  # the client id, per message
+    assert downloads[1] == downloads[2]
     states = sorted(p.parent.name for p in (shared / "client_state").glob("*/r*.pkl"))
     if method[1] != "fedtiny":  # private state lives in files, one folder per client that has any
         assert states and set(states) <= {str(p) for p in range(6)}
