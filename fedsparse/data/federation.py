@@ -57,12 +57,24 @@ def forget_cached_pool() -> None:
     _POOL_CACHE.clear()
 
 
+def server_set(config: ExperimentConfig, pool: DataPool) -> np.ndarray:
+    """The samples held back for the server (none when the experiment needs none)."""
+    if not needs_server_data(config):
+        return np.zeros(0, dtype=np.int64)
+    return reserve_server_set(pool, config.partition.server_samples_per_class, config.seed)
+
+
+def unpartitioned(config: ExperimentConfig) -> Federation:
+    """The pool and the server's set before any client is partitioned (quick: no flwr-datasets),
+    enough to check the method and its budgets."""
+    pool = cached_pool(config)
+    return Federation(pool=pool, clients=[], server=server_set(config, pool))
+
+
 def build_federation(config: ExperimentConfig) -> Federation:
     """Partition the pool among ``config.num_clients`` clients and split each one."""
     pool = cached_pool(config)
-    server = np.zeros(0, dtype=np.int64)
-    if needs_server_data(config):
-        server = reserve_server_set(pool, config.partition.server_samples_per_class, config.seed)
+    server = server_set(config, pool)
     if len(server):
         keep = np.setdiff1d(np.arange(len(pool)), server)
         rest = replace(pool, x=pool.x[keep], y=pool.y[keep],

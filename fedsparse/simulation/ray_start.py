@@ -6,8 +6,10 @@ import alone takes about a second) instead of following it. Flower's Ray backend
 running and uses it, so this passes the arguments Flower's ``init_ray`` would (the dashboard
 off, the driver's ``sys.path`` as the workers' ``PYTHONPATH``).
 
-Ray sets a SIGTERM handler only when started from the main thread; from this thread it leaves
-signals alone, which the run's own ``StopRequest`` handles.
+The thread lives until ``stop()``: Ray ties its daemons' lives to the thread that started them
+(Linux's parent-death signal follows the thread, not the process), so a thread that returned
+after ``ray.init`` would take GCS and raylet down with it. Ray sets a SIGTERM handler only when
+started from the main thread; from this one it leaves signals to the run's ``StopRequest``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import os
 import sys
 import threading
 from typing import Any
+
+from fedsparse.errors import SimulationError
 
 #: the warning Ray logs when started outside the main thread (nothing to act on here)
 _THREAD_WARNING = "SIGTERM handler is not set"
@@ -43,7 +47,9 @@ class BackgroundRay:
     def __init__(self, init_args: dict[str, Any]) -> None:
         self._args = flower_init_args(init_args)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._start, name="fedsparse-ray-start", daemon=True)
+        self._ready = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._start, name="fedsparse-ray", daemon=True)
         self._thread.start()
 
     def _start(self) -> None:
@@ -54,17 +60,24 @@ class BackgroundRay:
             ray.init(**self._args)
         except BaseException as exc:  # re-raised in the driver's thread by wait()
             self._error = exc
+        finally:
+            self._ready.set()
+        self._release.wait()  # Ray's daemons live as long as this thread
 
     def wait(self) -> None:
-        """Block until Ray runs; raise what stopped it from starting."""
-        self._thread.join()
+        """Block until Ray runs; a Ray that did not start is a one-line SimulationError."""
+        self._ready.wait()
         if self._error is not None:
-            raise self._error
+            error = self._error
+            raise SimulationError(f"Ray did not start: {type(error).__name__}: {error}; see "
+                                  "'ray status', or free memory and CPUs for it") from error
 
     def stop(self) -> None:
-        """Shut Ray down once its start has finished (a run that failed before it needed Ray)."""
-        self._thread.join()
+        """Shut Ray down (if the run has not) once its start has finished, and end the thread."""
+        self._ready.wait()
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
+        self._release.set()
+        self._thread.join()

@@ -36,6 +36,7 @@ from fedsparse.data.federation import (
     load_shared_pool,
     save_partitions,
     save_pool,
+    unpartitioned,
 )
 from fedsparse.errors import ConfigError, SimulationError
 from fedsparse.experiment import (
@@ -54,6 +55,7 @@ from fedsparse.results import (
     check_output_dir,
     new_run_dir,
 )
+from fedsparse.simulation.ray_start import BackgroundRay
 from fedsparse.simulation.server_app import (
     RoundCallback,
     ServerLoop,
@@ -120,8 +122,6 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     ``resume``: continue the run in ``run_dir`` from its last checkpoint.
     """
     started = time.perf_counter()
-    from fedsparse.simulation.client_app import make_client_app
-
     os.environ.update(QUIET_ENV)
     # bad input fails here, before any folder or process exists
     check_strategy(config, method_class(config).sparse_updates)
@@ -130,13 +130,38 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
         check_output_dir(config.output.dir)
     if config.simulation.ray_address:
         check_ray_address(config.simulation.ray_address)
-    federation = build_federation(config)
-    context = strategy_context(config, federation)
-    strategy = build_strategy(config, context)
+    # the method and its budgets are checked on the data before partitioning (quick)...
+    context = strategy_context(config, unpartitioned(config))
     checkpoint = None
     if resume and run_dir is not None:  # checked before anything in the folder is rewritten
         checkpoint = load_checkpoint(run_dir)
         check_resumable(checkpoint, config)
+    # ...so that Ray starts next, while the clients are partitioned
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))
+    ray_start = start_ray(config, ray_tmp)
+    try:
+        return _run_started(config, run_dir, checkpoint, context, ray_start, ray_tmp, started,
+                            on_round, on_start)
+    finally:
+        if ray_start is not None:
+            ray_start.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def start_ray(config: ExperimentConfig, ray_tmp: Path) -> BackgroundRay | None:
+    """Ray starting in the background (None where the simulation needs no Ray)."""
+    return BackgroundRay(backend_config(config, ray_tmp)["init_args"])
+
+
+def _run_started(config: ExperimentConfig, run_dir: Path | None, checkpoint: Checkpoint | None,
+                 context: StrategyContext, ray_start: BackgroundRay | None, ray_tmp: Path,
+                 started: float, on_round: RoundCallback | None, on_start: Any) -> RunResult:
+    """The rest of ``run_experiment``, once its inputs are checked and Ray is starting."""
+    from fedsparse.simulation.client_app import make_client_app
+
+    federation = build_federation(config)
+    context = replace(context, train_sizes=[len(c.train) for c in federation.clients])
+    strategy = build_strategy(config, context)
     run_dir = run_dir or new_run_dir(config)
     prepare_environment(run_dir)
     recorder = RunRecorder(run_dir, config)
@@ -163,7 +188,9 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
     loop.stop = stop
     try:
         with stop.handling_signals():
-            _simulate(config, loop, client_app, run_dir)
+            if ray_start is not None:
+                ray_start.wait()
+            _simulate(config, loop, client_app, run_dir, ray_tmp)
         if stop.is_set():
             name = signal.Signals(stop.signum or signal.SIGINT).name
             raise Interrupted(f"stopped by {name} after round {loop.outcome.rounds_done} of "
@@ -278,14 +305,15 @@ def clock_summary(config: ExperimentConfig, loop: ServerLoop) -> dict[str, Any] 
             "over_select": config.clock.over_select}
 
 
-def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path) -> None:
+def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path,
+              ray_tmp: Path) -> None:
+    """Flower's simulation on the Ray already started (``ray_tmp``: its session folder)."""
     import ray
     from flwr.simulation import run_simulation
 
     from fedsparse.simulation.server_app import make_server_app
 
     _quiet_flower(config.simulation.verbose)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))
     try:
         run_simulation(server_app=make_server_app(loop), client_app=client_app,
                        num_supernodes=config.flower_nodes,

@@ -89,13 +89,14 @@ def _server_identity() -> Iterator[None]:
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
-def _simulate(cfg: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path) -> None:
+def _simulate(cfg: ExperimentConfig, loop: ServerLoop, client_app: Any, run_dir: Path,
+              ray_tmp: Path) -> None:
     with _server_identity():
         loop.run(InProcessGrid(client_app, cfg.flower_nodes))
 
 
 def _simulate_one_node_per_client(cfg: ExperimentConfig, loop: ServerLoop, client_app: Any,
-                                  run_dir: Path) -> None:
+                                  run_dir: Path, ray_tmp: Path) -> None:
     """Flower's own model, as on a Ray cluster or a deployment: a node per client, found by the
     handshake, private state in the node's Context."""
     with _server_identity():
@@ -109,12 +110,13 @@ def _simulate_one_node_per_client(cfg: ExperimentConfig, loop: ServerLoop, clien
 def in_process(one_node_per_client: bool = False) -> Iterator[None]:
     """Within the block, ``run_experiment`` (and so ``fedsparse simulate``) runs in this process;
     ``one_node_per_client``: through the handshake, instead of virtual clients."""
-    original = runner._simulate
+    original = runner._simulate, runner.start_ray
     runner._simulate = _simulate_one_node_per_client if one_node_per_client else _simulate
+    runner.start_ray = lambda config, ray_tmp: None  # no Ray here
     try:
         yield
     finally:
-        runner._simulate = original
+        runner._simulate, runner.start_ray = original
 
 
 def simulate_in_process(config: ExperimentConfig, out: Path) -> runner.RunResult:
