@@ -55,7 +55,11 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         (["--out", "/proc/fedsparse-runs"], "cannot be created"),
     ],
 )
-def test_bad_input_one_line_exit_2(tmp_path, args, needle):
+def test_bad_input_one_line_exit_2(tmp_path, args, needle, monkeypatch):
+    from fedsparse.simulation import runner
+
+    # bad input is refused before Ray (or any process) starts
+    monkeypatch.setattr(runner, "start_ray", lambda *_: pytest.fail("Ray started for bad input"))
     result = invoke("simulate", "--out", str(tmp_path), *args)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -132,6 +132,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
         check_ray_address(config.simulation.ray_address)
     # the method and its budgets are checked on the data before partitioning (quick)...
     context = strategy_context(config, unpartitioned(config))
+    build_strategy(config, context)  # and the strategy's options (built again once partitioned)
     checkpoint = None
     if resume and run_dir is not None:  # checked before anything in the folder is rewritten
         checkpoint = load_checkpoint(run_dir)
