@@ -53,6 +53,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         (["--set", "train.momentum=.nan"], "'train.momentum'"),
         (["--out", "/dev/null"], "is a file, not a folder"),
         (["--out", "/proc/fedsparse-runs"], "cannot be created"),
+        (["--partition", "shards", "--set", "partition.classes_per_client=11"], "exceeds the 10 classes"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, needle, monkeypatch):

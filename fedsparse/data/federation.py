@@ -18,7 +18,12 @@ import numpy as np
 
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.loaders import load_pool
-from fedsparse.data.partition import ClientSplit, partition_indices, split_client
+from fedsparse.data.partition import (
+    ClientSplit,
+    check_partitioning,
+    partition_indices,
+    split_client,
+)
 from fedsparse.data.pool import DataPool
 from fedsparse.errors import DataError
 from fedsparse.experiment import needs_server_data
@@ -68,6 +73,7 @@ def unpartitioned(config: ExperimentConfig) -> Federation:
     """The pool and the server's set before any client is partitioned (quick: no flwr-datasets),
     enough to check the method and its budgets."""
     pool = cached_pool(config)
+    check_partitioning(pool, config.partition, config.num_clients)
     return Federation(pool=pool, clients=[], server=server_set(config, pool))
 
 

@@ -36,6 +36,15 @@ def _index_dataset(pool: DataPool, order: np.ndarray | None = None):  # -> datas
     return Dataset.from_dict(columns)
 
 
+def check_partitioning(pool: DataPool, cfg: PartitionConfig, num_clients: int) -> None:
+    """What makes a partitioning impossible, found without partitioning (so before Ray starts)."""
+    if num_clients > len(pool):
+        raise DataError(f"{num_clients} clients but only {len(pool)} samples: lower --clients")
+    if cfg.kind == "shards" and cfg.classes_per_client > pool.num_classes:
+        raise DataError(f"partition.classes_per_client={cfg.classes_per_client} exceeds the "
+                        f"{pool.num_classes} classes of {pool.name}: lower it")
+
+
 def partition_indices(pool: DataPool, cfg: PartitionConfig, num_clients: int,
                       seed: int) -> list[np.ndarray]:
     """Sample indices of every client, deterministic for a given seed."""
@@ -46,8 +55,7 @@ def partition_indices(pool: DataPool, cfg: PartitionConfig, num_clients: int,
         PathologicalPartitioner,
     )
 
-    if num_clients > len(pool):
-        raise DataError(f"{num_clients} clients but only {len(pool)} samples: lower --clients")
+    check_partitioning(pool, cfg, num_clients)
     if cfg.kind == "natural":
         return _natural(pool, num_clients, seed, NaturalIdPartitioner)
     if cfg.kind == "iid":
@@ -60,9 +68,6 @@ def partition_indices(pool: DataPool, cfg: PartitionConfig, num_clients: int,
             min_partition_size=cfg.min_size, self_balancing=False, shuffle=True, seed=seed)
         partitioner.dataset = _index_dataset(pool)
     else:
-        if cfg.classes_per_client > pool.num_classes:
-            raise DataError(f"partition.classes_per_client={cfg.classes_per_client} exceeds the "
-                            f"{pool.num_classes} classes of {pool.name}: lower it")
         partitioner = PathologicalPartitioner(
             num_partitions=num_clients, partition_by="label",
             num_classes_per_partition=cfg.classes_per_client, class_assignment_mode="first-deterministic",
