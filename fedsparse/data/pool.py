@@ -43,11 +43,14 @@ class DataPool:
         cnn-bn, max-pooling and BatchNorm took 3-9x longer on the NCHW layout a memory-mapped
         pool gave, and a local epoch 1.4x longer.
         """
-        x = torch.from_numpy(np.ascontiguousarray(self.x[indices])).float()
-        if x.dim() == 4:  # a fresh NHWC buffer: with one channel ``contiguous()`` keeps NCHW
-            # strides (channels-last by the letter), which conv2d then treats as NCHW
-            n, c, h, w = x.shape
-            x = torch.empty((n, h, w, c)).copy_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        raw = torch.from_numpy(np.ascontiguousarray(self.x[indices]))
+        if raw.dim() == 4:  # one copy into a fresh float NHWC buffer: with one channel,
+            # ``contiguous()`` would keep NCHW strides (channels-last by the letter), which
+            # conv2d then treats as NCHW
+            n, c, h, w = raw.shape
+            x = torch.empty((n, h, w, c)).copy_(raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        else:
+            x = raw.float()
         if self.x.dtype == np.uint8:
             x = x.div_(255.0)
         x = x.sub_(self.mean).div_(self.std)

@@ -150,7 +150,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
 
 
 def start_ray(config: ExperimentConfig, ray_tmp: Path) -> BackgroundRay | None:
-    """Ray starting in the background (None where the simulation needs no Ray)."""
+    """Ray starting in the background (the in-process test harness replaces this with a None:
+    no Ray)."""
     return BackgroundRay(backend_config(config, ray_tmp)["init_args"])
 
 

@@ -201,7 +201,7 @@ class ServerLoop:
         sim = self.config.simulation
         if node_of is None and virtual_nodes is None:
             nodes = wait_for_nodes(grid, self.config.flower_nodes, sim.node_wait_timeout)
-            if len(nodes) < self.config.num_clients or sim.ray_address is None:
+            if sim.ray_address is None:  # (a cluster has a node per client: config.py)
                 # fedsparse's own ClientApp knows the run folder: messages need not name it
                 self.route_virtual_clients(nodes, name_state_dir=False)
             else:
