@@ -9,6 +9,8 @@ data; each worker process loads its data once and caches it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +33,7 @@ from fedsparse.data.federation import (
 from fedsparse.data.partition import ClientSplit
 from fedsparse.data.pool import DataPool
 from fedsparse.deploy.run_config import deployed_config_json
+from fedsparse.errors import DataError
 from fedsparse.experiment import cached_method
 from fedsparse.faults import InjectedCrash, injected_fault, lie, poison
 from fedsparse.masks import Masks
@@ -60,7 +63,8 @@ class ClientRuntime:
 
     def split(self, partition_id: int) -> ClientSplit:
         if self.partitions_path is None:
-            return _local_partitions(self.config.model_dump_json())[partition_id]
+            with _on_this_node(self.config):
+                return _local_partitions(self.config.model_dump_json())[partition_id]
         return _partitions(str(self.partitions_path), self.config.num_clients)[partition_id]
 
     def node_split(self, partition_id: int, context: Context) -> ClientSplit:
@@ -80,7 +84,8 @@ class ClientRuntime:
     def pool(self) -> DataPool:
         """The run's shared, memory-mapped pool (simulation), or one loaded here (deployment)."""
         if self.partitions_path is None:
-            return cached_pool(self.config)
+            with _on_this_node(self.config):
+                return cached_pool(self.config)
         return load_shared_pool(self.partitions_path.parent / POOL_DIR)
 
     def data(self, split: ClientSplit) -> LocalData:
@@ -99,6 +104,17 @@ class ClientRuntime:
         model.load_state_dict(update.to_state(template), strict=True)
         masks = update.partial_masks(template, {n for n, _ in model.named_parameters()})
         return model, masks or None
+
+
+@contextmanager
+def _on_this_node(config: ExperimentConfig) -> Iterator[None]:
+    """A deployed node's data errors name the node's own folder setting, not the CLI's flag."""
+    try:
+        yield
+    except DataError as exc:
+        where = f"data-dir {config.data.data_dir}" if config.data.data_dir else "no data-dir"
+        raise DataError(f"this SuperNode ({where} in its --node-config): "
+                        + str(exc).replace("--data-dir", "the node's data-dir")) from None
 
 
 @lru_cache(maxsize=2)
