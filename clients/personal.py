@@ -23,7 +23,7 @@ def load_personal(model: nn.Module, state: ClientState) -> bool:
 
 
 def keep_personal(model: nn.Module, state: ClientState) -> None:
-    state[PERSONAL_KEY] = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    state[PERSONAL_KEY] = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
 class PersonalModelMethod(Dense):

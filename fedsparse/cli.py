@@ -77,6 +77,9 @@ def simulate(
     ray_address: Annotated[str | None, typer.Option(
         help="run on an existing Ray cluster, e.g. 10.0.0.5:6379 (fedsparse installed on every node)")]
     = None,
+    gpus_per_client: Annotated[float | None, typer.Option(
+        help="GPUs per simulated client, e.g. 0.25: four clients share a GPU (default 0: CPU)")]
+    = None,
     out: Annotated[Path | None, typer.Option(help="parent folder of run folders")] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder prefix)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any key: "
@@ -98,6 +101,7 @@ def simulate(
         "train.local_epochs": local_epochs, "train.batch_size": batch_size, "train.lr": lr,
         "method.name": method, "strategy.name": strategy,
         "simulation.inject_failures": inject_failures, "simulation.ray_address": ray_address,
+        "simulation.gpus_per_client": gpus_per_client,
         "seed": seed, "output.dir": str(out) if out else None, "output.name": name,
     }
     with _user_errors(debug):

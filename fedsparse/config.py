@@ -206,6 +206,9 @@ MAX_LOCAL_NODES = 100
 
 class SimulationConfig(_Strict):
     cpus_per_client: float = Field(1.0, gt=0.0)
+    gpus_per_client: float = Field(
+        0.0, ge=0.0, description="GPUs each simulated client holds (fractional: several clients "
+                                 "share one, as Flower's client resources); > 0 trains on CUDA")
     round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
     node_wait_timeout: float = Field(120.0, gt=0.0)
     min_clients: int = Field(1, ge=1, description="fewest accepted updates a round aggregates")

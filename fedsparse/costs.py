@@ -99,7 +99,7 @@ class CostModel:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
         model.train(was_training)
         for hook in hooks:
             hook.remove()

@@ -77,6 +77,13 @@ class LocalData:
     x_test: torch.Tensor
     y_test: torch.Tensor
 
+    def to(self, device: torch.device) -> LocalData:
+        """These tensors on ``device`` (the same object on their own device)."""
+        if self.x_train.device == device:
+            return self
+        return LocalData(*(t.to(device) for t in (self.x_train, self.y_train, self.x_val,
+                                                   self.y_val, self.x_test, self.y_test)))
+
 
 @dataclass
 class ClientTask:
@@ -97,6 +104,9 @@ class ClientTask:
     inbox: Records = field(default_factory=dict)
     #: private, persistent per client (a Flower node's ``Context.state``)
     state: ClientState = field(default_factory=dict)
+    #: where ``model``, ``masks`` and ``data`` live (a CUDA device when the worker has one): a
+    #: method creates its own tensors there (the generator stays on the CPU)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass

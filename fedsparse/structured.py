@@ -154,20 +154,20 @@ class ChannelGraph:
             if axis is None:
                 keep[name] = torch.arange(space.size)
                 continue
-            mask = masks[axis.tensor]
+            mask = masks[axis.tensor].cpu()  # channel bookkeeping lives on the host
             along = mask.movedim(axis.dim, 0).reshape(mask.shape[axis.dim], -1).any(dim=1)
             if axis.group > 1:
                 along = along.view(space.size, axis.group).any(dim=1)
             keep[name] = torch.nonzero(along).reshape(-1)
         expected = self.masks(keep, masks)
         for name, mask in masks.items():
-            if name in expected and not torch.equal(expected[name], mask.bool()):
+            if name in expected and not torch.equal(expected[name], mask.cpu().bool()):
                 raise ValueError(f"the mask of '{name}' is not a channel-structured submodel")
         return keep
 
     def slice_tensor(self, name: str, tensor: torch.Tensor, keep: Keep) -> torch.Tensor:
         for space, axis in self.axes_of.get(name, ()):
-            tensor = tensor.index_select(axis.dim, axis.coordinates(keep[space]))
+            tensor = tensor.index_select(axis.dim, axis.coordinates(keep[space]).to(tensor.device))
         return tensor
 
     def slice_state(self, state: Mapping[str, torch.Tensor], keep: Keep) -> dict[str, torch.Tensor]:
@@ -219,6 +219,7 @@ def _scatter_into(target: torch.Tensor, values: torch.Tensor,
         target.copy_(values)
         return
     dim, index = axes[0]
+    index = index.to(target.device)
     if len(axes) == 1:
         target.index_copy_(dim, index, values)
         return
@@ -306,7 +307,8 @@ class _Tracer:
         self.model.eval()
         try:
             with torch.no_grad():
-                ShapeProp(traced).propagate(torch.zeros(1, *self.input_shape))
+                device = next(self.model.parameters()).device
+                ShapeProp(traced).propagate(torch.zeros(1, *self.input_shape, device=device))
         finally:
             self.model.train(was_training)
         feature: dict[torch.fx.Node, _Feature] = {}

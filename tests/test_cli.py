@@ -54,6 +54,8 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         (["--out", "/dev/null"], "is a file, not a folder"),
         (["--out", "/proc/fedsparse-runs"], "cannot be created"),
         (["--partition", "shards", "--set", "partition.classes_per_client=11"], "exceeds the 10 classes"),
+        (["--gpus-per-client", "0.5"], "sees no CUDA device"),
+        (["--gpus-per-client", "-1"], "'simulation.gpus_per_client'"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, args, needle, monkeypatch):
@@ -61,6 +63,7 @@ def test_bad_input_one_line_exit_2(tmp_path, args, needle, monkeypatch):
 
     # bad input is refused before Ray (or any process) starts
     monkeypatch.setattr(runner, "start_ray", lambda *_: pytest.fail("Ray started for bad input"))
+    monkeypatch.setattr(runner, "visible_gpus", lambda: 0)  # as on CI, also where a GPU exists
     result = invoke("simulate", "--out", str(tmp_path), *args)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -243,7 +243,7 @@ class ChannelGating:
             for dim, size in enumerate(shape):
                 coords = along.get(dim, torch.arange(size))
                 index = index.unsqueeze(-1) * size + coords
-            out[name] = index
+            out[name] = index.to(self.tensors[name].device)  # where the tensor it indexes lives
         return out
 
     def sliced(self, index: Mapping[str, torch.Tensor], names: list[str], trainable: bool
@@ -255,7 +255,8 @@ class ChannelGating:
             tensor = self.tensors[name].detach()
             where = index.get(name)
             if where is not None:
-                part = tensor.reshape(-1).index_select(0, where.reshape(-1)).view(where.shape)
+                flat = where.reshape(-1).to(tensor.device)
+                part = tensor.reshape(-1).index_select(0, flat).view(where.shape)
             else:
                 part = tensor.clone() if trainable else tensor
             out[name] = part.requires_grad_(True) if trainable else part
@@ -269,7 +270,7 @@ class ChannelGating:
         for i, space in enumerate(self.blocks.spaces):
             sub0 = self.blocks.sub0[i]
             parts = [sub0_weight[i].expand(sub0) if sub0_weight is not None
-                     else torch.ones(sub0, dtype=block_weight.dtype)]
+                     else torch.ones(sub0, dtype=block_weight.dtype, device=block_weight.device)]
             for b in np.flatnonzero(picked):
                 if self.blocks.block_space[b] == i:
                     parts.append(block_weight[b].expand(len(self.blocks.block_channels[b])))
@@ -321,7 +322,7 @@ class ChannelStep:
         sub0_weight = m[blocks:] if len(g) > blocks else None
         g, m = g[:blocks], m[:blocks]
         picked = self.gating.blocks.select(g.detach().cpu().numpy())
-        chosen = torch.from_numpy(picked).to(g.dtype)
+        chosen = torch.from_numpy(picked).to(device=g.device, dtype=g.dtype)
         block_weight = m * chosen * ((chosen - g.detach() + g) if ste else chosen)
         keep = self.gating.blocks.keep(picked)
         return keep, self.gating.channel_weights(keep, picked, block_weight, sub0_weight)

@@ -184,7 +184,7 @@ def pick_blocks(scores: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     for g, capacity in enumerate(layout.capacities):
         members = np.flatnonzero(groups == g)
         chosen[members] = knapsack(values[members], sizes[members], capacity)
-    return torch.from_numpy(chosen).to(scores.dtype)
+    return torch.from_numpy(chosen).to(device=scores.device, dtype=scores.dtype)
 
 
 def gated_scales(g: torch.Tensor, m: torch.Tensor, layout: BlockLayout,
@@ -211,9 +211,10 @@ def gated_scales(g: torch.Tensor, m: torch.Tensor, layout: BlockLayout,
     for t, (name, shape, sub0, bounds) in enumerate(zip(layout.names, layout.shapes, layout.sub0,
                                                         layout.bounds, strict=True)):
         k = len(bounds) - 1
-        sizes = torch.as_tensor(np.diff(np.asarray(bounds)))
+        sizes = torch.as_tensor(np.diff(np.asarray(bounds)), device=g.device)
         per_coord = torch.repeat_interleave(block_weight[offset:offset + k], sizes)
-        head = torch.ones(sub0, dtype=g.dtype) if sub0_weight is None else sub0_weight[t].expand(sub0)
+        head = torch.ones(sub0, dtype=g.dtype, device=g.device) if sub0_weight is None \
+            else sub0_weight[t].expand(sub0)
         flat = torch.cat([head, per_coord])
         scales[name] = flat.view(shape)
         offset += k

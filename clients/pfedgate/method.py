@@ -187,17 +187,17 @@ class PFedGate(Method):
 
     # --- gate state -------------------------------------------------------------------------
     def _gate(self, state: ClientState, outputs: int, input_shape: tuple[int, ...],
-              partition_id: int) -> GateNet:
+              partition_id: int, device: torch.device) -> GateNet:
         with torch.random.fork_rng():
             torch.manual_seed(private_init_seed(self.run.seed, partition_id))  # same gate whenever created
             gate = GateNet(input_shape, outputs, self.options.weight_head)
         if GATE_KEY in state:
             gate.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state[GATE_KEY].items()})
-        return gate
+        return gate.to(device)
 
     @staticmethod
     def _save_gate(state: ClientState, gate: GateNet) -> None:
-        state[GATE_KEY] = {k: v.detach().numpy().copy() for k, v in gate.state_dict().items()}
+        state[GATE_KEY] = {k: v.detach().cpu().numpy().copy() for k, v in gate.state_dict().items()}
 
     def _gating(self, model: nn.Module, density: float, input_shape: tuple[int, ...]
                 ) -> BlockLayout | ChannelGating:
@@ -233,7 +233,8 @@ class PFedGate(Method):
     def _client_gate(self, task: ClientTask, input_shape: tuple[int, ...]
                      ) -> tuple[BlockLayout | ChannelGating, GateNet]:
         gating = self._gating(task.model, task.budget_density, input_shape)
-        return gating, self._gate(task.state, self._gate_outputs(gating), input_shape, task.partition_id)
+        return gating, self._gate(task.state, self._gate_outputs(gating), input_shape, task.partition_id,
+                                   task.device)
 
     # --- training ---------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:

@@ -33,6 +33,7 @@ from fedsparse.data.federation import (
 from fedsparse.data.partition import ClientSplit
 from fedsparse.data.pool import DataPool
 from fedsparse.deploy.run_config import deployed_config_json
+from fedsparse.device import CPU, client_device, place_model, to_cpu
 from fedsparse.errors import DataError
 from fedsparse.experiment import cached_method
 from fedsparse.faults import InjectedCrash, injected_fault, lie, poison
@@ -203,14 +204,17 @@ def _task(runtime: ClientRuntime, msg: Message, served: Served, stream_round: in
     """The method's view of a message: model, masks, data, seeded generator, config, records."""
     pid = served.partition_id
     split = runtime.split(pid) if served.virtual else runtime.node_split(pid, context)
-    data = runtime.data(split)
-    model, masks = runtime.model(msg.content["arrays"])
+    device = client_device(runtime.partitions_path is None  # a deployed node: its own GPU
+                           or runtime.config.simulation.gpus_per_client > 0)
+    data = runtime.data(split).to(device)
+    model, masks = place_model(*runtime.model(msg.content["arrays"]), device)
     config = dict(msg.content["config"])
     generator = torch.Generator().manual_seed(client_seed(runtime.config.seed, stream_round, pid))
     return ClientTask(model=model, masks=masks, data=data, generator=generator,
                       partition_id=pid, server_round=int(config.get("server-round", 0)),
                       budget_density=float(config.get("budget-density", 1.0)), config=config,
-                      inbox=unpack_records(msg.content, skip={"arrays"}), state=state)
+                      inbox=unpack_records(msg.content, skip={"arrays"}), state=state,
+                      device=device)
 
 
 class RebuiltClientApp(ClientApp):
@@ -305,7 +309,8 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
             result.metrics = lie(result.metrics)
         _save_state(served, context, task.state, server_round, every)
         persist(context, served, server_round, every)
-        content = RecordDict({"arrays": encode(task.model.state_dict(), result.upload),
+        task.model.to(CPU)
+        content = RecordDict({"arrays": encode(task.model.state_dict(), to_cpu(result.upload)),
                               "metrics": MetricRecord({**result.metrics, PARTITION_KEY: pid})})
         for name, record in pack_records(result.outbox).items():
             content[name] = record

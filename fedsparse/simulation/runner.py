@@ -38,6 +38,7 @@ from fedsparse.data.federation import (
     save_pool,
     unpartitioned,
 )
+from fedsparse.device import gpu_request_problem, visible_gpus
 from fedsparse.errors import ConfigError, SimulationError
 from fedsparse.experiment import (
     budgets_of,
@@ -91,16 +92,17 @@ def prepare_environment(run_dir: Path) -> None:
 
 def backend_config(config: ExperimentConfig, ray_tmp: Path) -> dict[str, Any]:
     sim = config.simulation
-    if sim.ray_address:  # an existing cluster: it owns its CPUs, memory and session folder
-        return {"client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
+    resources = {"num_cpus": sim.cpus_per_client, "num_gpus": sim.gpus_per_client}
+    if sim.ray_address:  # an existing cluster: it owns its CPUs, GPUs, memory and session folder
+        return {"client_resources": resources,
                 "init_args": {"address": sim.ray_address,
                               "logging_level": "INFO" if sim.verbose else "ERROR",
                               "log_to_driver": sim.verbose}}
     return {
-        "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
+        "client_resources": resources,
         "init_args": {
             "num_cpus": os.cpu_count() or 1,
-            "num_gpus": 0,
+            "num_gpus": visible_gpus() if sim.gpus_per_client else 0,
             "_temp_dir": str(ray_tmp),
             "logging_level": "INFO" if sim.verbose else "ERROR",
             "log_to_driver": sim.verbose,
@@ -130,6 +132,10 @@ def run_experiment(config: ExperimentConfig, run_dir: Path | None = None,
         check_output_dir(config.output.dir)
     if config.simulation.ray_address:
         check_ray_address(config.simulation.ray_address)
+    else:  # (a cluster's GPUs are its own: Ray there says what it has)
+        problem = gpu_request_problem(config.simulation.gpus_per_client, visible_gpus())
+        if problem:
+            raise ConfigError(problem)
     # the method and its budgets are checked on the data before partitioning (quick)...
     context = strategy_context(config, unpartitioned(config))
     build_strategy(config, context)  # and the strategy's options (built again once partitioned)
