@@ -56,7 +56,8 @@ def test_gate_persists_between_rounds_and_differs_between_clients():
     # round 2 starts from the saved gate, not a fresh one
     method.fit(make_task(model, make_data(0), 0.5, seed=5, state=states[0]))
     second = states[0][GATE_KEY]
-    fresh_gate = method._gate({}, method._gate_outputs(method._gating(model, 0.5, (12,))), (12,), 0)
+    fresh_gate = method._gate({}, method._gate_outputs(method._gating(model, 0.5, (12,))), (12,), 0,
+                              torch.device("cpu"))
     fresh_w = fresh_gate.state_dict()["score.0.weight"].numpy()
     assert not np.array_equal(second["score.0.weight"], fresh_w)
     assert not np.array_equal(second["score.0.weight"], first["score.0.weight"])
