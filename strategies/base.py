@@ -30,7 +30,7 @@ from fedsparse.costs import ClientRoundCost, CostModel
 from fedsparse.method import Method
 from fedsparse.sampling import evaluation_sample, sample_clients
 from fedsparse.strategies.accounting import CostAccountant
-from fedsparse.strategies.messages import MessageBuilder
+from fedsparse.strategies.messages import NODE_INDEX_KEY, MessageBuilder
 from fedsparse.strategies.validation import (
     ClientUpdate,
     ReplyValidator,
@@ -98,6 +98,10 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.context = context
         self.server_round = 0
         self.node_of: dict[int, int] = {}
+        #: the nodes this round's training messages went to (virtual clients move between nodes)
+        self.train_routes: dict[int, int] = {}
+        #: node id -> the index at which Flower registered it, learned from replies (scheduling)
+        self.node_order: dict[int, int] = {}
         #: config each message adds when nodes serve virtual clients (the client's id, the folder
         #: of client states); empty when every node is one client
         self.routing: dict[str, Any] = {}
@@ -134,7 +138,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         """Flower's hook for logging the configuration; the run's config.yaml records it."""
 
     _INFRASTRUCTURE = frozenset({"context", "node_of", "routing", "report", "server_round", "messages",
-                                 "validator", "accountant"})
+                                 "validator", "accountant", "train_routes", "node_order"})
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint must keep of this strategy: by default every attribute that is not
@@ -153,6 +157,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         the routes of virtual clients: then each message names its client and, when given, the
         folder where clients keep their private state)."""
         self.node_of = dict(sorted(node_of_partition.items()))
+        self.train_routes = self.node_of
         self.routing = {"virtual": virtual, "state_dir": state_dir}
 
     def sample_partitions(self, server_round: int) -> list[int]:
@@ -164,14 +169,42 @@ class MaskAwareStrategy(FlowerFedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        partitions = self.sample_partitions(server_round)
+        partitions, self.train_routes = self.schedule(self.sample_partitions(server_round))
         planned = self.context.method.begin_round(server_round)
         if planned:
             config = ConfigRecord({**config, **planned})
-        messages = self.messages.build(partitions, self.node_of, arrays, config, server_round,
+        messages = self.messages.build(partitions, self.train_routes, arrays, config, server_round,
                                        MessageType.TRAIN, **self.routing)
         self.accountant.downloads(arrays, partitions, messages)
         return messages
+
+    def schedule(self, partitions: list[int]) -> tuple[list[int], dict[int, int]]:
+        """The round's clients largest first, and (virtual clients) the nodes that serve them.
+
+        Flower's simulation hands queued messages to its workers in the order its nodes
+        registered, and a worker takes the next as it frees up: largest first is the classic
+        longest-processing-time rule, which shortens the round's slowest worker. Virtual clients
+        can be served by any node, so once replies have told the nodes' order (``node_order``),
+        the largest client goes to the first node; before that, and for clients with a node of
+        their own, the order is the nodes' and nothing changes."""
+        if not self.routing.get("virtual"):  # a node per client: Flower's order is the nodes'
+            return partitions, self.node_of
+        sizes = self.context.train_sizes
+        order = sorted(partitions, key=lambda p: (-sizes[p], p))
+        known = sorted(self.node_order, key=lambda node: (self.node_order[node], node))
+        if len(known) < len(order):
+            return order, self.node_of
+        return order, {**self.node_of, **dict(zip(order, known, strict=False))}
+
+    def note_node_order(self, replies: Iterable[Message]) -> None:
+        """Learn where nodes registered from their replies (only a scheduling hint: a wrong
+        index costs time, never a result)."""
+        for reply in replies:
+            if reply.has_error() or "metrics" not in reply.content.metric_records:
+                continue
+            index = reply.content["metrics"].get(NODE_INDEX_KEY)
+            if isinstance(index, int) and index >= 0:
+                self.node_order[reply.metadata.src_node_id] = index
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -247,7 +280,7 @@ class MaskAwareStrategy(FlowerFedAvg):
     def _accept(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
         """Generic checks, the coordinates it may update, the method's checks of its records,
         then the round's cost."""
-        checked = self.validator.check(reply, self.node_of)
+        checked = self.validator.check(reply, self.train_routes or self.node_of)
         client = checked.client
         method = self.context.method
         method.check_upload(client.budget, self.messages.client_masks(client.partition_id),

@@ -70,6 +70,9 @@ class MessageBuilder:
 #: message config keys of a virtual client: which client the message is for, and the server's run
 #: folder, under which virtual clients keep their private state (simulations: one machine)
 CLIENT_ID_KEY = "client-id"
+#: reply metric of a simulated node: the index at which Flower registered it (``partition-id``
+#: of its node config), which orders Flower's work queue
+NODE_INDEX_KEY = "node-index"
 STATE_DIR_KEY = "run-dir"
 
 

@@ -42,7 +42,7 @@ from fedsparse.method import ClientState, ClientTask, LocalData, Method
 from fedsparse.models import build_model
 from fedsparse.results import POOL_DIR
 from fedsparse.seeding import client_seed
-from fedsparse.strategies.messages import CLIENT_ID_KEY, STATE_DIR_KEY
+from fedsparse.strategies.messages import CLIENT_ID_KEY, NODE_INDEX_KEY, STATE_DIR_KEY
 from fedsparse.strategies.validation import PARTITION_KEY
 from fedsparse.updates import template_of
 
@@ -164,6 +164,14 @@ def _served(msg: Message, context: Context, run_dir: Path | None) -> Served:
         return Served(_partition_id(context), False, run_dir)
     where = config.get(STATE_DIR_KEY)
     return Served(int(config[CLIENT_ID_KEY]), True, Path(str(where)) if where else run_dir)
+
+
+def _node_index(served: Served, context: Context) -> dict[str, int]:
+    """A node serving virtual clients says where Flower registered it (its ``partition-id``),
+    so the server can queue the largest client first (``MaskAwareStrategy.schedule``)."""
+    if not served.virtual or PARTITION_KEY not in context.node_config:
+        return {}
+    return {NODE_INDEX_KEY: int(context.node_config[PARTITION_KEY])}
 
 
 def _private_state(context: Context) -> dict[str, dict]:
@@ -311,7 +319,8 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         persist(context, served, server_round, every)
         task.model.to(CPU)
         content = RecordDict({"arrays": encode(task.model.state_dict(), to_cpu(result.upload)),
-                              "metrics": MetricRecord({**result.metrics, PARTITION_KEY: pid})})
+                              "metrics": MetricRecord({**result.metrics, PARTITION_KEY: pid,
+                                                       **_node_index(served, context)})})
         for name, record in pack_records(result.outbox).items():
             content[name] = record
         return Message(content, reply_to=msg)
@@ -341,7 +350,8 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         _save_state(served, context, task.state, server_round, every)
         persist(context, served, server_round, every)
         return Message(RecordDict({"metrics": MetricRecord({
-            **metrics, PARTITION_KEY: served.partition_id})}), reply_to=msg)
+            **metrics, PARTITION_KEY: served.partition_id, **_node_index(served, context)})}),
+            reply_to=msg)
 
     return app
 

@@ -35,6 +35,7 @@ from fedsparse.results import RunRecorder, bottom_decile
 from fedsparse.simulation.grid_io import send_and_receive
 from fedsparse.simulation.queries import make_ask
 from fedsparse.strategies import MaskAwareStrategy
+from fedsparse.strategies.messages import NODE_INDEX_KEY
 from fedsparse.strategies.validation import PARTITION_KEY, reply_partition
 from fedsparse.training import evaluate, train_local
 from fedsparse.updates import UpdateRejected
@@ -294,6 +295,7 @@ class ServerLoop:
                                    stop=self.stop, window=self.window)
         if self.stop.is_set():
             raise RoundAbandoned
+        self.strategy.note_node_order(replies)
         failed = sum(r.has_error() for r in replies) + len(messages) - len(replies)
         if len(replies) < len(messages):
             log(WARNING, "round %d: %d of %d clients failed: no reply within "
@@ -351,6 +353,7 @@ class ServerLoop:
         # method's state, so the round finishes (and is recorded) before the loop stops
         replies = send_and_receive(grid, messages, self.config.simulation.round_timeout,
                                    window=self.window)
+        self.strategy.note_node_order(replies)
         rows = []
         novel = self.method.novel_clients()
         rejected = 0
@@ -415,7 +418,7 @@ class ServerLoop:
             raise UpdateRejected(f"num-examples {metrics['num-examples']} is not the "
                                  f"{len(split.test)} test samples partition {pid} holds")
         extra = {k.replace("-", "_"): float(v) for k, v in metrics.items()
-                 if k not in (PARTITION_KEY, "accuracy", "loss", "num-examples")
+                 if k not in (PARTITION_KEY, NODE_INDEX_KEY, "accuracy", "loss", "num-examples")
                  and isinstance(v, (int, float)) and math.isfinite(float(v))}
         return {"partition_id": pid, "num_train": len(split.train), "num_test": len(split.test),
                 "novel": int(pid in novel), "accuracy": accuracy, "loss": loss, **extra}

@@ -16,10 +16,12 @@ SMALL = ["--clients", "6", "--rounds", "3", "--fraction", "0.5", "--set", "eval.
 
 
 def _same(row: dict) -> dict:
-    """What must not change: all but timing, the folder, and download bytes (a virtual client's
-    messages also carry its id, and the server counts what it sends)."""
+    """What must not change: all but timing, the folder, and the bytes counted per message (a
+    virtual client's messages also carry its id, its replies its node's index, and the server
+    counts what travels)."""
     return {k: _same(v) if isinstance(v, dict) else v for k, v in row.items()
-            if k not in ("seconds", "wall_seconds", "run_dir") and "download" not in k}
+            if k not in ("seconds", "wall_seconds", "run_dir") and "download" not in k
+            and "upload" not in k}
 
 
 def _results(run: Path) -> tuple[list[dict], list[dict], dict]:
@@ -40,10 +42,12 @@ def test_two_nodes_serving_six_clients_run_the_same_experiment(tmp_path, method)
     shared = simulate_here(tmp_path / "two", *SMALL, *method, "--set", "simulation.nodes=2")
     six = simulate_here(tmp_path / "six", *SMALL, *method)  # the default: a node for each
     assert _results(shared) == _results(one_each) == _results(six)
-    downloads = [json.loads((run / "summary.json").read_text())["cost"]["download_bytes"]
-                 for run in (one_each, shared, six)]
+    costs = [json.loads((run / "summary.json").read_text())["cost"] for run in (one_each, shared, six)]
+    downloads = [c["download_bytes"] for c in costs]
     assert 0 < downloads[1] - downloads[0] < 100  # the client id, per message
     assert downloads[1] == downloads[2]
+    uploads = [c["upload_bytes"] for c in costs]
+    assert 0 < uploads[1] - uploads[0] < 40 and uploads[1] == uploads[2]  # the node's index, per reply
     states = sorted(p.parent.name for p in (shared / "client_state").glob("*/r*.pkl"))
     if method[1] != "fedtiny":  # private state lives in files, one folder per client that has any
         assert states and set(states) <= {str(p) for p in range(6)}
