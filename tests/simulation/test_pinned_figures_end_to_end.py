@@ -7,7 +7,9 @@ counts the dense weight gradient it needs (FLOPs 0.354 -> 0.598 of dense, memory
 and each upload carries one more metric (conv-linear-flops: 32 bytes more per upload).
 Issue 21 changed the wire format on purpose (positions of the 0.1 tier's kept coordinates as
 one byte per gap instead of a bit mask): uploads 27,127.5 -> 26,754.2 bytes, nothing else moved
-(the float32 aggregation sums included: every accuracy is the same to the last digit).
+(the float32 aggregation sums included: every accuracy is the same to the last digit). Later
+in issue 21 each reply of a virtual client began to carry its node's index (longest-first
+queueing): uploads 26,754.2 -> 26,772.2 bytes (18 a reply), every other figure unchanged.
 
 On the machine that recorded them the figures are bit-identical (and so were the quickstart,
 magnitude and FedDST runs checked by hand, see the issue note). The tolerances only absorb a
@@ -26,8 +28,8 @@ PINNED = {
         "accuracy": {"mean": 0.5565476190476191, "bottom_decile": 0.0, "global": 0.33125,
                      "seen": 0.6160714285714286, "novel": 0.4375},
         "cost": {"density": 0.3255923058878724, "train_flops_ratio": 0.597850819092044,
-                 "memory_bytes_ratio": 0.8993666432090077, "upload_bytes_ratio": 0.45144044726421884,
-                 "download_bytes_ratio": 1.0, "upload_bytes": 26754.166666666668,
+                 "memory_bytes_ratio": 0.8993666432090077, "upload_bytes_ratio": 0.45160700831056083,
+                 "download_bytes_ratio": 1.0, "upload_bytes": 26772.166666666668,
                  "download_bytes": 59050.0},
     },
 }
