@@ -4,6 +4,7 @@ tensors, or reads a device tensor as numpy, fails its clients here as it would o
 
 import pytest
 
+from tests.clients.test_registry import EXAMPLE
 from tests.fake_cuda import CUDA, FakeCuda
 from tests.simulation.inprocess import invoke_here
 from tests.simulation.test_methods_in_process import write_learnable_idx
@@ -11,7 +12,8 @@ from tests.simulation.test_methods_in_process import write_learnable_idx
 SMALL = ["--clients", "4", "--rounds", "2", "--fraction", "1", "--set", "eval.every=2"]
 SYNTHETIC = ["--set", "data.synthetic.iid=true"]
 #: one run per code path: dense and personal baselines, flat-weight and channel gates, pruning at
-#: weight and filter level (with FedTiny's query rounds), FedMef's activation pruning, widths
+#: weight and filter level (with FedTiny's query rounds), FedMef's activation pruning, widths,
+#: and the example plug-in of README's "Custom methods"
 RUNS = {
     "dense": ["--method", "dense", "--budgets", "1.0:1"],
     "ditto": ["--method", "ditto", "--budgets", "1.0:1"],
@@ -26,6 +28,7 @@ RUNS = {
     "pfedgate-channels-cnn": ["--method", "pfedgate", "--set", "method.pfedgate.blocks=channel", "images"],
     "fedtiny-filters-cnn": ["--method", "fedtiny", "--set", "method.pruning.granularity=filter", "images"],
     "fedmef-cnn": ["--method", "fedmef", "images"],
+    "example-plugin": ["--method", f"{EXAMPLE / 'federated_dropout.py'}:FederatedDropout"],
 }
 
 
