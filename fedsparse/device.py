@@ -28,12 +28,12 @@ def place_model(model: nn.Module, masks: Masks | None, device: torch.device
     """The model and its masks on ``device`` (no copy on the CPU)."""
     if device == CPU:
         return model, masks
-    model = model.to(device)
-    return model, None if masks is None else {n: m.to(device) for n, m in masks.items()}
+    return model.to(device), masks_on(masks, device)
 
 
-def to_cpu(masks: Masks | None) -> Masks | None:
-    return None if masks is None else {n: m.to(CPU) for n, m in masks.items()}
+def masks_on(masks: Masks | None, device: torch.device) -> Masks | None:
+    """The masks on ``device`` (the same tensors where they already are)."""
+    return None if masks is None else {n: m.to(device) for n, m in masks.items()}
 
 
 def visible_gpus() -> int:

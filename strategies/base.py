@@ -280,7 +280,7 @@ class MaskAwareStrategy(FlowerFedAvg):
     def _accept(self, reply: Message) -> tuple[ClientUpdate, ClientRoundCost]:
         """Generic checks, the coordinates it may update, the method's checks of its records,
         then the round's cost."""
-        checked = self.validator.check(reply, self.train_routes or self.node_of)
+        checked = self.validator.check(reply, self.train_routes)
         client = checked.client
         method = self.context.method
         method.check_upload(client.budget, self.messages.client_masks(client.partition_id),

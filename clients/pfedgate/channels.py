@@ -255,8 +255,7 @@ class ChannelGating:
             tensor = self.tensors[name].detach()
             where = index.get(name)
             if where is not None:
-                flat = where.reshape(-1).to(tensor.device)
-                part = tensor.reshape(-1).index_select(0, flat).view(where.shape)
+                part = tensor.reshape(-1).index_select(0, where.reshape(-1)).view(where.shape)
             else:
                 part = tensor.clone() if trainable else tensor
             out[name] = part.requires_grad_(True) if trainable else part

@@ -33,7 +33,7 @@ from fedsparse.data.federation import (
 from fedsparse.data.partition import ClientSplit
 from fedsparse.data.pool import DataPool
 from fedsparse.deploy.run_config import deployed_config_json
-from fedsparse.device import CPU, client_device, place_model, to_cpu
+from fedsparse.device import CPU, client_device, masks_on, place_model
 from fedsparse.errors import DataError
 from fedsparse.experiment import cached_method
 from fedsparse.faults import InjectedCrash, injected_fault, lie, poison
@@ -318,7 +318,7 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
         _save_state(served, context, task.state, server_round, every)
         persist(context, served, server_round, every)
         task.model.to(CPU)
-        content = RecordDict({"arrays": encode(task.model.state_dict(), to_cpu(result.upload)),
+        content = RecordDict({"arrays": encode(task.model.state_dict(), masks_on(result.upload, CPU)),
                               "metrics": MetricRecord({**result.metrics, PARTITION_KEY: pid,
                                                        **_node_index(served, context)})})
         for name, record in pack_records(result.outbox).items():
