@@ -194,6 +194,7 @@ class EvalConfig(_Strict):
                             description="share of clients evaluated between the first and the "
                                         "final round (1.0: all)")
     final: bool = True
+    #: the server scores the global model (on the evaluated clients' pooled tests; all at the end)
     global_model: bool = True
     batch_size: int = Field(512, ge=1)
 

@@ -102,6 +102,9 @@ class MaskAwareStrategy(FlowerFedAvg):
         self.train_routes: dict[int, int] = {}
         #: node id -> the index at which Flower registered it, learned from replies (scheduling)
         self.node_order: dict[int, int] = {}
+        #: the clients asked to evaluate in the latest evaluation round (None: not known, e.g. a
+        #: plug-in's own ``configure_evaluate``): the server scores the global model on their tests
+        self.evaluation_partitions: list[int] | None = None
         #: config each message adds when nodes serve virtual clients (the client's id, the folder
         #: of client states); empty when every node is one client
         self.routing: dict[str, Any] = {}
@@ -214,6 +217,7 @@ class MaskAwareStrategy(FlowerFedAvg):
         wanted = self.context.eval_clients
         if wanted is not None and server_round != self.context.final_round:
             partitions = evaluation_sample(self.context.seed, server_round, partitions, wanted)
+        self.evaluation_partitions = partitions
         return self.messages.build(partitions, self.node_of, arrays, config, server_round,
                                    MessageType.EVALUATE, **self.routing)
 

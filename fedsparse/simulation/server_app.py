@@ -348,6 +348,7 @@ class ServerLoop:
     def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
         """Clients evaluate their deployed models (all of them at the final round, a seeded sample
         before: ``eval.fraction``); the server scores the global model."""
+        self.strategy.evaluation_partitions = None
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         # not abandoned on a stop: the round's training already changed the strategy's and the
         # method's state, so the round finishes (and is recorded) before the loop stops
@@ -383,7 +384,8 @@ class ServerLoop:
         accuracy = {
             "mean": _mean(accuracies),
             "bottom_decile": bottom_decile(accuracies),
-            "global": self.global_accuracy(arrays) if self.config.eval.global_model else None,
+            "global": (self.global_accuracy(arrays, self.strategy.evaluation_partitions)
+                       if self.config.eval.global_model else None),
         }
         densities = sorted({row["budget_density"] for row in rows})
         # per tier: a mean over tiers hides what the small clients get
@@ -440,11 +442,19 @@ class ServerLoop:
         row.update(mean_costs(mine, prefix=""))
         return row
 
-    def global_accuracy(self, arrays: ArrayRecord) -> float:
+    def global_accuracy(self, arrays: ArrayRecord, partitions: list[int] | None = None) -> float:
+        """The global model on the pooled test splits of ``partitions`` (None or every client:
+        all of them). Between the first and the final round only a sample of clients evaluates
+        (``eval.fraction``), and the server scores the global model on their tests too: on the
+        whole pool it would cost several training rounds' compute at every evaluation."""
         pool = self.federation.pool
         model = build_model(self.config.model, pool.input_shape, pool.num_classes)
         model.load_state_dict(arrays.to_torch_state_dict())
-        x, y = self._global_test
+        if partitions is None or len(set(partitions)) >= self.federation.num_clients:
+            x, y = self._global_test
+        else:
+            clients = self.federation.clients
+            x, y = pool.tensors(np.concatenate([clients[p].test for p in sorted(set(partitions))]))
         return evaluate(model, x, y, self.config.eval.batch_size).accuracy
 
 
