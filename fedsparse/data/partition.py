@@ -33,7 +33,9 @@ def _index_dataset(pool: DataPool, order: np.ndarray | None = None):  # -> datas
     columns = {"idx": idx, "label": pool.y[idx]}
     if pool.groups is not None:
         columns["group"] = pool.groups[idx]
-    return Dataset.from_dict(columns)
+    # Arrow format: the partitioners read whole columns (``np.array(dataset["label"])``), which
+    # datasets 4 otherwise hands out as a lazy Column that numpy iterates row by row
+    return Dataset.from_dict(columns).with_format("arrow")
 
 
 def check_partitioning(pool: DataPool, cfg: PartitionConfig, num_clients: int) -> None:

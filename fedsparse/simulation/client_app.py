@@ -8,6 +8,7 @@ data; each worker process loads its data once and caches it.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from flwr.clientapp import ClientApp
 from fedsparse.budgets import DECLARED_BUDGET, declared_budget_fields
 from fedsparse.checkpoint import load_client_state, save_client_state
 from fedsparse.codec import decode, encode, from_record, pack_records, to_record, unpack_records
-from fedsparse.config import ExperimentConfig
+from fedsparse.config import ExperimentConfig, ModelConfig
 from fedsparse.data.federation import (
     build_federation,
     cached_pool,
@@ -99,7 +100,8 @@ class ClientRuntime:
     def model(self, arrays: ArrayRecord) -> tuple[torch.nn.Module, Masks | None]:
         """The model the server sent, and the masks of the weights this client does not hold."""
         pool = self.pool()
-        model = build_model(self.config.model, pool.input_shape, pool.num_classes)
+        model = copy.deepcopy(_pristine_model(self.config.model.model_dump_json(),
+                                              tuple(pool.input_shape), pool.num_classes))
         template = template_of(model.state_dict())
         update = decode(arrays, template)
         model.load_state_dict(update.to_state(template), strict=True)
@@ -116,6 +118,16 @@ def _on_this_node(config: ExperimentConfig) -> Iterator[None]:
         where = f"data-dir {config.data.data_dir}" if config.data.data_dir else "no data-dir"
         raise DataError(f"this SuperNode ({where} in its --node-config): "
                         + str(exc).replace("--data-dir", "the node's data-dir")) from None
+
+
+@lru_cache(maxsize=2)
+def _pristine_model(model_json: str, input_shape: tuple[int, ...], num_classes: int
+                    ) -> torch.nn.Module:
+    """One freshly built model per worker and experiment, never handed out: each message gets a
+    copy, whose every weight and buffer the server's arrays then overwrite. Building one (random
+    initialisation, a probe pass to size the classifier) cost ~8 ms of every message on cnn-bn
+    and ~130 ms on ResNet18; a copy and load ~2 and ~32 ms."""
+    return build_model(ModelConfig.model_validate_json(model_json), input_shape, num_classes)
 
 
 @lru_cache(maxsize=2)
