@@ -27,6 +27,7 @@ import torch
 from fedsparse.clients.shared_mask.pruning import layer_densities, magnitude_masks, prunable_density
 from fedsparse.config import load_config
 from fedsparse.data.federation import build_federation
+from fedsparse.experiment import warmup_epochs
 from fedsparse.masks import prunable_weights
 from fedsparse.models import build_model
 from fedsparse.training import evaluate, train_local
@@ -50,7 +51,7 @@ def run(config_path: str, density: float, epochs: int, seed: int | None) -> dict
     fl_samples = config.rounds * config.clients_per_round * len(train_idx) / config.num_clients
 
     model = build_model(config.model, pool.input_shape, pool.num_classes)
-    epochs_warm = config.partition.server_warmup_epochs or 0
+    epochs_warm = warmup_epochs(config)  # as the run's server: the config's, else the method's
     if epochs_warm:
         xs, ys = pool.tensors(federation.server)
         train_local(model, xs, ys, config.train.model_copy(update={"local_epochs": epochs_warm}),
@@ -81,7 +82,8 @@ def run(config_path: str, density: float, epochs: int, seed: int | None) -> dict
                 fl_point = client_mean_accuracy(model, tests)
             curve.append(round(client_mean_accuracy(model, tests), 4))
             print(f"{name}: epoch {epoch} acc mean {curve[-1]:.4f}", flush=True)
-        result[name] = {"acc_at_fl_samples": round(fl_point or curve[-1], 4), "curve": curve,
+        at_fl = curve[-1] if fl_point is None else fl_point
+        result[name] = {"acc_at_fl_samples": round(at_fl, 4), "curve": curve,
                         "seconds": round(time.time() - started, 1)}
     return result
 
