@@ -27,17 +27,43 @@ class CostAccountant:
         self.arrays_key = arrays_key
         self.count_bytes = ByteCounter()
         self._download: dict[int, tuple[int, int]] = {}
+        self._upload: dict[int, tuple[Message, tuple[int, int]]] = {}
         self._dense_array_bytes: int | None = None
 
     def downloads(self, arrays: ArrayRecord, partitions: list[int], messages: list[Message]) -> None:
         """Remember each client's download (and a dense model's) for this round's messages."""
         self.count_bytes.forget()
+        self._upload.clear()
         sizes = self.count_bytes.many([arrays, *(part for msg in messages for part in (
             msg.content, msg.content[self.arrays_key]))])
         self._dense_array_bytes = sizes[0]
         self._download = {pid: (sent, sent - arrays_sent + self._dense_array_bytes)
                           for pid, sent, arrays_sent in zip(partitions, sizes[1::2], sizes[2::2],
                                                             strict=True)}
+
+    def arrived(self, reply: Message) -> None:
+        """Count a reply's upload bytes when it arrives, while other clients still train, so
+        that the count is off the round's critical path; ``cost`` uses it. Error replies
+        (nothing to count) and replies without the model (rejected later) are skipped."""
+        if reply.has_error() or self.arrays_key not in reply.content.array_records:
+            return
+        self._upload[id(reply)] = (reply, self._count_upload(reply))
+
+    def upload_bytes(self, reply: Message) -> tuple[int, int]:
+        """The reply's serialized bytes and those of its model record: counted on arrival, or now."""
+        # keyed by the object (message ids may be unset on an in-memory grid), which the
+        # entry keeps alive so that its id cannot be reused before it is taken
+        counted = self._upload.pop(id(reply), None)
+        return counted[1] if counted is not None and counted[0] is reply \
+            else self._count_upload(reply)
+
+    def forget_arrivals(self) -> None:
+        """Drop what ``arrived`` counted for replies never costed (rejected), and the replies."""
+        self._upload.clear()
+
+    def _count_upload(self, reply: Message) -> tuple[int, int]:
+        upload, arrays_up = self.count_bytes.many([reply.content, reply.content[self.arrays_key]])
+        return upload, arrays_up
 
     def cost(self, client: ClientUpdate, server_round: int, local_epochs: int) -> ClientRoundCost:
         """The client's round: server-counted FLOPs and memory of the coordinates it uploaded
@@ -57,7 +83,7 @@ class CostAccountant:
                                                      client.num_examples, local_epochs,
                                                      self.batch_size, self.momentum))
         reply = client.reply
-        upload, arrays_up = self.count_bytes.many([reply.content, reply.content[self.arrays_key]])
+        upload, arrays_up = self.upload_bytes(reply)
         down, dense_down = self._download.get(client.partition_id, (0, 0))
         dense_arrays = self._dense_array_bytes or arrays_up
         return ClientRoundCost(

@@ -199,6 +199,10 @@ class MaskAwareStrategy(FlowerFedAvg):
             return order, self.node_of
         return order, {**self.node_of, **dict(zip(order, known, strict=False))}
 
+    def train_reply_arrived(self, reply: Message) -> None:
+        """A training reply arrived while the round runs: do now what needs no other reply."""
+        self.accountant.arrived(reply)
+
     def note_node_order(self, replies: Iterable[Message]) -> None:
         """Learn where nodes registered from their replies (only a scheduling hint: a wrong
         index costs time, never a result)."""
@@ -253,6 +257,7 @@ class MaskAwareStrategy(FlowerFedAvg):
             report.layer_kept.append({n: t.nnz for n, t in client.update.tensors.items()
                                       if n in self.context.cost_model.param_sizes})
             losses.append((client.metrics.get("train-loss", math.nan), client.num_examples))
+        self.accountant.forget_arrivals()
         if self.context.clock is not None:
             accepted, losses = self._keep_finishers(report, accepted, losses)
         self.report = report

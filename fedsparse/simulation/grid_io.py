@@ -10,12 +10,14 @@ under a lock, one of the deployed grid a small local RPC.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+from fedsparse.simulation.dispatch import notify_pushed, wait_for_replies
 
 #: seconds between pulls of the simulation's in-memory grid
 IN_MEMORY_POLL = 0.01
@@ -30,13 +32,18 @@ def poll_interval(grid: Grid) -> float:
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float,
                      interval: float | None = None, stop: Any = None,
-                     window: int | None = None) -> list[Message]:
+                     window: int | None = None,
+                     on_reply: Callable[[Message], None] | None = None) -> list[Message]:
     """Push ``messages``; return the replies that arrived within ``timeout`` seconds (or before
     ``stop``, anything with ``is_set()``, is set).
 
     ``window``: at most this many messages in flight; the next are pushed as replies arrive.
     Flower's simulation runtime scans every pending message for every node ten times a second,
     so a final evaluation of thousands of clients pushed at once stalls the driver.
+    ``on_reply``: called with each reply as it arrives, so per-reply work the caller would do
+    after the round (the server counts upload bytes) overlaps the clients still training.
+    Between pulls it waits for the simulation to store a reply (``dispatch``), at most
+    ``interval``: a deployed grid's replies are found by the pull alone.
     """
     pending = list(messages)
     window = len(pending) if window is None else max(1, window)
@@ -48,13 +55,17 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float,
         if pending and len(waiting) < window:
             batch, pending = pending[:window - len(waiting)], pending[window - len(waiting):]
             waiting.update(grid.push_messages(batch))
+            notify_pushed()
         pulled = list(grid.pull_messages(waiting)) if waiting else []
         replies.extend(pulled)
+        if on_reply is not None:
+            for reply in pulled:
+                on_reply(reply)
         waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
         if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
             break
         if pulled and pending:
             continue  # room in the window: push the next at once
         if waiting:
-            time.sleep(interval)
+            wait_for_replies(interval)
     return replies

@@ -319,9 +319,11 @@ def _simulate(config: ExperimentConfig, loop: ServerLoop, client_app: Any, run_d
     import ray
     from flwr.simulation import run_simulation
 
+    from fedsparse.simulation import dispatch
     from fedsparse.simulation.server_app import make_server_app
 
     _quiet_flower(config.simulation.verbose)
+    dispatch.install()
     try:
         run_simulation(server_app=make_server_app(loop), client_app=client_app,
                        num_supernodes=config.flower_nodes,

@@ -292,7 +292,8 @@ class ServerLoop:
                     arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = send_and_receive(grid, messages, self.config.simulation.round_timeout,
-                                   stop=self.stop, window=self.window)
+                                   stop=self.stop, window=self.window,
+                                   on_reply=self.strategy.train_reply_arrived)
         if self.stop.is_set():
             raise RoundAbandoned
         self.strategy.note_node_order(replies)

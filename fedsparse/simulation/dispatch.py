@@ -1,0 +1,72 @@
+"""Hand messages between the driver and the simulation's workers when they arrive, not on a poll.
+
+Flower's simulation engine moves messages from its LinkState to the workers' queue in a loop
+(``vce_api.add_messages_to_queue``) that sleeps 0.1 s between scans of every node, so each
+round's clients start 50 ms after the push on average: 3-4% of a 1.5 s Fashion-MNIST round,
+measured by tracing push and client start times. This loop does the same scan but also wakes
+when fedsparse's grid pushes (``notify_pushed``), and rescans at once while a scan found
+something (a node's second message waited a full interval before). The 0.1 s scan stays as the
+fallback for messages pushed by anything else. The way back likewise: the thread that stores
+replies (``vce_api.put_message_into_state``) also signals ``replied``, which the driver's
+``send_and_receive`` waits on between pulls instead of sleeping. Installed for the simulation
+only; deployed SuperNodes and SuperLinks talk as Flower built them.
+"""
+
+from __future__ import annotations
+
+import threading
+from queue import Empty, Queue
+from typing import Any
+
+#: seconds between scans when nothing wakes the loop (Flower's own interval)
+FALLBACK_SCAN = 0.1
+
+_pushed = threading.Event()
+_replied = threading.Event()
+
+
+def notify_pushed() -> None:
+    """Tell the dispatch loop that messages were pushed to the in-memory LinkState."""
+    _pushed.set()
+
+
+def wait_for_replies(timeout: float) -> None:
+    """Return when the simulation stores a reply, or after ``timeout`` seconds."""
+    if _replied.wait(timeout):
+        _replied.clear()
+
+
+def put_replies_and_notify(state: Any, queue: Queue, f_stop: threading.Event) -> None:
+    """``vce_api.put_message_into_state`` that signals each stored reply."""
+    while not f_stop.is_set():
+        try:
+            reply = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        state.store_message_res(reply)
+        _replied.set()
+
+
+def add_messages_on_push(state: Any, queue: Queue, nodes_mapping: dict[int, int],
+                         f_stop: threading.Event) -> None:
+    """``vce_api.add_messages_to_queue`` with the wait ended by a push as well as by time."""
+    while not f_stop.is_set():
+        found = False
+        for node_id in nodes_mapping:
+            for message in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(message)
+                found = True
+        if found:
+            continue  # a node may hold more than one message: take the next without waiting
+        if _pushed.wait(FALLBACK_SCAN):
+            _pushed.clear()
+
+
+def install() -> None:
+    """Make Flower's simulation engine (flwr 1.42, pinned) start these two loops for the runs
+    that start from now on: ``run_api`` looks both functions up when it starts their threads."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    vce_api.add_messages_to_queue = add_messages_on_push  # type: ignore[assignment]
+    vce_api.put_message_into_state = put_replies_and_notify  # type: ignore[assignment]
+
