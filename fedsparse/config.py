@@ -211,6 +211,11 @@ class SimulationConfig(_Strict):
         0.0, ge=0.0, description="GPUs each simulated client holds (fractional: several clients "
                                  "share one, as Flower's client resources); > 0 trains on CUDA")
     round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
+    startup_grace: float = Field(60.0, ge=0.0,
+                                 description="seconds added to round_timeout for the run's first "
+                                             "exchange with the clients (round 1, or the first "
+                                             "round after a resume, or a method's queries before "
+                                             "it), whose replies wait for the workers to start")
     node_wait_timeout: float = Field(120.0, gt=0.0)
     min_clients: int = Field(1, ge=1, description="fewest accepted updates a round aggregates")
     checkpoint_every: int = Field(5, ge=1, description="write checkpoint.npz every k rounds "
@@ -222,7 +227,8 @@ class SimulationConfig(_Strict):
         description="what an injected failure does; liar and byzantine attack the server")
     hang_seconds: float | None = Field(None, gt=0.0,
                                        description="how long a hanging client sleeps "
-                                                   "(default: round_timeout + 5)")
+                                                   "(default: round_timeout + startup_grace + "
+                                                   "5, longer than any round waits)")
     nodes: int | None = Field(
         None, ge=1, description="Flower nodes a local simulation starts, each serving the virtual "
                                 "clients its messages name (default: as many as the clients, at "

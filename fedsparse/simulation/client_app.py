@@ -375,7 +375,7 @@ def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) 
     fault = injected_fault(config.seed, server_round, partition_id, sim.inject_failures,
                            sim.failure_kinds)
     if fault == "hang":
-        time.sleep(sim.hang_seconds or sim.round_timeout + 5)
+        time.sleep(sim.hang_seconds or sim.round_timeout + sim.startup_grace + 5)
     if fault in ("crash", "hang"):
         raise InjectedCrash(f"injected {fault} of client {partition_id} in round {server_round}")
     return fault

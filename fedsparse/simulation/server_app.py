@@ -174,6 +174,8 @@ class ServerLoop:
         self.first_round = 1
         #: most messages in flight at once (None: all of a round's)
         self.window: int | None = None
+        #: whether an exchange with the clients has finished (the workers have started)
+        self.workers_started = False
         if resume is not None:
             self.first_round = resume.server_round + 1
             self.initial_arrays = ArrayRecord(array_dict={
@@ -181,6 +183,19 @@ class ServerLoop:
             self.outcome = resume.outcome
             strategy.restore_state(resume.strategy_state)
             self.method.load_state_dict(resume.method_state)
+
+    def reply_timeout(self) -> float:
+        """Seconds an exchange waits for replies: ``round_timeout``, plus ``startup_grace`` for
+        the first, whose clients wait for the workers to start (Ray actors import torch and
+        the ClientApp: ~10 s on two loaded cores), so that a timeout sized for steady rounds
+        does not fail the healthy clients of the first."""
+        sim = self.config.simulation
+        return sim.round_timeout + (0.0 if self.workers_started else sim.startup_grace)
+
+    def _exchange(self, grid: Grid, messages: list[Message], **options: Any) -> list[Message]:
+        replies = send_and_receive(grid, messages, self.reply_timeout(), **options)
+        self.workers_started = True
+        return replies
 
     def _initial_arrays(self) -> ArrayRecord:
         torch.manual_seed(self.config.seed)
@@ -212,6 +227,7 @@ class ServerLoop:
             self.route_virtual_clients(virtual_nodes)
         elif node_of is not None:
             self.strategy.bind_nodes(node_of)
+            self.workers_started = True  # they answered the handshake
         arrays = self.initial_arrays
         if self.first_round == 1:
             arrays = self.start_method(grid, arrays)
@@ -284,24 +300,31 @@ class ServerLoop:
         query rounds)."""
         arrays = self.warm_up(arrays)
         state = {k: v.numpy() for k, v in arrays.items()}
-        ask = make_ask(grid, self.strategy, self.config.simulation.round_timeout, self.window)
+        queries = make_ask(grid, self.strategy, self.reply_timeout(), self.window)
+
+        def ask(*args: Any) -> Any:
+            replies = queries(*args)
+            self.workers_started = True
+            return replies
+
         started = self.method.start(state, ask)
         return arrays if started is state else to_record(started)
 
     def train_round(self, grid: Grid, server_round: int,
                     arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout,
-                                   stop=self.stop, window=self.window,
-                                   on_reply=self.strategy.train_reply_arrived)
+        timeout = self.reply_timeout()
+        replies = self._exchange(grid, messages, stop=self.stop, window=self.window,
+                                 on_reply=self.strategy.train_reply_arrived)
         if self.stop.is_set():
             raise RoundAbandoned
         self.strategy.note_node_order(replies)
         failed = sum(r.has_error() for r in replies) + len(messages) - len(replies)
         if len(replies) < len(messages):
-            log(WARNING, "round %d: %d of %d clients failed: no reply within "
-                "simulation.round_timeout=%.0f s", server_round, len(messages) - len(replies),
-                len(messages), self.config.simulation.round_timeout)
+            log(WARNING, "round %d: %d of %d clients failed: no reply within %.0f s "
+                "(simulation.round_timeout%s)", server_round, len(messages) - len(replies),
+                len(messages), timeout, "" if timeout == self.config.simulation.round_timeout
+                else " + simulation.startup_grace")
         for reply in replies:
             if reply.has_error():
                 log(WARNING, "round %d: node %d failed: %s", server_round,
@@ -353,8 +376,7 @@ class ServerLoop:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         # not abandoned on a stop: the round's training already changed the strategy's and the
         # method's state, so the round finishes (and is recorded) before the loop stops
-        replies = send_and_receive(grid, messages, self.config.simulation.round_timeout,
-                                   window=self.window)
+        replies = self._exchange(grid, messages, window=self.window)
         self.strategy.note_node_order(replies)
         rows = []
         novel = self.method.novel_clients()
