@@ -121,7 +121,7 @@ class FilterMaskServer:
         k: dict[str, int] = {}
         fraction = 0.0
         if self.is_adjust_round(server_round):
-            fraction = adjustment_fraction(server_round, self.adjust_until, self.cfg.alpha)
+            fraction = adjustment_fraction(server_round, self.adjust_until, self.cfg.initial_alpha)
             space = self.units[self.adjustments % len(self.units)]
             count = min(adjustment_count(fraction, len(self.keep[space])),
                         self.graph.spaces[space].size - len(self.keep[space]),

@@ -94,8 +94,7 @@ class SharedMask(Method):
         self.server = SharedMaskServer(
             self.adjust, self.options, prunable_weights(dict(model.named_parameters()), True),
             {n: tuple(p.shape) for n, p in model.named_parameters()}, setup.budgets,
-            setup.cost_model, self.run.train.momentum > 0, self.options.end_round(self.run.rounds),
-            self.options.every(self.run.rounds))
+            setup.cost_model, self.run.train.momentum > 0, self.options.end_round(self.run.rounds))
         self.server.batch_size = self.run.train.batch_size
         self._model = copy.deepcopy(model)
         self._server_data = setup.server_data
@@ -217,7 +216,7 @@ class SharedMask(Method):
         server = self.mask_server
         return {"pruning": {**server.info, "adjustments": server.adjustments,
                             "adjust_every": server.adjust_every,
-                            "adjust_until": server.adjust_until, "alpha": self.options.alpha,
+                            "adjust_until": server.adjust_until, "alpha": self.options.initial_alpha,
                             "history": server.history}}
 
     def state_dict(self) -> dict[str, Any]:

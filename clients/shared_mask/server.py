@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fedsparse.budgets import Budget
-from fedsparse.clients.shared_mask.options import PruningOptions
+from fedsparse.clients.shared_mask.options import PruningOptions, default_every
 from fedsparse.clients.shared_mask.pruning import (
     PAIR_BYTES,
     VALUE_BYTES,
@@ -75,7 +75,6 @@ class SharedMaskServer:
         self.shapes = {n: tuple(s) for n, s in shapes.items()}
         self.sizes = {n: math.prod(s) for n, s in self.shapes.items()}
         self.adjust_until = adjust_until
-        self.adjust_every = adjust_every or cfg.adjust_every or 1
         #: every adjustment: round, alpha_t and, per layer, K and the positions that changed
         self.history: list[dict[str, object]] = []
         self.tier_density = {b.density: prunable_density(self.sizes, self.prunable, b.density)
@@ -99,6 +98,9 @@ class SharedMaskServer:
                             for n in self.prunable}
         self.granularity = self._choose_granularity(budgets, cost_model, momentum)
         self.units = scoring_units(self.prunable, self.granularity)
+        #: rounds between adjustments; by default so that each unit gets ~8 (``PruningOptions.every``)
+        self.adjust_every = adjust_every or cfg.adjust_every or default_every(adjust_until,
+                                                                               len(self.units))
 
     # --- start-up checks ---------------------------------------------------------------------
     def tier_kept(self, density: float) -> dict[str, int]:
@@ -146,7 +148,7 @@ class SharedMaskServer:
     def scoring_memory(self, granularity: str, nnz: Mapping[str, int]) -> int:
         """Bytes the largest unit of ``granularity`` needs on top of sparse training."""
         chunk = self.chunk_sizes if granularity == "chunk" else None
-        return max(adjustment_memory(u, self.sizes, nnz, self.cfg.alpha, chunk)
+        return max(adjustment_memory(u, self.sizes, nnz, self.cfg.initial_alpha, chunk)
                    for u in scoring_units(self.prunable, granularity))
 
     # --- masks --------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class SharedMaskServer:
         k: dict[str, int] = {}
         fraction = 0.0
         if self.is_adjust_round(server_round):
-            fraction = adjustment_fraction(server_round, self.adjust_until, self.cfg.alpha)
+            fraction = adjustment_fraction(server_round, self.adjust_until, self.cfg.initial_alpha)
             layers = (self.units[self.adjustments % len(self.units)] if self.adjust == "pairs"
                       else self.prunable)
             k = {n: adjustment_count(fraction, int(self.masks[n].sum())) for n in layers}

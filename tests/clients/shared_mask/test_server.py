@@ -45,7 +45,8 @@ def test_plan_cycles_units_with_cosine_k():
     plan = server.plan_round(5)
     (name, k), = plan.k.items()
     assert name == server.prunable[-1]
-    assert k == math.ceil(adjustment_fraction(5, 20, 0.1) * int(server.masks[name].sum()))
+    alpha = server.cfg.initial_alpha
+    assert k == math.ceil(adjustment_fraction(5, 20, alpha) * int(server.masks[name].sum()))
     assert server.train_config() == {"adjust-layers": [name], "adjust-k": [k]}
     server.after_aggregate(state(net()), [])
     assert list(server.plan_round(10).k) == [server.prunable[-2]]
@@ -116,8 +117,9 @@ def test_granularity_follows_the_tightest_memory_budget():
     assert server.granularity == "chunk" and server.scoring_memory("layer", {
         n: math.ceil(1.5 * server.top_density * server.sizes[n]) for n in server.prunable}) > base
     nnz = {n: math.ceil(1.5 * server.top_density * server.sizes[n]) for n in server.prunable}
-    largest_layer = max(adjustment_memory([n], server.sizes, nnz, 0.1) for n in server.prunable)
-    assert adjustment_memory(server.prunable, server.sizes, nnz, 0.1) > largest_layer
+    largest_layer = max(adjustment_memory([n], server.sizes, nnz, server.cfg.initial_alpha)
+                        for n in server.prunable)
+    assert adjustment_memory(server.prunable, server.sizes, nnz, server.cfg.initial_alpha) > largest_layer
     tight = make(budgets=(Budget(0.3, memory_bytes=base + largest_layer),))[0]
     assert tight.granularity == "block"  # a plain Sequential: each block is one layer
     roomy = make(budgets=(Budget(0.3, memory_bytes=base + largest_layer), Budget(0.3, memory_bytes=1e9)))
@@ -174,3 +176,17 @@ def test_the_schedule_scales_with_the_run():
     assert default.end_round(30) == 22 and default.every(30) == 2  # ~8 adjustments, not 4
     assert default.every(300) == 28 and default.every(4) == 1
     assert PruningOptions(adjust_every=5).every(30) == 5
+    # one unit adjusted per round in turn: each of 3 layers still gets ~8 adjustments
+    assert default.every(30, units=3) == 1 and default.every(300, units=3) == 9
+    assert PruningOptions(adjust_every=5).every(30, units=3) == 5
+    # alpha: 0.5 for weights, 0.1 for whole filters (not re-measured), a set value wins
+    assert default.initial_alpha == 0.5 and PruningOptions(granularity="filter").initial_alpha == 0.1
+    assert PruningOptions(alpha=0.2, granularity="filter").initial_alpha == 0.2
+
+
+def test_a_layer_by_layer_server_adjusts_each_layer_about_eight_times():
+    server, _ = make(granularity="layer")
+    assert len(server.units) >= 2
+    per_unit = len(range(0, server.adjust_until, server.adjust_every)) / len(server.units)
+    assert server.adjust_every == max(1, server.adjust_until // (8 * len(server.units)))
+    assert per_unit >= 8 or server.adjust_every == 1
