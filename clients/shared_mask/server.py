@@ -67,8 +67,7 @@ class SharedMaskServer:
 
     def __init__(self, adjust: AdjustMode, cfg: PruningOptions, prunable: Sequence[str],
                  shapes: Mapping[str, tuple[int, ...]], budgets: Sequence[Budget],
-                 cost_model: CostModel, momentum: bool, adjust_until: int,
-                 adjust_every: int | None = None) -> None:
+                 cost_model: CostModel, momentum: bool, adjust_until: int) -> None:
         self.adjust = adjust
         self.cfg = cfg
         self.prunable = list(prunable)
@@ -99,8 +98,7 @@ class SharedMaskServer:
         self.granularity = self._choose_granularity(budgets, cost_model, momentum)
         self.units = scoring_units(self.prunable, self.granularity)
         #: rounds between adjustments; by default so that each unit gets ~8 (``PruningOptions.every``)
-        self.adjust_every = adjust_every or cfg.adjust_every or default_every(adjust_until,
-                                                                               len(self.units))
+        self.adjust_every = cfg.adjust_every or default_every(adjust_until, len(self.units))
 
     # --- start-up checks ---------------------------------------------------------------------
     def tier_kept(self, density: float) -> dict[str, int]:

@@ -192,8 +192,9 @@ class ServerLoop:
         sim = self.config.simulation
         return sim.round_timeout + (0.0 if self.workers_started else sim.startup_grace)
 
-    def _exchange(self, grid: Grid, messages: list[Message], **options: Any) -> list[Message]:
-        replies = send_and_receive(grid, messages, self.reply_timeout(), **options)
+    def _exchange(self, grid: Grid, messages: list[Message], timeout: float,
+                  **options: Any) -> list[Message]:
+        replies = send_and_receive(grid, messages, timeout, **options)
         self.workers_started = True
         return replies
 
@@ -314,7 +315,7 @@ class ServerLoop:
                     arrays: ArrayRecord) -> tuple[dict[str, Any], ArrayRecord]:
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         timeout = self.reply_timeout()
-        replies = self._exchange(grid, messages, stop=self.stop, window=self.window,
+        replies = self._exchange(grid, messages, timeout, stop=self.stop, window=self.window,
                                  on_reply=self.strategy.train_reply_arrived)
         if self.stop.is_set():
             raise RoundAbandoned
@@ -376,7 +377,7 @@ class ServerLoop:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         # not abandoned on a stop: the round's training already changed the strategy's and the
         # method's state, so the round finishes (and is recorded) before the loop stops
-        replies = self._exchange(grid, messages, window=self.window)
+        replies = self._exchange(grid, messages, self.reply_timeout(), window=self.window)
         self.strategy.note_node_order(replies)
         rows = []
         novel = self.method.novel_clients()
