@@ -5,11 +5,15 @@ Flower's simulation engine moves messages from its LinkState to the workers' que
 round's clients start 50 ms after the push on average: 3-4% of a 1.5 s Fashion-MNIST round,
 measured by tracing push and client start times. This loop does the same scan but also wakes
 when fedsparse's grid pushes (``notify_pushed``), and rescans at once while a scan found
-something (a node's second message waited a full interval before). The 0.1 s scan stays as the
-fallback for messages pushed by anything else. The way back likewise: the thread that stores
-replies (``vce_api.put_message_into_state``) also signals ``replied``, which the driver's
-``send_and_receive`` waits on between pulls instead of sleeping. Installed for the simulation
-only; deployed SuperNodes and SuperLinks talk as Flower built them.
+something (a node's second message waited a full interval before). The way back likewise: the
+thread that stores replies (``vce_api.put_message_into_state``) also signals ``replied``, which
+the driver's ``send_and_receive`` waits on between pulls instead of sleeping. Installed for the
+simulation only; deployed SuperNodes and SuperLinks talk as Flower built them.
+
+With both ways signalled, the time-driven scans are only a fallback, and rare: every scan
+checks each node against every stored message, and every wake-up on a loaded two-core machine
+preempts a training client. Measured by thread over steady Fashion-MNIST rounds, the 0.1 s scan
+took 2.7% of a core and the driver's 10 ms pulls 121 wake-ups a second.
 """
 
 from __future__ import annotations
@@ -18,11 +22,19 @@ import threading
 from queue import Empty, Queue
 from typing import Any
 
-#: seconds between scans when nothing wakes the loop (Flower's own interval)
-FALLBACK_SCAN = 0.1
+#: seconds between scans when nothing wakes the loop (Flower's own interval is 0.1 s): every
+#: push in a simulation wakes it, so this only bounds the wait for a push made some other way
+FALLBACK_SCAN = 1.0
 
 _pushed = threading.Event()
 _replied = threading.Event()
+_installed = threading.Event()
+
+
+def replies_signalled() -> bool:
+    """Whether stored replies wake ``wait_for_replies`` in this process (``install`` ran), so
+    a pull loop needs no short interval of its own."""
+    return _installed.is_set()
 
 
 def notify_pushed() -> None:
@@ -47,9 +59,16 @@ def put_replies_and_notify(state: Any, queue: Queue, f_stop: threading.Event) ->
         _replied.set()
 
 
+def _wake_on_stop(f_stop: threading.Event) -> None:
+    f_stop.wait()
+    _pushed.set()
+
+
 def add_messages_on_push(state: Any, queue: Queue, nodes_mapping: dict[int, int],
                          f_stop: threading.Event) -> None:
     """``vce_api.add_messages_to_queue`` with the wait ended by a push as well as by time."""
+    # the engine joins this loop once the run stops: end its wait then, not a scan later
+    threading.Thread(target=_wake_on_stop, args=(f_stop,), name="dispatch-stop", daemon=True).start()
     while not f_stop.is_set():
         found = False
         for node_id in nodes_mapping:
@@ -69,4 +88,5 @@ def install() -> None:
 
     vce_api.add_messages_to_queue = add_messages_on_push  # type: ignore[assignment]
     vce_api.put_message_into_state = put_replies_and_notify  # type: ignore[assignment]
+    _installed.set()
 

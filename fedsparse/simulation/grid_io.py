@@ -17,17 +17,23 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fedsparse.simulation.dispatch import notify_pushed, wait_for_replies
+from fedsparse.simulation.dispatch import notify_pushed, replies_signalled, wait_for_replies
 
-#: seconds between pulls of the simulation's in-memory grid
+#: seconds between pulls of an in-memory grid whose stored replies do not wake the driver
+#: (Flower's own simulation runtime, as ``flwr run`` starts it)
 IN_MEMORY_POLL = 0.01
+#: seconds between pulls when stored replies wake the driver (fedsparse's simulation): only how
+#: late a timeout or a stop request can be noticed
+SIGNALLED_POLL = 0.25
 #: seconds between pulls of a deployed SuperLink
 REMOTE_POLL = 0.25
 
 
 def poll_interval(grid: Grid) -> float:
     """How long to wait between pulls of ``grid``."""
-    return IN_MEMORY_POLL if isinstance(grid, InMemoryGrid) else REMOTE_POLL
+    if not isinstance(grid, InMemoryGrid):
+        return REMOTE_POLL
+    return SIGNALLED_POLL if replies_signalled() else IN_MEMORY_POLL
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float,

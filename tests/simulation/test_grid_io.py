@@ -1,8 +1,17 @@
+import threading
+import time
 from types import SimpleNamespace
 
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fedsparse.simulation.grid_io import IN_MEMORY_POLL, REMOTE_POLL, poll_interval, send_and_receive
+from fedsparse.simulation import dispatch
+from fedsparse.simulation.grid_io import (
+    IN_MEMORY_POLL,
+    REMOTE_POLL,
+    SIGNALLED_POLL,
+    poll_interval,
+    send_and_receive,
+)
 
 
 class SlowGrid:
@@ -36,10 +45,23 @@ def test_returns_what_arrived_when_the_timeout_passes():
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m2"]
 
 
-def test_polls_the_simulation_grid_faster_than_a_remote_one():
+def test_polls_the_simulation_grid_faster_than_a_remote_one(monkeypatch):
     in_memory = InMemoryGrid.__new__(InMemoryGrid)
-    assert poll_interval(in_memory) == IN_MEMORY_POLL < 0.1
+    monkeypatch.setattr(dispatch, "_installed", threading.Event())
+    assert poll_interval(in_memory) == IN_MEMORY_POLL < 0.1  # Flower's runtime: nothing wakes it
     assert poll_interval(SlowGrid()) == REMOTE_POLL < 3
+    dispatch._installed.set()  # fedsparse's simulation: stored replies wake the pull loop
+    assert poll_interval(in_memory) == SIGNALLED_POLL
+
+
+def test_a_stored_reply_ends_the_wait_between_pulls(monkeypatch):
+    """With replies signalled, a long interval costs no latency: the reply wakes the loop."""
+    monkeypatch.setattr(dispatch, "_replied", threading.Event())
+    grid = SlowGrid()
+    threading.Timer(0.2, dispatch._replied.set).start()
+    started = time.monotonic()
+    replies = send_and_receive(grid, ["a", "b"], timeout=60.0, interval=30.0)
+    assert len(replies) == 2 and time.monotonic() - started < 10
 
 
 class CountingGrid:
