@@ -37,8 +37,13 @@ def flower_init_args(init_args: dict[str, Any]) -> dict[str, Any]:
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath  # as Flower sets it for processes started later
-    return {"include_dashboard": False, **init_args,
-            "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+    args = {"include_dashboard": False, **init_args}
+    if "address" in init_args:  # a cluster's workers start elsewhere: they get the path from Ray
+        args["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
+    # Ray started here: its raylet, and so every worker, inherits this process's PYTHONPATH. No
+    # runtime environment lets the actors take the workers Ray prestarts at ray.init, while the
+    # driver partitions, instead of starting their own once round 1 asks for them
+    return args
 
 
 class BackgroundRay:

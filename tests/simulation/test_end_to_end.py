@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,10 @@ def test_synthetic_simulation_learns(tmp_path):
     assert summary["accuracy"]["mean"] > majority
     assert not ray_processes_of(), "Ray processes outlived the run"
     assert (run / "ray-logs").is_dir() and (run / "flwr").is_dir()
+    # the actors ran in the workers Ray prestarts (one per CPU) while the driver partitioned:
+    # none started on top of them
+    workers = list((run / "ray-logs").glob("python-core-worker-*.log"))
+    assert len(workers) == os.cpu_count(), [w.name for w in workers]
 
 
 def test_pfedgate_with_tiers_and_novel_clients(pfedgate_runs):
