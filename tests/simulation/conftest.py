@@ -26,12 +26,15 @@ PFEDGATE = ["--clients", "6", "--rounds", "4", "--fraction", "0.5", "--budgets",
             "--set", "method.pfedgate.knapsack=joint", "--set", "method.pfedgate.block_fit=0",
             "--set", "method.pfedgate.ste=full"]
 #: FedTiny with nested tiers; its mask changes in rounds 1 and 2 (T_end = 3 of 4), so a resume
-#: must restore the server's masks and adjustment counter
+#: must restore the server's masks and adjustment counter. Its whole run is also the suite's
+#: plain Ray run (``test_end_to_end.py``)
 FEDTINY = ["--clients", "8", "--rounds", "4", "--fraction", "0.5", "--model", "mlp",
            "--set", "model.hidden=[16,128,64]", "--strategy", "masked-fedavg",
            "--set", "method.pruning.adjust_every=1", "--set", "method.pruning.warmup_epochs=2",
            "--method", "fedtiny", "--budgets", "0.2:0.5,0.4:0.5",
-           "--set", "simulation.checkpoint_every=1", "--set", "eval.every=2", "--set", "eval.fraction=1"]
+           "--set", "simulation.checkpoint_every=1", "--set", "eval.every=2", "--set", "eval.fraction=1",
+           # virtual clients: 8 served by 2 Flower nodes, across a crash and a resume
+           "--set", "simulation.nodes=2"]
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,11 @@
 import csv
 import json
 import os
+import re
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-import fedsparse.data.federation as fed
-from fedsparse.config import load_config
 
 pytestmark = pytest.mark.e2e
 
@@ -19,19 +15,12 @@ SUMMARY_KEYS = {"method", "strategy", "dataset", "num_clients", "rounds", "seed"
                 "accuracy", "failures"}
 
 
-def simulate(tmp_path: Path, *args: str) -> Path:
-    result = subprocess.run(
-        [sys.executable, "-m", "fedsparse.cli", "simulate", "--out", str(tmp_path), *args],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = sorted(tmp_path.iterdir())
-    assert len(runs) == 1
-    return runs[0]
-
-
-def ray_processes_of() -> list[str]:
+def ray_processes_of(run: Path) -> list[str]:
+    """Processes of the Ray that ``run`` started (named by its temporary folder, which its
+    raylet's log gives): other tests' runs may be running beside it."""
+    marker = re.search(r"/tmp/fsray-\w+", (run / "ray-logs" / "raylet.out").read_text()).group(0)
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "fsray-" in line]
+    return [line for line in out.splitlines() if marker in line]
 
 
 def check_run_folder(run: Path, clients: int, rounds: int) -> dict:
@@ -61,25 +50,15 @@ def check_run_folder(run: Path, clients: int, rounds: int) -> dict:
     return summary
 
 
-def test_synthetic_simulation_learns(tmp_path):
-    run = simulate(tmp_path, "--clients", "4", "--rounds", "4", "--fraction", "0.5",
-                   "--method", "dense", "--strategy", "fedavg", "--budgets", "1.0:1",
-                   "--local-epochs", "3", "--lr", "0.1", "--set", "data.synthetic.iid=true",
-                   "--set", "eval.every=2", "--name", "e2e", "--set", "simulation.nodes=2")
-    summary = check_run_folder(run, clients=4, rounds=4)  # 4 virtual clients on 2 Flower nodes
+def test_a_ray_run_serves_virtual_clients_and_leaves_nothing_behind(fedtiny_runs):
+    run = fedtiny_runs.whole  # conftest.FEDTINY: 8 virtual clients on 2 Flower nodes
+    check_run_folder(run, clients=8, rounds=4)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["clients_sampled"] for r in records] == [2, 2, 2, 2]
+    assert [r["clients_sampled"] for r in records] == [4, 4, 4, 4]
     assert "accuracy_mean" in records[1] and "accuracy_mean" not in records[0]
-    # beat the majority class, not just 1/10: the labels of Synthetic are imbalanced
-    cfg = load_config(run / "config.yaml")
-    pool = fed.cached_pool(cfg)
-    splits = fed.load_partitions(run / "partitions.npz", 4)
-    labels = pool.y[np.concatenate([s.test for s in splits])]
-    majority = np.bincount(labels).max() / len(labels)
-    assert summary["accuracy"]["global"] > majority + 0.1
-    assert summary["accuracy"]["mean"] > majority
-    assert not ray_processes_of(), "Ray processes outlived the run"
-    assert (run / "ray-logs").is_dir() and (run / "flwr").is_dir()
+    assert json.loads((run / "summary.json").read_text())["accuracy"]["mean"] > 0
+    assert not ray_processes_of(run), "Ray processes outlived the run"
+    assert (run / "flwr").is_dir()
     # the actors ran in the workers Ray prestarts (one per CPU) while the driver partitioned:
     # none started on top of them
     workers = list((run / "ray-logs").glob("python-core-worker-*.log"))

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fedsparse.data.federation as fed
+from fedsparse.config import load_config
 from tests.clients.test_registry import EXAMPLE as METHOD_EXAMPLE
 from tests.simulation.inprocess import simulate_here
 from tests.simulation.test_end_to_end import check_run_folder
@@ -40,6 +42,22 @@ def write_learnable_idx(folder: Path, train: int, test: int) -> Path:
         _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
         _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+def test_dense_fedavg_on_synthetic_beats_the_majority_class(tmp_path):
+    """(On Ray, ``test_end_to_end.py`` checks the run itself; learning is the same code.)"""
+    run = simulate_here(tmp_path, "--clients", "4", "--rounds", "4", "--fraction", "0.5",
+                        "--method", "dense", "--strategy", "fedavg", "--budgets", "1.0:1",
+                        "--local-epochs", "3", "--lr", "0.1", "--set", "data.synthetic.iid=true",
+                        "--set", "eval.every=2")
+    summary = check_run_folder(run, clients=4, rounds=4)
+    # beat the majority class, not just 1/10: the labels of Synthetic are imbalanced
+    cfg = load_config(run / "config.yaml")
+    splits = fed.load_partitions(run / "partitions.npz", 4)
+    labels = fed.cached_pool(cfg).y[np.concatenate([s.test for s in splits])]
+    majority = np.bincount(labels).max() / len(labels)
+    assert summary["accuracy"]["global"] > majority + 0.1
+    assert summary["accuracy"]["mean"] > majority
 
 
 def test_idx_images_with_a_cnn_dirichlet_and_flower_fedprox(tmp_path):
