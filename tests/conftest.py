@@ -9,16 +9,34 @@ from flwr.supercore.task_identity import TaskIdentity
 #: fixtures that run a whole simulation (or deployment) once and are shared by several tests:
 #: under pytest-xdist every test that uses one runs on the same worker, so each runs once
 SHARED_RUNS = ("pfedgate_runs", "fedtiny_runs", "deployments")
+#: the pytest major version from which pytest-xdist 3.8's groups are lost
+PYTEST_GROUPS_BROKEN = 9
 
 
+def _shared_run(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)  # a parameter naming the fixture it looks up
+    values = [v for v in (callspec.params.values() if callspec else ()) if isinstance(v, str)]
+    named = {*getattr(item, "fixturenames", ()), *values}
+    return next((name for name in SHARED_RUNS if name in named), None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which turns the groups into node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        callspec = getattr(item, "callspec", None)  # a parameter naming the fixture it looks up
-        values = [v for v in (callspec.params.values() if callspec else ()) if isinstance(v, str)]
-        named = {*getattr(item, "fixturenames", ()), *values}
-        shared = [name for name in SHARED_RUNS if name in named]
+        shared = _shared_run(item)
         if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+            item.add_marker(pytest.mark.xdist_group(shared))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``--dist loadgroup`` a shared run left ungrouped runs once per worker: minutes of
+    the suite, silently. pytest-xdist 3.8 groups by rewriting node ids, which pytest 9 no longer
+    reads (hence ``pytest<9`` in the dev extra): refuse to start rather than run them twice."""
+    major = int(pytest.__version__.split(".")[0])
+    if config.getoption("dist", None) == "loadgroup" and major >= PYTEST_GROUPS_BROKEN:
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup "
+                                "(shared runs would run once per worker): install 'pytest<9', as "
+                                "pyproject.toml's dev extra pins")
 
 
 @pytest.fixture(scope="session", autouse=True)
