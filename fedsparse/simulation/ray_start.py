@@ -4,7 +4,8 @@ Ray's start-up is mostly waiting: its daemons (GCS, raylet, agents) start as pro
 their own. Started first, in a thread, it overlaps the driver's partitioning (flwr-datasets'
 import alone takes about a second) instead of following it. Flower's Ray backend then finds Ray
 running and uses it, so this passes the arguments Flower's ``init_ray`` would (the dashboard
-off, the driver's ``sys.path`` as the workers' ``PYTHONPATH``).
+off, the driver's ``sys.path`` as the workers' ``PYTHONPATH``), except Flower's runtime
+environment where Ray starts here (see ``flower_init_args``).
 
 The thread lives until ``stop()``: Ray ties its daemons' lives to the thread that started them
 (Linux's parent-death signal follows the thread, not the process), so a thread that returned
@@ -32,7 +33,8 @@ class _DropThreadWarning(logging.Filter):
 
 
 def flower_init_args(init_args: dict[str, Any]) -> dict[str, Any]:
-    """``ray.init`` arguments as Flower's Ray backend builds them from ``init_args``."""
+    """``ray.init`` arguments as Flower's Ray backend builds them from ``init_args``, less its
+    runtime environment when Ray starts here (below)."""
     pythonpath = os.pathsep.join(sys.path)
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
