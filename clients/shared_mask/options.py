@@ -73,11 +73,10 @@ class PruningOptions(MethodOptions):
         """Delta T: ``adjust_every``, or T_end / (8 x ``units``) rounds (at least 1), so the
         schedule scales with the run and every scored unit (one per adjustment, in turn) is
         adjusted about 8 times: a 30-round run at layer granularity adjusts every round."""
+        return self.every_until(self.end_round(rounds), units)
+
+    def every_until(self, end_round: int, units: int = 1) -> int:
+        """``every`` for a run whose T_end is ``end_round``."""
         if self.adjust_every is not None:
             return self.adjust_every
-        return default_every(self.end_round(rounds), units)
-
-
-def default_every(end_round: int, units: int) -> int:
-    """Rounds between adjustments that give each of ``units`` about 8 before ``end_round``."""
-    return max(1, end_round // (8 * max(1, units)))
+        return max(1, end_round // (8 * max(1, units)))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fedsparse.budgets import Budget
-from fedsparse.clients.shared_mask.options import PruningOptions, default_every
+from fedsparse.clients.shared_mask.options import PruningOptions
 from fedsparse.clients.shared_mask.pruning import (
     PAIR_BYTES,
     VALUE_BYTES,
@@ -98,7 +98,7 @@ class SharedMaskServer:
         self.granularity = self._choose_granularity(budgets, cost_model, momentum)
         self.units = scoring_units(self.prunable, self.granularity)
         #: rounds between adjustments; by default so that each unit gets ~8 (``PruningOptions.every``)
-        self.adjust_every = cfg.adjust_every or default_every(adjust_until, len(self.units))
+        self.adjust_every = cfg.every_until(adjust_until, len(self.units))
 
     # --- start-up checks ---------------------------------------------------------------------
     def tier_kept(self, density: float) -> dict[str, int]:
