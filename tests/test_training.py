@@ -1,12 +1,16 @@
+import copy
 import itertools
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from torch import nn
 
 from fedsparse.config import ModelConfig, TrainConfig
 from fedsparse.models import build_model
-from fedsparse.training import TrainSettings, evaluate, train_local
+from fedsparse.training import LocalSGD, TrainSettings, evaluate, train_local
 
 
 def _blobs(n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,3 +85,41 @@ def test_a_method_trains_each_round_at_the_schedules_rate():
     method, _ = make_method("dense", "train.lr_schedule=exponential", "train.lr_decay=0.5",
                             "train.lr=0.2")
     assert method.train_settings(make_task(None, None, **{"server-round": 3})).lr == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-4), (0.0, 1e-3)])
+def test_local_sgd_updates_exactly_as_torch_optim_sgd(momentum, weight_decay):
+    """Step for step, including a parameter left without a gradient for a step (frozen: no
+    update, its momentum kept) and the momentum state carried across steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    twin = copy.deepcopy(model)
+    ours = LocalSGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    theirs = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for step in range(5):
+        for net, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            if step == 2:
+                net[0].bias.grad = None  # skipped this step, as SGD skips gradient-less parameters
+            opt.step()
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_local_training_leaves_torch_dynamo_unimported():
+    """torch.optim's optimizers import torch._dynamo on first use (a second per Ray worker);
+    local training must not (a fresh interpreter: nothing imported before)."""
+    script = (
+        "import sys, torch\n"
+        "from fedsparse.training import TrainSettings, train_local\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), "
+        "torch.nn.Linear(8, 2))\n"
+        "x, y = torch.randn(40, 4), torch.randint(0, 2, (40,))\n"
+        "train_local(model, x, y, TrainSettings(momentum=0.9, weight_decay=1e-4), "
+        "torch.Generator().manual_seed(0))\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]

@@ -7,7 +7,11 @@ per-client split.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -38,6 +42,30 @@ def _index_dataset(pool: DataPool, order: np.ndarray | None = None):  # -> datas
     return Dataset.from_dict(columns).with_format("arrow")
 
 
+def flwr_partitioners() -> ModuleType:
+    """``flwr_datasets.partitioner``, imported without running ``flwr_datasets/__init__``.
+
+    That ``__init__`` imports the package's plots and metrics (seaborn, scipy.stats: 2 of the 2.7 s
+    the import takes on this machine, in every run's start-up) although the partitioners need only
+    ``datasets`` and numpy. The package is stood in for while its partitioners import, then
+    removed, so a later ``import flwr_datasets`` runs its real ``__init__`` and finds these same
+    partitioner modules.
+    """
+    name = "flwr_datasets"
+    if name in sys.modules or "flwr_datasets.partitioner" in sys.modules:
+        return importlib.import_module("flwr_datasets.partitioner")
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None:  # not installed: Python's error
+        return importlib.import_module("flwr_datasets.partitioner")
+    stand_in = importlib.util.module_from_spec(spec)  # the package, its __init__ not run
+    sys.modules[name] = stand_in
+    try:
+        return importlib.import_module("flwr_datasets.partitioner")
+    finally:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+
+
 def check_partitioning(pool: DataPool, cfg: PartitionConfig, num_clients: int) -> None:
     """What makes a partitioning impossible, found without partitioning (so before Ray starts)."""
     if num_clients > len(pool):
@@ -50,16 +78,14 @@ def check_partitioning(pool: DataPool, cfg: PartitionConfig, num_clients: int) -
 def partition_indices(pool: DataPool, cfg: PartitionConfig, num_clients: int,
                       seed: int) -> list[np.ndarray]:
     """Sample indices of every client, deterministic for a given seed."""
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        IidPartitioner,
-        NaturalIdPartitioner,
-        PathologicalPartitioner,
-    )
+    partitioners = flwr_partitioners()
+    DirichletPartitioner = partitioners.DirichletPartitioner
+    IidPartitioner = partitioners.IidPartitioner
+    PathologicalPartitioner = partitioners.PathologicalPartitioner
 
     check_partitioning(pool, cfg, num_clients)
     if cfg.kind == "natural":
-        return _natural(pool, num_clients, seed, NaturalIdPartitioner)
+        return _natural(pool, num_clients, seed, partitioners.NaturalIdPartitioner)
     if cfg.kind == "iid":
         order = np.random.default_rng(seed).permutation(len(pool))
         partitioner = IidPartitioner(num_partitions=num_clients)

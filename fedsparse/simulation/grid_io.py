@@ -9,13 +9,13 @@ under a lock, one of the deployed grid a small local RPC.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from fedsparse.simulation.dispatch import notify_pushed, replies_signalled, wait_for_replies
 
@@ -31,7 +31,10 @@ REMOTE_POLL = 0.25
 
 def poll_interval(grid: Grid) -> float:
     """How long to wait between pulls of ``grid``."""
-    if not isinstance(grid, InMemoryGrid):
+    # Flower's in-memory grid module (its link state, ~1 s to import) is looked up, not imported:
+    # importing it here would delay every run's start, and unloaded, no grid can be one
+    in_memory = sys.modules.get("flwr.superlink.grid.inmemory_grid")
+    if in_memory is None or not isinstance(grid, in_memory.InMemoryGrid):
         return REMOTE_POLL
     return SIGNALLED_POLL if replies_signalled() else IN_MEMORY_POLL
 

@@ -109,3 +109,24 @@ def test_natural_indices_equal_flower_datasets_load_partition(clients):
     assert len(parts) == len(expected)
     for mine, theirs in zip(parts, expected, strict=True):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_partitioners_import_without_the_packages_plots_and_the_package_still_imports_whole():
+    """The light import skips seaborn and scipy.stats; a later ``import flwr_datasets`` runs the
+    real ``__init__`` and shares the partitioner modules (a fresh interpreter: nothing loaded)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fedsparse.data.partition import flwr_partitioners\n"
+        "light = flwr_partitioners()\n"
+        "assert 'seaborn' not in sys.modules and 'scipy.stats' not in sys.modules, 'plots loaded'\n"
+        "assert 'flwr_datasets' not in sys.modules, 'stand-in left behind'\n"
+        "import flwr_datasets\n"
+        "assert flwr_datasets.partitioner is light\n"
+        "assert flwr_datasets.visualization and flwr_datasets.FederatedDataset\n"
+        "assert flwr_partitioners() is light\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]
