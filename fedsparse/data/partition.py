@@ -79,24 +79,20 @@ def partition_indices(pool: DataPool, cfg: PartitionConfig, num_clients: int,
                       seed: int) -> list[np.ndarray]:
     """Sample indices of every client, deterministic for a given seed."""
     partitioners = flwr_partitioners()
-    DirichletPartitioner = partitioners.DirichletPartitioner
-    IidPartitioner = partitioners.IidPartitioner
-    PathologicalPartitioner = partitioners.PathologicalPartitioner
-
     check_partitioning(pool, cfg, num_clients)
     if cfg.kind == "natural":
         return _natural(pool, num_clients, seed, partitioners.NaturalIdPartitioner)
     if cfg.kind == "iid":
         order = np.random.default_rng(seed).permutation(len(pool))
-        partitioner = IidPartitioner(num_partitions=num_clients)
+        partitioner = partitioners.IidPartitioner(num_partitions=num_clients)
         partitioner.dataset = _index_dataset(pool, order)
     elif cfg.kind == "dirichlet":
-        partitioner = DirichletPartitioner(
+        partitioner = partitioners.DirichletPartitioner(
             num_partitions=num_clients, partition_by="label", alpha=cfg.alpha,
             min_partition_size=cfg.min_size, self_balancing=False, shuffle=True, seed=seed)
         partitioner.dataset = _index_dataset(pool)
     else:
-        partitioner = PathologicalPartitioner(
+        partitioner = partitioners.PathologicalPartitioner(
             num_partitions=num_clients, partition_by="label",
             num_classes_per_partition=cfg.classes_per_client, class_assignment_mode="first-deterministic",
             shuffle=True, seed=seed)
