@@ -320,6 +320,11 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # before any import of tqdm reads it
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # numpy asks the kernel for huge pages for arrays over 4 MiB; on the development VM the first
+    # touch of those pages made loading Fashion-MNIST's pool 1.5-2 s instead of 0.4 s, before
+    # Ray may start (the driver reached it 0.6-1.2 s later in 3 interleaved pairs; rounds alike).
+    # Read once, at numpy's import, and passed on to the Ray workers with the environment
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     app(prog_name="fedsparse")
 
 

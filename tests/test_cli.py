@@ -1,5 +1,6 @@
 """The console script's error contract: one line naming the problem, exit code 2."""
 
+import os
 import subprocess
 import sys
 
@@ -124,3 +125,19 @@ def test_results_table_shows_the_clock_when_it_ran():
     console = Console(record=True, width=120)
     console.print(_results_table({**summary, "clock": None}))
     assert "simulated" not in console.export_text()
+
+
+def test_the_console_script_turns_numpys_huge_pages_off_unless_told_otherwise():
+    """Set before numpy's first import (which reads it once); a user's own setting wins."""
+    script = ("import sys, fedsparse.cli as cli\n"
+              "sys.argv = ['fedsparse', '--version']\n"
+              "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+              "import numpy\n"
+              "print(numpy._core.multiarray._get_madvise_hugepage())\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    off = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert off.returncode == 0 and off.stdout.strip().endswith("False"), off.stderr[-800:]
+    kept = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**env, "NUMPY_MADVISE_HUGEPAGE": "1"})
+    assert kept.returncode == 0 and kept.stdout.strip().endswith("True"), kept.stderr[-800:]
