@@ -11,7 +11,6 @@ from typing import Any
 
 from rich.table import Table
 
-from fedsparse import plots
 from fedsparse.errors import FedsparseError
 from fedsparse.results import CLIENTS_FILE, LAYERS_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
 
@@ -65,6 +64,8 @@ def load_run(path: Path) -> RunData:
 
 def draw_plots(run: RunData) -> tuple[dict[str, int], list[str]]:
     """(Re)draw every plot the run's files allow; return {png: series} and what was skipped."""
+    from fedsparse import plots  # matplotlib (~1 s): only where something is drawn
+
     out = run.path / plots.PLOTS_DIR
     drawn: dict[str, int] = {}
     skipped: list[str] = []
@@ -143,6 +144,8 @@ def compare_stacked(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
 
 def write_comparison(runs: list[RunData], out: Path) -> tuple[Path, Path]:
     """compare.md and compare_accuracy.png in ``out``."""
+    from fedsparse import plots
+
     out.mkdir(parents=True, exist_ok=True)
     table = out / "compare.md"
     table.write_text(compare_markdown(runs))

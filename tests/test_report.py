@@ -115,3 +115,17 @@ def test_tensorboard_flag_says_what_it_needs(tmp_path):
         from fedsparse.cli import _tensorboard_writer
 
         assert _tensorboard_writer().__name__ == "SummaryWriter"
+
+
+def test_reading_and_formatting_runs_leaves_matplotlib_unimported():
+    """The CLI formats every round's progress line with ``report.fmt`` while the server waits:
+    matplotlib (~1 s) is imported only where something is drawn (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from fedsparse.report import fmt, results_text\n"
+              "assert fmt(0.5) == '0.5000'\n"
+              "assert 'matplotlib' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]
