@@ -120,9 +120,6 @@ def test_tensorboard_flag_says_what_it_needs(tmp_path):
 def test_reading_and_formatting_runs_leaves_matplotlib_unimported():
     """The CLI formats every round's progress line with ``report.fmt`` while the server waits:
     matplotlib (~1 s) is imported only where something is drawn (a fresh interpreter)."""
-    import subprocess
-    import sys
-
     script = ("import sys\n"
               "from fedsparse.report import fmt, results_text\n"
               "assert fmt(0.5) == '0.5000'\n"
