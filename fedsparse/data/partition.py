@@ -61,9 +61,13 @@ def flwr_partitioners() -> ModuleType:
     sys.modules[name] = stand_in
     try:
         return importlib.import_module("flwr_datasets.partitioner")
+    except ImportError:  # a flwr-datasets whose partitioners need more of the package
+        for partial in [m for m in sys.modules if m.startswith(f"{name}.")]:
+            del sys.modules[partial]
     finally:
         if sys.modules.get(name) is stand_in:
             del sys.modules[name]
+    return importlib.import_module("flwr_datasets.partitioner")  # the whole package, slowly
 
 
 def check_partitioning(pool: DataPool, cfg: PartitionConfig, num_clients: int) -> None:

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -114,9 +118,6 @@ def test_natural_indices_equal_flower_datasets_load_partition(clients):
 def test_partitioners_import_without_the_packages_plots_and_the_package_still_imports_whole():
     """The light import skips seaborn and scipy.stats; a later ``import flwr_datasets`` runs the
     real ``__init__`` and shares the partitioner modules (a fresh interpreter: nothing loaded)."""
-    import subprocess
-    import sys
-
     script = (
         "import sys\n"
         "from fedsparse.data.partition import flwr_partitioners\n"
@@ -129,4 +130,21 @@ def test_partitioners_import_without_the_packages_plots_and_the_package_still_im
         "assert flwr_partitioners() is light\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]
+
+
+def test_partitioners_still_import_when_they_need_more_of_the_package(tmp_path):
+    """A flwr-datasets whose partitioners import from the package itself falls back to the
+    whole import instead of failing (a fake package on the path shows it)."""
+    package = tmp_path / "flwr_datasets"
+    (package / "partitioner").mkdir(parents=True)
+    (package / "__init__.py").write_text("WHOLE = True\nfrom flwr_datasets import partitioner\n")
+    (package / "partitioner" / "__init__.py").write_text(
+        "from flwr_datasets import WHOLE\nclass IidPartitioner:\n    pass\n")
+    script = ("import sys\n"
+              "from fedsparse.data.partition import flwr_partitioners\n"
+              "module = flwr_partitioners()\n"
+              "assert module.IidPartitioner and sys.modules['flwr_datasets'].WHOLE\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-1500:]
