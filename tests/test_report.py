@@ -15,6 +15,7 @@ from fedsparse.report import (
     load_run,
     write_comparison,
 )
+from tests.fresh_interpreter import run_fresh
 
 from .test_plots import CLIENTS, ROUNDS
 
@@ -124,5 +125,4 @@ def test_reading_and_formatting_runs_leaves_matplotlib_unimported():
               "from fedsparse.report import fmt, results_text\n"
               "assert fmt(0.5) == '0.5000'\n"
               "assert 'matplotlib' not in sys.modules\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-1500:]
+    run_fresh(script)

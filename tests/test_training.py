@@ -1,8 +1,6 @@
 import copy
 import itertools
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ from torch import nn
 from fedsparse.config import ModelConfig, TrainConfig
 from fedsparse.models import build_model
 from fedsparse.training import LocalSGD, TrainSettings, evaluate, train_local
+from tests.fresh_interpreter import run_fresh
 
 
 def _blobs(n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,5 +120,4 @@ def test_local_training_leaves_torch_dynamo_unimported():
         "torch.Generator().manual_seed(0))\n"
         "assert 'torch._dynamo' not in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-1500:]
+    run_fresh(script)

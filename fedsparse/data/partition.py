@@ -51,23 +51,22 @@ def flwr_partitioners() -> ModuleType:
     removed, so a later ``import flwr_datasets`` runs its real ``__init__`` and finds these same
     partitioner modules.
     """
-    name = "flwr_datasets"
-    if name in sys.modules or "flwr_datasets.partitioner" in sys.modules:
-        return importlib.import_module("flwr_datasets.partitioner")
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.submodule_search_locations is None:  # not installed: Python's error
-        return importlib.import_module("flwr_datasets.partitioner")
+    name, wanted = "flwr_datasets", "flwr_datasets.partitioner"
+    # loaded already, or not installed (Python's own error then): a plain import
+    spec = None if name in sys.modules or wanted in sys.modules else importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None:
+        return importlib.import_module(wanted)
     stand_in = importlib.util.module_from_spec(spec)  # the package, its __init__ not run
     sys.modules[name] = stand_in
     try:
-        return importlib.import_module("flwr_datasets.partitioner")
+        return importlib.import_module(wanted)
     except ImportError:  # a flwr-datasets whose partitioners need more of the package
         for partial in [m for m in sys.modules if m.startswith(f"{name}.")]:
             del sys.modules[partial]
     finally:
         if sys.modules.get(name) is stand_in:
             del sys.modules[name]
-    return importlib.import_module("flwr_datasets.partitioner")  # the whole package, slowly
+    return importlib.import_module(wanted)  # the whole package, slowly
 
 
 def check_partitioning(pool: DataPool, cfg: PartitionConfig, num_clients: int) -> None:

@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,6 +7,7 @@ from fedsparse.config import PartitionConfig
 from fedsparse.data.partition import partition_indices, split_client
 from fedsparse.data.pool import DataPool
 from fedsparse.errors import DataError
+from tests.fresh_interpreter import run_fresh
 
 
 def _pool(n: int = 3000, classes: int = 10, groups: int | None = None) -> DataPool:
@@ -129,8 +128,7 @@ def test_partitioners_import_without_the_packages_plots_and_the_package_still_im
         "assert flwr_datasets.visualization and flwr_datasets.FederatedDataset\n"
         "assert flwr_partitioners() is light\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-1500:]
+    run_fresh(script)
 
 
 def test_partitioners_still_import_when_they_need_more_of_the_package(tmp_path):
@@ -145,6 +143,4 @@ def test_partitioners_still_import_when_they_need_more_of_the_package(tmp_path):
               "from fedsparse.data.partition import flwr_partitioners\n"
               "module = flwr_partitioners()\n"
               "assert module.IidPartitioner and sys.modules['flwr_datasets'].WHOLE\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert done.returncode == 0, done.stderr[-1500:]
+    run_fresh(script, env={**os.environ, "PYTHONPATH": str(tmp_path)})
