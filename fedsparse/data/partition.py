@@ -7,9 +7,6 @@ per-client split.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -18,6 +15,7 @@ import numpy as np
 from fedsparse.config import PartitionConfig
 from fedsparse.data.pool import DataPool
 from fedsparse.errors import DataError
+from fedsparse.imports import import_skipping_init
 from fedsparse.seeding import rng
 
 
@@ -47,26 +45,9 @@ def flwr_partitioners() -> ModuleType:
 
     That ``__init__`` imports the package's plots and metrics (seaborn, scipy.stats: 2 of the 2.7 s
     the import takes on this machine, in every run's start-up) although the partitioners need only
-    ``datasets`` and numpy. The package is stood in for while its partitioners import, then
-    removed, so a later ``import flwr_datasets`` runs its real ``__init__`` and finds these same
-    partitioner modules.
+    ``datasets`` and numpy.
     """
-    name, wanted = "flwr_datasets", "flwr_datasets.partitioner"
-    # loaded already, or not installed (Python's own error then): a plain import
-    spec = None if name in sys.modules or wanted in sys.modules else importlib.util.find_spec(name)
-    if spec is None or spec.submodule_search_locations is None:
-        return importlib.import_module(wanted)
-    stand_in = importlib.util.module_from_spec(spec)  # the package, its __init__ not run
-    sys.modules[name] = stand_in
-    try:
-        return importlib.import_module(wanted)
-    except ImportError:  # a flwr-datasets whose partitioners need more of the package
-        for partial in [m for m in sys.modules if m.startswith(f"{name}.")]:
-            del sys.modules[partial]
-    finally:
-        if sys.modules.get(name) is stand_in:
-            del sys.modules[name]
-    return importlib.import_module(wanted)  # the whole package, slowly
+    return import_skipping_init("flwr_datasets", "flwr_datasets.partitioner")
 
 
 def check_partitioning(pool: DataPool, cfg: PartitionConfig, num_clients: int) -> None:

@@ -11,14 +11,26 @@ The thread lives until ``stop()``: Ray ties its daemons' lives to the thread tha
 (Linux's parent-death signal follows the thread, not the process), so a thread that returned
 after ``ray.init`` would take GCS and raylet down with it. Ray sets a SIGTERM handler only when
 started from the main thread; from this one it leaves signals to the run's ``StopRequest``.
+
+A local Ray starts without the daemons a simulation never uses (``lean_local_node``): its
+autoscaler monitor, its API server (with the dashboard off it serves only usage statistics,
+which are off too) and, when worker logs are not shown, its log monitor. Each is a Python
+process of its own importing much of Ray (~0.5-0.8 s of CPU each on this machine), and
+``ray.init`` waits for the API server to publish its address. Ray (2.55.1, pinned by Flower)
+has no public switch for them, so the node is started with its own parameters for these
+(``no_monitor``, ``include_log_monitor``) and without its ``start_api_server``; where a Ray
+lacks either, it starts whole.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fedsparse.errors import SimulationError
@@ -48,6 +60,42 @@ def flower_init_args(init_args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+@contextmanager
+def lean_local_node(log_monitor: bool) -> Iterator[bool]:
+    """While inside, a ``ray.init`` that starts a local node starts it without the autoscaler
+    monitor and the API server, and without the log monitor unless ``log_monitor``. Yields
+    whether it could (False: this Ray's internals differ, and it starts whole)."""
+    import ray._private.node as node_module
+    import ray._private.parameter as params_module
+
+    params, node = params_module.RayParams, node_module.Node
+    switches = {"no_monitor", "include_log_monitor"}
+    if not switches <= set(inspect.signature(params).parameters) or \
+            not hasattr(node, "start_api_server"):
+        yield False
+        return
+
+    class LeanParams(params):  # type: ignore[misc,valid-type]
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("no_monitor", True)
+            kwargs.setdefault("include_log_monitor", log_monitor)
+            super().__init__(**kwargs)
+
+    class LeanNode(node):  # type: ignore[misc,valid-type]
+        def start_api_server(self, *, include_dashboard: bool | None,
+                             raise_on_failure: bool) -> None:
+            if include_dashboard:  # asked for: the whole server, as Ray starts it
+                super().start_api_server(include_dashboard=include_dashboard,
+                                         raise_on_failure=raise_on_failure)
+
+    # ray.init looks both up by attribute when it starts a node: swap them for its call only
+    params_module.RayParams, node_module.Node = LeanParams, LeanNode
+    try:
+        yield True
+    finally:
+        params_module.RayParams, node_module.Node = params, node
+
+
 class BackgroundRay:
     """``ray.init`` running in a thread; ``wait()`` before Flower needs it, ``stop()`` always."""
 
@@ -64,7 +112,12 @@ class BackgroundRay:
             import ray
 
             logging.getLogger("ray._private.worker").addFilter(_DropThreadWarning())
-            ray.init(**self._args)
+            lean = "address" not in self._args and not self._args.get("include_dashboard")
+            if lean:
+                with lean_local_node(log_monitor=self._args.get("log_to_driver", True)):
+                    ray.init(**self._args)
+            else:
+                ray.init(**self._args)
         except BaseException as exc:  # re-raised in the driver's thread by wait()
             self._error = exc
         finally:
