@@ -6,7 +6,7 @@ Flower's actor lives in ``flwr.simulation.ray_transport.ray_actor``, so every wo
 ``flwr/simulation/__init__``: Flower's simulation app, its LinkState, SQLAlchemy and FastAPI,
 none of which an actor uses. That took 1.17 s of the import's 1.2 s here, in each worker, on
 round 1 of every run; the actor's own module takes 0.27 s. Workers now import this module
-first (``ClientAppActorBase`` is pickled by reference, as a base of the class Ray ships), and it
+first (``ClientAppActor`` is pickled by reference, as the base of the class Ray ships), and it
 imports Flower's actor module with that ``__init__`` skipped.
 """
 
@@ -21,9 +21,9 @@ from fedsparse.imports import import_skipping_init
 _flower_actor = import_skipping_init("flwr.simulation", "flwr.simulation.ray_transport.ray_actor")
 
 
-class ClientAppActorBase(_flower_actor.VirtualClientEngineActor):  # type: ignore[misc,name-defined]
-    """Flower's ``ClientAppActor`` (the same constructor and ``run``), defined in a module that
-    workers import cheaply."""
+class ClientAppActor(_flower_actor.VirtualClientEngineActor):  # type: ignore[misc,name-defined]
+    """Flower's ``ClientAppActor`` (the same constructor and ``run``, and the same name in the
+    workers' process titles), defined in a module that workers import cheaply."""
 
     def __init__(self, on_actor_init_fn: Callable[[], None] | None = None) -> None:
         super().__init__()
@@ -31,7 +31,7 @@ class ClientAppActorBase(_flower_actor.VirtualClientEngineActor):  # type: ignor
             on_actor_init_fn()
 
 
-ClientAppActor = ray.remote(ClientAppActorBase)
+RemoteClientAppActor = ray.remote(ClientAppActor)
 
 
 def install() -> None:
@@ -40,4 +40,4 @@ def install() -> None:
     its pool."""
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    raybackend.ClientAppActor = ClientAppActor  # type: ignore[misc]
+    raybackend.ClientAppActor = RemoteClientAppActor  # type: ignore[misc]

@@ -53,7 +53,7 @@ def test_a_local_ray_runs_fedsparses_actor_without_its_unused_daemons_and_import
     import ray
     from ray._private import ray_constants
 
-    from fedsparse.simulation.actor import ClientAppActor
+    from fedsparse.simulation.actor import RemoteClientAppActor
 
     ray_tmp = tempfile.mkdtemp(prefix="fsray-", dir="/tmp")
     started = BackgroundRay({"num_cpus": 1, "log_to_driver": False, "logging_level": "ERROR",
@@ -65,7 +65,7 @@ def test_a_local_ray_runs_fedsparses_actor_without_its_unused_daemons_and_import
         assert not running & {ray_constants.PROCESS_TYPE_MONITOR, ray_constants.PROCESS_TYPE_LOG_MONITOR,
                               ray_constants.PROCESS_TYPE_DASHBOARD}
         report = tmp_path / "modules.json"
-        actor = ClientAppActor.options(num_cpus=1).remote(
+        actor = RemoteClientAppActor.options(num_cpus=1).remote(
             on_actor_init_fn=functools.partial(_write_loaded_modules, report))
         ray.get(actor.__ray_ready__.remote(), timeout=60)
         loaded = json.loads(report.read_text())
