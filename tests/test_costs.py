@@ -86,3 +86,23 @@ def test_counting_many_objects_at_once_equals_counting_each(task_identity):
     expected = [serialized_bytes(o) for o in objects]
     counter = ByteCounter()
     assert counter.many(objects) == expected == counter.many(objects)
+
+
+def test_derived_sizes_equal_flowers_serialization(task_identity):
+    """Chunk sizes are derived, not serialized: each equals Flower's own deflate, for large
+    (several chunks), empty and odd-sized arrays and the records around them."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from fedsparse.codec import deflated_size
+
+    torch.manual_seed(1)
+    state = {"big": torch.randn(700_000), "empty": torch.zeros(0), "odd": torch.randn(3, 5, 7),
+             "ints": torch.arange(11, dtype=torch.int64)}
+    msg = Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({"a": 1.0})}),
+                  message_type="train", dst_node_id=9)
+    objects = get_all_nested_objects(msg)
+    kinds = {type(o).__name__ for o in objects.values()}
+    assert {"ArrayChunk", "Array", "ArrayRecord", "MetricRecord"} <= kinds
+    assert sum(type(o).__name__ == "ArrayChunk" for o in objects.values()) > 2
+    for obj in objects.values():
+        assert deflated_size(obj) == len(obj.deflate())
