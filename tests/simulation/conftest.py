@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,13 +83,21 @@ def descendants(pid: int) -> list[int]:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a driver and the Ray processes it started (they would outlive it)."""
+    """SIGKILL a driver and the Ray processes it started (they would outlive it), and remove
+    their Ray session folder, which a killed driver cannot (it would stay in /tmp)."""
     tree = descendants(proc.pid)
+    folders = set()
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            folders.update(re.findall(r"/tmp/fsray-\w+", Path(f"/proc/{pid}/cmdline").read_bytes()
+                                      .decode(errors="replace")))
     proc.send_signal(signal.SIGKILL)
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_pair(root: Path, args: list[str], signum: int) -> RunPair:
