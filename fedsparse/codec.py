@@ -105,11 +105,6 @@ def unpack_records(content: RecordDict, skip: Iterable[str]) -> Records:
             if name not in skipped}
 
 
-def serialized_bytes(obj: Message | RecordDict | ArrayRecord) -> int:
-    """Exact bytes of a Message (or record) as serialized for Flower's transport."""
-    return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())
-
-
 def deflated_size(obj: InflatableObject) -> int:
     """``len(obj.deflate())``, derived without serializing where the size follows from the
     object: an ``ArrayChunk`` (almost all of a model's bytes) deflates to Flower's header (type,
@@ -119,6 +114,11 @@ def deflated_size(obj: InflatableObject) -> int:
         header = f"ArrayChunk{HEAD_VALUE_DIVIDER}{HEAD_VALUE_DIVIDER}{len(obj.data)}"
         return len(header.encode()) + len(HEAD_BODY_DIVIDER) + memoryview(obj.data).nbytes
     return len(obj.deflate())
+
+
+def serialized_bytes(obj: Message | RecordDict | ArrayRecord) -> int:
+    """Exact bytes of a Message (or record) as serialized for Flower's transport."""
+    return sum(deflated_size(o) for o in get_all_nested_objects(obj).values())
 
 
 class ByteCounter:
