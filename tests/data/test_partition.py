@@ -113,6 +113,46 @@ def test_natural_indices_equal_flower_datasets_load_partition(clients):
         np.testing.assert_array_equal(mine, theirs)
 
 
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "shards"])
+def test_indices_equal_flower_datasets_load_partition(kind, monkeypatch):
+    """Read from the partitioner's map (or cut directly, IID), every client's indices are
+    exactly what the partitioner's own ``load_partition`` gives, in its order; and no
+    per-client ``load_partition`` (a Dataset built and fingerprinted each) is run for them."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
+    from fedsparse.data.partition import _index_dataset
+
+    pool, clients, seed = _pool(), 9, 5
+    cfg = PartitionConfig(kind=kind, alpha=0.5, min_size=2, classes_per_client=2)
+    with monkeypatch.context() as patch:
+        for cls in (DirichletPartitioner, IidPartitioner, PathologicalPartitioner):
+            patch.setattr(cls, "load_partition", lambda *_: pytest.fail("one Dataset per client"))
+        parts = partition_indices(pool, cfg, clients, seed=seed)
+    dataset = _index_dataset(pool)
+    if kind == "iid":
+        order = np.random.default_rng(seed).permutation(len(pool))
+        partitioner = IidPartitioner(num_partitions=clients)
+        dataset = dataset.select(order)
+    elif kind == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions=clients, partition_by="label", alpha=0.5, min_partition_size=2,
+            self_balancing=False, shuffle=True, seed=seed)
+    else:
+        partitioner = PathologicalPartitioner(
+            num_partitions=clients, partition_by="label", num_classes_per_partition=2,
+            class_assignment_mode="first-deterministic", shuffle=True, seed=seed)
+    partitioner.dataset = dataset
+    expected = [np.asarray(partitioner.load_partition(i)["idx"]) for i in range(clients)]
+    assert len(parts) == clients
+    for mine, theirs in zip(parts, expected, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+        assert mine.dtype == np.int64
+
+
 def test_partitioners_import_without_the_packages_plots_and_the_package_still_imports_whole():
     """The light import skips seaborn and scipy.stats; a later ``import flwr_datasets`` runs the
     real ``__init__`` and shares the partitioner modules (a fresh interpreter: nothing loaded)."""
