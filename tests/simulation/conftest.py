@@ -82,15 +82,19 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """A live process's command line ("" once it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL a driver and the Ray processes it started (they would outlive it), and remove
     their Ray session folder, which a killed driver cannot (it would stay in /tmp)."""
     tree = descendants(proc.pid)
-    folders = set()
-    for pid in tree:
-        with contextlib.suppress(OSError):
-            folders.update(re.findall(r"/tmp/fsray-\w+", Path(f"/proc/{pid}/cmdline").read_bytes()
-                                      .decode(errors="replace")))
+    folders = {folder for pid in tree for folder in re.findall(r"/tmp/fsray-\w+", command_line(pid))}
     proc.send_signal(signal.SIGKILL)
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
@@ -125,8 +129,7 @@ def run_pair(root: Path, args: list[str], signum: int) -> RunPair:
                 kill_tree(victim)
     seconds = time.monotonic() - sent
     time.sleep(1)
-    leftovers = [pid for pid in tree if Path(f"/proc/{pid}").exists()
-                 and "fsray-" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    leftovers = [pid for pid in tree if "fsray-" in command_line(pid)]
     for pid in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
