@@ -258,6 +258,75 @@ def _run_with_progress(cfg: Any, writer_cls: Any = None, resume: Path | None = N
                     highlight=False, soft_wrap=True)
 
 
+@app.command()
+def bench(
+    target: Annotated[list[str], typer.Argument(
+        help="SUITE.yaml to run (or resume), or 'report DIR' to (re)write a suite folder's report",
+        metavar="SUITE.yaml | report DIR")],
+    out: Annotated[Path | None, typer.Option(help="suite folder (default: bench/<suite name>)")]
+    = None,
+    parallel: Annotated[int, typer.Option(help="runs at once, each in its own process with its "
+                                          "share of the CPUs")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        help="run the suite's runs on an existing Ray cluster, e.g. 10.0.0.5:6379")] = None,
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+) -> None:
+    """Run a benchmark suite: tune every entry on validation, report seeds, write a leaderboard."""
+    with _user_errors(debug):
+        if target[0] == "report":
+            if len(target) != 2:
+                raise ConfigError("usage: fedsparse bench report DIR (one suite folder)")
+            from fedsparse.bench.leaderboard import write_report
+
+            md, csv_path, pictures = write_report(Path(target[1]))
+            Console().print(Path(md).read_text(), highlight=False, soft_wrap=True)
+            for path in [csv_path, *pictures]:
+                Console().print(f"wrote {path}", highlight=False, soft_wrap=True)
+            return
+        if len(target) != 1:
+            raise ConfigError("usage: fedsparse bench SUITE.yaml [--out DIR] (one suite file)")
+        _run_bench(Path(target[0]), out, parallel, ray_address)
+
+
+def _run_bench(suite_path: Path, out: Path | None, parallel: int, ray_address: str | None) -> None:
+    from rich.progress import TimeRemainingColumn
+
+    from fedsparse.bench.execute import BenchOptions, Listener, command_line, run_suite
+    from fedsparse.bench.leaderboard import REPORT_MD
+    from fedsparse.bench.suite import load_suite
+
+    folder = out or Path("bench") / load_suite(suite_path).name
+    progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), console=console)
+    task = progress.add_task("runs", total=None, status="checking the suite...")
+
+    class Bar(Listener):
+        def planned(self, total: int, done: int) -> None:
+            progress.update(task, total=total, completed=done, status="")
+
+        def started(self, key: str) -> None:
+            progress.update(task, status=key)
+
+        def round_done(self, key: str, server_round: int, rounds: int) -> None:
+            progress.update(task, status=f"{key} round {server_round}/{rounds}")
+
+        def finished(self, key: str, status: Any) -> None:
+            progress.advance(task)
+            if status.status == "failed":
+                progress.console.print(f"failed: {key}: {status.error}", highlight=False,
+                                       soft_wrap=True)
+
+        def note(self, line: str) -> None:
+            progress.console.print(f"note: {line}", highlight=False, soft_wrap=True)
+
+    with progress:
+        result = run_suite(suite_path, folder, BenchOptions(parallel, ray_address), Bar(),
+                           command_line())
+    Console().print((result / REPORT_MD).read_text(), highlight=False, soft_wrap=True)
+    Console().print(f"suite folder: {result}", highlight=False, soft_wrap=True)
+
+
 deploy_app = typer.Typer(no_args_is_help=True, help="Real deployments (Flower SuperLink/SuperNodes).")
 app.add_typer(deploy_app, name="deploy")
 

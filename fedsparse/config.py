@@ -236,6 +236,9 @@ class SimulationConfig(_Strict):
     ray_address: str | None = Field(
         None, description="run on an existing Ray cluster (host:port of its head) instead of "
                           "starting Ray on this machine")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs a local simulation's Ray uses (default: every CPU of this "
+                                "machine); `fedsparse bench --parallel N` gives each run its share")
     verbose: bool = False
 
 
@@ -321,7 +324,7 @@ def default_config_text() -> str:
     return resources.files("fedsparse.configs").joinpath("quickstart.yaml").read_text()
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass an existing YAML file to --config")
     try:
@@ -398,7 +401,7 @@ def load_config(
         tree = yaml.safe_load(default_config_text()) or {}
         source = "configs/quickstart.yaml"
     else:
-        tree = _read_yaml(path)
+        tree = read_yaml(path)
         source = str(path)
     for text in assignments or []:
         set_path(tree, *parse_assignment(text))

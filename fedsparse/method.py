@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,28 @@ from fedsparse.costs import CostModel, TrainingCost
 from fedsparse.masks import Masks
 from fedsparse.training import TrainSettings, evaluate
 from fedsparse.updates import SparseUpdate, UpdateRejected, coordinates_outside
+
+class Scored(Protocol):
+    """What scoring one split yields (``fedsparse.training.EvalResult`` has these)."""
+
+    accuracy: float
+    loss: float
+    num_examples: int
+
+
+def split_scores(score: Callable[[torch.Tensor, torch.Tensor], Scored], data: LocalData
+                 ) -> dict[str, float]:
+    """Evaluation metrics of one deployed model: ``accuracy``, ``loss`` and ``num-examples`` on
+    the test split, and the same prefixed ``val-`` on the validation split (when it has
+    samples). Hyper-parameters are selected on ``val-accuracy``; test is only reported."""
+    test = score(data.x_test, data.y_test)
+    metrics = {"accuracy": test.accuracy, "loss": test.loss, "num-examples": float(test.num_examples)}
+    if len(data.y_val):
+        val = score(data.x_val, data.y_val)
+        metrics.update({"val-accuracy": val.accuracy, "val-loss": val.loss,
+                        "val-num-examples": float(val.num_examples)})
+    return metrics
+
 
 #: extra data beside the model: record name -> array name -> array
 Records = dict[str, dict[str, np.ndarray]]
@@ -289,10 +311,16 @@ class Method(ABC):
         ``num-examples`` and ``samples-seen``."""
 
     def evaluate(self, task: ClientTask) -> dict[str, float]:
-        """Score the model this client would deploy on its own test split."""
-        result = evaluate(task.model, task.data.x_test, task.data.y_test, self.run.eval_batch_size)
-        return {"accuracy": result.accuracy, "loss": result.loss,
-                "num-examples": float(result.num_examples)}
+        """Score the model this client would deploy on its own test and validation splits
+        (``split_scores``: selection reads ``val-accuracy``, never ``accuracy``)."""
+        model, size = task.model, self.run.eval_batch_size
+        return split_scores(lambda x, y: evaluate(model, x, y, size), task.data)
+
+    def evaluation_cost(self, budget: Budget, num_train: int, novel: bool) -> TrainingCost | None:
+        """What a client's evaluation trains before it scores (fine-tuning, a gate fitted),
+        counted by the server from the protocol and the partition's ``num_train`` samples, so
+        that personalisation is charged like training (None: evaluation trains nothing)."""
+        return None
 
     def answer(self, action: str, task: ClientTask) -> tuple[Records, dict[str, float]]:
         """Serve one of the method's query rounds (``start``'s ``ask``)."""

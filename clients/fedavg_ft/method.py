@@ -11,8 +11,10 @@ from dataclasses import replace
 
 from pydantic import Field
 
+from fedsparse.budgets import Budget
 from fedsparse.clients.dense import Dense
-from fedsparse.method import ClientTask, MethodOptions
+from fedsparse.costs import CostModel, TrainingCost
+from fedsparse.method import ClientTask, MethodOptions, ServerSetup
 from fedsparse.training import train_local
 
 
@@ -29,6 +31,16 @@ class FedAvgFT(Dense):
     def evaluation_protocol(self) -> str:
         return (f"the global model fine-tuned for {self.options.finetune_epochs} local epoch(s) on "
                 "the client's training split")
+
+    def setup(self, setup: ServerSetup) -> None:
+        super().setup(setup)
+        self._cost_model: CostModel = setup.cost_model
+
+    def evaluation_cost(self, budget: Budget, num_train: int, novel: bool) -> TrainingCost:
+        """The fine-tuning epochs of the whole model on the client's training split."""
+        model, train = self._cost_model, self.run.train
+        return model.training_cost(model.dense_counts(), self.options.finetune_epochs * num_train,
+                                   train.batch_size, train.momentum > 0)
 
     def evaluate(self, task: ClientTask) -> dict[str, float]:
         tuned = copy.deepcopy(task.model)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +41,7 @@ from fedsparse.method import (
     MethodOptions,
     RunInfo,
     ServerSetup,
+    split_scores,
 )
 from fedsparse.seeding import private_init_seed, rng
 from fedsparse.structured import ChannelGraph
@@ -48,6 +49,15 @@ from fedsparse.training import TrainSettings
 from fedsparse.updates import SparseUpdate, UpdateRejected
 
 GATE_KEY = "pfedgate-gate"
+
+
+@dataclass(frozen=True)
+class GatedScore:
+    """The gated model's scores on one split."""
+
+    accuracy: float
+    loss: float
+    num_examples: int
 
 
 class PFedGateOptions(MethodOptions):
@@ -129,6 +139,7 @@ class PFedGate(Method):
     def setup(self, setup: ServerSetup) -> None:
         """Any density in (0, 1] is feasible (sub0 shrinks with s); picks the novel clients."""
         self._param_sizes = {n: p.numel() for n, p in setup.model.named_parameters()}
+        self._server_costs = setup.cost_model
         count = round(self.options.novel_share * self.run.num_clients)
         if count >= self.run.num_clients:
             raise ValueError("method.pfedgate.novel_share leaves no client to train: lower it")
@@ -394,12 +405,32 @@ class PFedGate(Method):
         gate.eval()
         step = self._step(model, gating, settings, train_model=False)
         total = sum(p.numel() for p in model.parameters())
-        loss = correct = density = 0.0
         size = settings.batch_size  # batch-level gating sees batches as in training
-        for start in range(0, len(data.y_test), size):
-            x, y = data.x_test[start:start + size], data.y_test[start:start + size]
-            parts = self._gated_eval(gate, step, total, x, y)
-            loss, correct, density = loss + parts[0], correct + parts[1], density + parts[2]
-        n = max(len(data.y_test), 1)
-        return {"accuracy": correct / n, "loss": loss / n, "num-examples": float(len(data.y_test)),
-                "eval-density": density / n}
+        densities: list[float] = []
+
+        def score(x_all: torch.Tensor, y_all: torch.Tensor) -> GatedScore:
+            loss = correct = density = 0.0
+            for start in range(0, len(y_all), size):
+                x, y = x_all[start:start + size], y_all[start:start + size]
+                parts = self._gated_eval(gate, step, total, x, y)
+                loss, correct, density = loss + parts[0], correct + parts[1], density + parts[2]
+            n = len(y_all)
+            densities.append(density / max(n, 1))
+            return GatedScore(correct / max(n, 1), loss / max(n, 1), n)
+
+        metrics = split_scores(score, data)
+        return {**metrics, "eval-density": densities[0]}  # the test split's
+
+    def evaluation_cost(self, budget: Budget, num_train: int, novel: bool) -> TrainingCost | None:
+        """The local joint training before scoring (a novel client: its gate fit), bounded by
+        the server: no batch may compute with more than the budget's share of the dense FLOPs."""
+        if not novel and not self.options.eval_after_local_training:
+            return None
+        epochs = self.options.novel_fit_epochs if novel else self.run.train.local_epochs
+        model, train = self._server_costs, self.run.train
+        dense = model.training_cost(model.dense_counts(), epochs * num_train, train.batch_size,
+                                    train.momentum > 0)
+        share = budget.density
+        return TrainingCost(flops=dense.flops * share, memory_bytes=dense.memory_bytes,
+                            activation_bytes=dense.activation_bytes,
+                            conv_linear_flops=(dense.conv_linear_flops or 0.0) * share)

@@ -37,6 +37,7 @@ from fedsparse.method import (
     Method,
     RunInfo,
     ServerSetup,
+    split_scores,
 )
 from fedsparse.structured import ChannelGraph, UnsupportedModel
 from fedsparse.training import evaluate, train_local
@@ -253,9 +254,8 @@ class SharedMask(Method):
         if self.filters and task.masks:
             graph = self.channel_graph(task.model, tuple(task.data.x_test.shape[1:]))
             model = graph.sliced_module(task.model, graph.keep_of(task.masks))
-        result = evaluate(model, task.data.x_test, task.data.y_test, self.run.eval_batch_size)
-        return {"accuracy": result.accuracy, "loss": result.loss,
-                "num-examples": float(result.num_examples)}
+        size = self.run.eval_batch_size
+        return split_scores(lambda x, y: evaluate(model, x, y, size), task.data)
 
     def train(self, task: ClientTask, penalty: Callable[[], torch.Tensor] | None = None
               ) -> tuple[float, int]:

@@ -42,6 +42,7 @@ from fedsparse.method import (
     Method,
     MethodOptions,
     ServerSetup,
+    split_scores,
 )
 from fedsparse.structured import ChannelGraph, Keep, add_width_scaler
 from fedsparse.training import evaluate, reestimate_bn, train_local
@@ -241,6 +242,5 @@ class WidthMethod(Method):
         if self.options.bn == "static":
             x, size = task.data.x_train, self.run.eval_batch_size
             reestimate_bn(small, [x[i:i + size] for i in range(0, len(x), size)])
-        result = evaluate(small, task.data.x_test, task.data.y_test, self.run.eval_batch_size)
-        return {"accuracy": result.accuracy, "loss": result.loss,
-                "num-examples": float(result.num_examples)}
+        size = self.run.eval_batch_size
+        return split_scores(lambda x, y: evaluate(small, x, y, size), task.data)

@@ -101,7 +101,7 @@ def backend_config(config: ExperimentConfig, ray_tmp: Path) -> dict[str, Any]:
     return {
         "client_resources": resources,
         "init_args": {
-            "num_cpus": os.cpu_count() or 1,
+            "num_cpus": sim.num_cpus or os.cpu_count() or 1,
             "num_gpus": visible_gpus() if sim.gpus_per_client else 0,
             "_temp_dir": str(ray_tmp),
             "logging_level": "INFO" if sim.verbose else "ERROR",
@@ -361,6 +361,19 @@ def _keep_ray_logs(ray_tmp: Path, run_dir: Path) -> None:
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def cost_totals(outcome: Any) -> dict[str, float]:
+    """Whole-run sums: training FLOPs, what dense training of the same work would cost, and the
+    training clients did at evaluation (at the final evaluation, which every deployed model
+    needs, and over every evaluated round, which the curves cost)."""
+    costs = outcome.costs
+    return {"train_flops_total": float(sum(c.train_flops for c in costs)),
+            "dense_train_flops_total": float(sum(c.dense_train_flops for c in costs)),
+            "upload_bytes_total": float(sum(c.upload_bytes for c in costs)),
+            "dense_upload_bytes_total": float(sum(c.dense_upload_bytes for c in costs)),
+            "eval_train_flops_final": float(outcome.eval_flops.get(outcome.evaluated_round, 0.0)),
+            "eval_train_flops_all": float(sum(outcome.eval_flops.values()))}
+
+
 def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                   run_dir: Path, budget_source: str | None = None) -> dict[str, Any]:
     """``summary.json``: the stable, machine-readable contract of a run (``budget_source``:
@@ -407,7 +420,8 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                  "training_bytes_peak_ratio": max(
                      ((c.memory_bytes + c.activation_bytes)
                       / (c.dense_memory_bytes + c.dense_activation_bytes)
-                      for c in outcome.costs if c.dense_activation_bytes), default=None)},
+                      for c in outcome.costs if c.dense_activation_bytes), default=None),
+                 **cost_totals(outcome)},
         "budget": {"violations": outcome.budget_violations,
                    "tiers": budget_tiers(loop.strategy.context.budgets),
                    "source": budget_source or ("config tiers" if config.budgets.file is None

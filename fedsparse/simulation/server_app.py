@@ -74,6 +74,9 @@ class Outcome:
     clients_surplus: int = 0
     #: (round, cumulative simulated seconds, mean accuracy) of every evaluated round
     timeline: list[tuple[int, float, float]] = field(default_factory=list)
+    #: training FLOPs the clients spent at evaluation (fine-tuning, a gate fit) per evaluated
+    #: round, counted by the server from each method's protocol
+    eval_flops: dict[int, float] = field(default_factory=dict)
 
 
 def experiment_defining(config: ExperimentConfig) -> dict[str, Any]:
@@ -404,12 +407,16 @@ class ServerLoop:
             self._costs_by_client.setdefault(cost.partition_id, []).append(cost)
         for row in rows:
             row.update(self.client_costs(row["partition_id"]))
+        self.outcome.eval_flops[server_round] = sum(r["eval_train_flops"] for r in rows)
         accuracies = [row["accuracy"] for row in rows]
         accuracy = {
             "mean": _mean(accuracies),
             "bottom_decile": bottom_decile(accuracies),
             "global": (self.global_accuracy(arrays, self.strategy.evaluation_partitions)
                        if self.config.eval.global_model else None),
+            # what selection reads (the clients' validation splits); None without one
+            "val_mean": _mean([r["val_accuracy"] for r in rows if "val_accuracy" in r])
+            if any("val_accuracy" in r for r in rows) else None,
         }
         densities = sorted({row["budget_density"] for row in rows})
         # per tier: a mean over tiers hides what the small clients get
@@ -425,7 +432,8 @@ class ServerLoop:
         self.recorder.write_clients(rows)
         self.recorder.write_layers(self.layer_densities())
         return {"accuracy_mean": accuracy["mean"], "accuracy_bottom_decile": accuracy["bottom_decile"],
-                "accuracy_global": accuracy["global"], "loss_mean": _mean([r["loss"] for r in rows]),
+                "accuracy_global": accuracy["global"], "accuracy_val_mean": accuracy["val_mean"],
+                "eval_train_flops": self.outcome.eval_flops[server_round], "loss_mean": _mean([r["loss"] for r in rows]),
                 "clients_evaluated": len(rows),
                 "eval_failed": len(messages) - len(rows) - rejected, "eval_rejected": rejected}
 
@@ -443,11 +451,18 @@ class ServerLoop:
         if int(metrics["num-examples"]) != len(split.test):
             raise UpdateRejected(f"num-examples {metrics['num-examples']} is not the "
                                  f"{len(split.test)} test samples partition {pid} holds")
+        scores = {"accuracy": accuracy, "loss": loss}
+        if len(split.val):
+            scores.update(validation_scores(metrics, len(split.val)))
+        known = {PARTITION_KEY, NODE_INDEX_KEY, "num-examples", "val-num-examples",
+                 *(k.replace("_", "-") for k in scores)}
         extra = {k.replace("-", "_"): float(v) for k, v in metrics.items()
-                 if k not in (PARTITION_KEY, NODE_INDEX_KEY, "accuracy", "loss", "num-examples")
-                 and isinstance(v, (int, float)) and math.isfinite(float(v))}
-        return {"partition_id": pid, "num_train": len(split.train), "num_test": len(split.test),
-                "novel": int(pid in novel), "accuracy": accuracy, "loss": loss, **extra}
+                 if k not in known and isinstance(v, (int, float)) and math.isfinite(float(v))}
+        cost = self.method.evaluation_cost(self.strategy.context.budgets[pid], len(split.train),
+                                           pid in novel)
+        return {**extra, "partition_id": pid, "num_train": len(split.train),
+                "num_test": len(split.test), "novel": int(pid in novel), **scores,
+                "eval_train_flops": cost.flops if cost is not None else 0.0}
 
     def layer_densities(self) -> dict[str, dict[str, float]]:
         """Mean share of each parameter tensor that accepted updates carried."""
@@ -480,6 +495,26 @@ class ServerLoop:
             clients = self.federation.clients
             x, y = pool.tensors(np.concatenate([clients[p].test for p in sorted(set(partitions))]))
         return evaluate(model, x, y, self.config.eval.batch_size).accuracy
+
+
+def validation_scores(metrics: Any, num_val: int) -> dict[str, float]:
+    """A reply's validation accuracy and loss, checked like its test scores: the example count is
+    the partition's validation split, the accuracy a share of it, the loss finite."""
+    try:
+        accuracy, loss = float(metrics["val-accuracy"]), float(metrics["val-loss"])
+        count = int(metrics["val-num-examples"])
+    except KeyError as exc:
+        raise UpdateRejected(f"the reply lacks {exc.args[0]} (the partition holds {num_val} "
+                             "validation samples)") from None
+    if count != num_val:
+        raise UpdateRejected(f"val-num-examples {count} is not the {num_val} validation samples "
+                             "the partition holds")
+    correct = accuracy * num_val
+    if not 0.0 <= accuracy <= 1.0 or abs(correct - round(correct)) > 1e-6 * max(num_val, 1):
+        raise UpdateRejected(f"val-accuracy {accuracy} is no share of {num_val} samples")
+    if not (math.isfinite(loss) and loss >= 0):
+        raise UpdateRejected(f"impossible val-loss {loss}")
+    return {"val_accuracy": accuracy, "val_loss": loss}
 
 
 def round_line(record: dict[str, Any], rounds: int) -> str:

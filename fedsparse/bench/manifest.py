@@ -1,0 +1,101 @@
+"""The suite folder's manifest: every run's config hash and status, written after each change.
+
+It is what makes a suite resumable (finished runs are kept, a run whose config changed is run
+again, a folder of another suite is refused) and what the report reads to know which run
+folder holds what.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsparse.config import ExperimentConfig
+from fedsparse.errors import ConfigError
+from fedsparse.results import write_atomic
+
+MANIFEST_FILE = "manifest.json"
+RUNS_DIR = "runs"
+#: config sections that say where and how a run executes, not what it computes
+EXECUTION_ONLY = {"simulation", "output"}
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """A hash of what fixes a run's results (not where it runs or writes its folder)."""
+    text = json.dumps(config.model_dump(mode="json", exclude=EXECUTION_ONLY), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunStatus:
+    hash: str
+    stage: str
+    entry: str
+    seed: int
+    point: int
+    #: pending, done or failed
+    status: str = "pending"
+    error: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Manifest:
+    suite: str
+    runs: dict[str, RunStatus] = field(default_factory=dict)
+    #: entry -> selected grid point and the validation accuracy of every point
+    selection: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the command line that last ran the suite (the report quotes it)
+    command: str = ""
+
+    @staticmethod
+    def path(folder: Path) -> Path:
+        return Path(folder) / MANIFEST_FILE
+
+    @classmethod
+    def open(cls, folder: Path, suite: str) -> Manifest:
+        """The folder's manifest, or a new one; a folder of another suite, or a non-empty
+        folder that is no suite folder, is refused."""
+        folder = Path(folder)
+        path = cls.path(folder)
+        if not path.is_file():
+            if folder.is_dir() and any(folder.iterdir()):
+                raise ConfigError(f"{folder} is not empty and holds no {MANIFEST_FILE}: name a new "
+                                  "folder with --out, or an earlier folder of this suite to resume it")
+            return cls(suite)
+        try:
+            data = json.loads(path.read_text())
+            manifest = cls(data["suite"], {k: RunStatus(**v) for k, v in data["runs"].items()},
+                           data.get("selection", {}), data.get("command", ""))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} is damaged ({exc}): restore it or run the suite into a new "
+                              "folder with --out") from None
+        if manifest.suite != suite:
+            raise ConfigError(f"{folder} holds suite '{manifest.suite}', not '{suite}': name another "
+                              "folder with --out")
+        return manifest
+
+    def save(self, folder: Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        data = {"suite": self.suite, "runs": {k: asdict(v) for k, v in self.runs.items()},
+                "selection": self.selection, "command": self.command}
+        write_atomic(self.path(folder), json.dumps(data, indent=1, sort_keys=True))
+
+    def needs_run(self, folder: Path, key: str, status: RunStatus) -> bool:
+        """Whether ``key`` must (re)run: new, changed since it ran, unfinished, or failed. A
+        changed or unfinished run's folder is removed first, so nothing stale is reported."""
+        known = self.runs.get(key)
+        if known is not None and known.hash == status.hash and known.status == "done":
+            return False
+        shutil.rmtree(run_folder(folder, key), ignore_errors=True)
+        self.runs[key] = status
+        return True
+
+
+def run_folder(folder: Path, key: str) -> Path:
+    """Where the run ``key`` (``entry/tune-0-s100``) keeps its ordinary run folder."""
+    return Path(folder) / RUNS_DIR / key
