@@ -35,6 +35,7 @@ from fedsparse.masks import Masks
 from fedsparse.training import TrainSettings, evaluate
 from fedsparse.updates import SparseUpdate, UpdateRejected, coordinates_outside
 
+
 class Scored(Protocol):
     """What scoring one split yields (``fedsparse.training.EvalResult`` has these)."""
 
@@ -285,6 +286,14 @@ class Method(ABC):
 
     def summary(self) -> dict[str, Any]:
         """The method's part of ``summary.json`` (top-level keys)."""
+        return {}
+
+    def server_scores(self, model: nn.Module, data: LocalData, budget: Budget) -> dict[str, float]:
+        """Scores the server computes itself from the final global ``model`` on one client's
+        data (a simulation holds every client's splits), beside what the client reports: e.g.
+        every width the client could hold, so a tier's figure is not only which clients landed
+        in it. Keys become per-client columns and are averaged in ``summary.json``'s
+        ``server_scores``; ``{}`` (the default): none."""
         return {}
 
     def evaluation_protocol(self) -> str:

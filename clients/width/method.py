@@ -39,6 +39,7 @@ from fedsparse.method import (
     ClientTask,
     CostContext,
     FitResult,
+    LocalData,
     Method,
     MethodOptions,
     ServerSetup,
@@ -83,6 +84,7 @@ class WidthMethod(Method):
         self._model: nn.Module | None = None
         self._costs: dict[float, CostModel] = {}
         self._server_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._densities: list[float] = []
 
     @classmethod
     def uses_server_data(cls, options: Any) -> bool:
@@ -125,7 +127,8 @@ class WidthMethod(Method):
     def setup(self, setup: ServerSetup) -> None:
         try:
             self.graph(setup.model, setup.cost_model.input_shape)
-            for density in sorted({b.density for b in setup.budgets}):
+            self._densities = sorted({b.density for b in setup.budgets})
+            for density in self._densities:
                 self.ratio(density)
         except ValueError as exc:
             raise ValueError(f"{exc}: use a model of Conv2d / Linear / BatchNorm layers, or "
@@ -183,6 +186,27 @@ class WidthMethod(Method):
         size = self.run.eval_batch_size
         stats = reestimate_bn(model, [x[i:i + size] for i in range(0, len(x), size)])
         return {**arrays, **{k: v.numpy().astype(arrays[k].dtype) for k, v in stats.items()}}
+
+    def server_scores(self, model: nn.Module, data: LocalData, budget: Budget) -> dict[str, float]:
+        """The global model at every declared width up to the client's own (its channels of
+        the final round, its BatchNorm statistics recomputed on its training data under static
+        BN), scored on the client's test split: ``width-<density>-accuracy``."""
+        assert self._graph is not None
+        scores = {}
+        for density in self._ratios_up_to(budget.density):
+            ratio = self.ratio(density)
+            small = self._graph.sliced_module(model, self.keep(ratio, self._round))
+            self.scale(small, self._graph, ratio)
+            if self.options.bn == "static":
+                x, size = data.x_train, self.run.eval_batch_size
+                reestimate_bn(small, [x[i:i + size] for i in range(0, len(x), size)])
+            result = evaluate(small, data.x_test, data.y_test, self.run.eval_batch_size)
+            scores[f"width-{density:g}-accuracy"] = result.accuracy
+        return scores
+
+    def _ratios_up_to(self, density: float) -> list[float]:
+        """The declared densities a client of ``density`` could hold (the run's tiers)."""
+        return sorted(d for d in self._densities if d <= density + 1e-12)
 
     def evaluation_protocol(self) -> str:
         stats = ("BatchNorm statistics recomputed on its own training data"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsparse.bench.manifest import Manifest, RunStatus, config_hash, run_folder
+from fedsparse.bench.manifest import RUNS_DIR, Manifest, RunStatus, config_hash, run_folder
 from fedsparse.bench.suite import (
     PlannedRun,
     Suite,
@@ -109,6 +109,10 @@ def _forget_dropped(suite: Suite, manifest: Manifest, out: Path, listener: Liste
             shutil.rmtree(run_folder(out, key), ignore_errors=True)
             del manifest.runs[key]
             listener.note(f"dropped {key}: no longer in the suite")
+    runs = out / RUNS_DIR
+    for folder in runs.iterdir() if runs.is_dir() else ():
+        if folder.name not in wanted_entries:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def select(suite: Suite, entry_name: str, manifest: Manifest, out: Path) -> int | None:

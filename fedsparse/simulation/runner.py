@@ -394,6 +394,10 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "wall_seconds": round(wall, 3),
         "accuracy": outcome.accuracy,
         "accuracy_by_density": outcome.accuracy_by_density or None,
+        # the method's own scores of the final global model, computed by the server (e.g. every
+        # client at every width it could hold): name -> mean over clients, and their number
+        "server_scores": {k: {"mean": m, "clients": n} for k, (m, n) in outcome.server_scores.items()}
+        or None,
         "evaluated_round": outcome.evaluated_round,
         "eval_gating": None,  # pFedGate's gating at evaluation (from its summary below)
         "novel_clients": len(method.novel_clients()),

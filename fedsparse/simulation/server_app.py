@@ -30,6 +30,7 @@ from fedsparse.costs import ClientRoundCost
 from fedsparse.data.federation import Federation
 from fedsparse.errors import SimulationError
 from fedsparse.experiment import warmup_epochs
+from fedsparse.method import LocalData
 from fedsparse.models import build_model
 from fedsparse.results import RunRecorder, bottom_decile
 from fedsparse.simulation.grid_io import send_and_receive
@@ -77,6 +78,8 @@ class Outcome:
     #: training FLOPs the clients spent at evaluation (fine-tuning, a gate fit) per evaluated
     #: round, counted by the server from each method's protocol
     eval_flops: dict[int, float] = field(default_factory=dict)
+    #: the method's own server-side scores at the final evaluation: key -> (mean, clients)
+    server_scores: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 def experiment_defining(config: ExperimentConfig) -> dict[str, Any]:
@@ -407,6 +410,8 @@ class ServerLoop:
             self._costs_by_client.setdefault(cost.partition_id, []).append(cost)
         for row in rows:
             row.update(self.client_costs(row["partition_id"]))
+        if server_round == self.config.rounds:
+            self.outcome.server_scores = self.method_server_scores(arrays, rows)
         self.outcome.eval_flops[server_round] = sum(r["eval_train_flops"] for r in rows)
         accuracies = [row["accuracy"] for row in rows]
         accuracy = {
@@ -433,7 +438,8 @@ class ServerLoop:
         self.recorder.write_layers(self.layer_densities())
         return {"accuracy_mean": accuracy["mean"], "accuracy_bottom_decile": accuracy["bottom_decile"],
                 "accuracy_global": accuracy["global"], "accuracy_val_mean": accuracy["val_mean"],
-                "eval_train_flops": self.outcome.eval_flops[server_round], "loss_mean": _mean([r["loss"] for r in rows]),
+                "eval_train_flops": self.outcome.eval_flops[server_round],
+                "loss_mean": _mean([r["loss"] for r in rows]),
                 "clients_evaluated": len(rows),
                 "eval_failed": len(messages) - len(rows) - rejected, "eval_rejected": rejected}
 
@@ -463,6 +469,25 @@ class ServerLoop:
         return {**extra, "partition_id": pid, "num_train": len(split.train),
                 "num_test": len(split.test), "novel": int(pid in novel), **scores,
                 "eval_train_flops": cost.flops if cost is not None else 0.0}
+
+    def method_server_scores(self, arrays: ArrayRecord, rows: list[dict[str, Any]]
+                             ) -> dict[str, tuple[float, int]]:
+        """The method's ``server_scores`` of every evaluated client on the final global model,
+        added to the client's row; their means (and how many clients each holds)."""
+        pool = self.federation.pool
+        model = build_model(self.config.model, pool.input_shape, pool.num_classes)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        sums: dict[str, list[float]] = {}
+        for row in rows:
+            pid = row["partition_id"]
+            split = self.federation.clients[pid]
+            data = LocalData(*pool.tensors(split.train), *pool.tensors(split.val),
+                             *pool.tensors(split.test))
+            scores = self.method.server_scores(model, data, self.strategy.context.budgets[pid])
+            for key, value in scores.items():
+                row[f"server_{key.replace('-', '_')}"] = value
+                sums.setdefault(key, []).append(value)
+        return {key: (sum(v) / len(v), len(v)) for key, v in sorted(sums.items())}
 
     def layer_densities(self) -> dict[str, dict[str, float]]:
         """Mean share of each parameter tensor that accepted updates carried."""

@@ -1,6 +1,7 @@
 """HeteroFL, FjORD and FedRolex through the real CLI, server loop, strategy and ClientApp (in one
 process): sparse uploads accepted, costs counted by the server, every client evaluated."""
 
+import csv
 import json
 
 import pytest
@@ -31,3 +32,21 @@ def test_a_width_method_runs_and_the_server_counts_its_savings(tmp_path, method)
     assert set(summary["accuracy_by_density"]) == {"0.2", "1"}
     clients = (run / "clients.csv").read_text().splitlines()
     assert len(clients) == 7
+
+
+@pytest.mark.parametrize("method", ["heterofl", "fedrolex"])
+def test_the_server_scores_every_client_at_every_width_it_could_hold(tmp_path, method):
+    run = simulate_here(tmp_path, *SMALL, "--method", method)
+    summary = json.loads((run / "summary.json").read_text())
+    scores = summary["server_scores"]
+    # every client holds the narrow width; only the dense tier also the whole model
+    assert scores["width-0.2-accuracy"]["clients"] == 6
+    assert scores["width-1-accuracy"]["clients"] == 3
+    with (run / "clients.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        own = "1" if float(row["budget_density"]) == 1.0 else "0.2"
+        # at its own width the server's score is the client's own (same model, same split)
+        assert float(row[f"server_width_{own}_accuracy"]) == pytest.approx(float(row["accuracy"]))
+        if own == "0.2":
+            assert row["server_width_1_accuracy"] == ""
