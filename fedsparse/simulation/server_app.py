@@ -466,9 +466,12 @@ class ServerLoop:
                  if k not in known and isinstance(v, (int, float)) and math.isfinite(float(v))}
         cost = self.method.evaluation_cost(self.strategy.context.budgets[pid], len(split.train),
                                            pid in novel)
-        return {**extra, "partition_id": pid, "num_train": len(split.train),
-                "num_test": len(split.test), "novel": int(pid in novel), **scores,
-                "eval_train_flops": cost.flops if cost is not None else 0.0}
+        row = {"partition_id": pid, "num_train": len(split.train), "num_test": len(split.test),
+               "novel": int(pid in novel), **scores,
+               "eval_train_flops": cost.flops if cost is not None else 0.0}
+        # a client's own metrics never overwrite what the server wrote
+        row.update({k: v for k, v in extra.items() if k not in row})
+        return row
 
     def method_server_scores(self, arrays: ArrayRecord, rows: list[dict[str, Any]]
                              ) -> dict[str, tuple[float, int]]:

@@ -38,6 +38,32 @@ def test_impossible_evaluations_are_rejected_and_counted(tmp_path):
     assert 0 <= summary["accuracy"]["mean"] <= 1 and summary["accuracy"]["bottom_decile"] <= 1
 
 
+class FlatteringValidation(Dense):
+    """Reports a validation accuracy that steers selection: no share of its validation samples
+    (odd clients), or a validation count that is not the partition's (client 2)."""
+
+    name = "flattering"
+
+    def evaluate(self, task: ClientTask) -> dict[str, float]:
+        metrics = super().evaluate(task)
+        if task.partition_id % 2:
+            return {**metrics, "val-accuracy": 0.987654321}
+        if task.partition_id == 2:
+            return {**metrics, "val-num-examples": metrics["val-num-examples"] + 1}
+        return metrics
+
+
+def test_impossible_validation_scores_are_rejected(tmp_path):
+    run = simulate_here(tmp_path, *SMALL, "--method",
+                        "tests.simulation.test_trust_in_process:FlatteringValidation")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["eval_rejected"] == 3 and r["clients_evaluated"] == 1 for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["accuracy"]["val_mean"] != 0.987654321
+    rows = (run / "clients.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("partition_id,") and "val_accuracy" in rows[0]
+
+
 def test_rounds_between_evaluate_a_seeded_sample_and_the_last_evaluates_everyone(tmp_path):
     """``eval.fraction``: a cheap curve every round, the reported figures from every client."""
     runs = [simulate_here(tmp_path / name, *SMALL, "--rounds", "3", "--set", "eval.fraction=0.5")
