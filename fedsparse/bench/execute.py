@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsparse.bench.manifest import RUNS_DIR, Manifest, RunStatus, config_hash, run_folder
+from fedsparse.bench.manifest import (
+    RUNS_DIR,
+    Manifest,
+    RunStatus,
+    config_hash,
+    run_folder,
+    source_commit,
+)
 from fedsparse.bench.suite import (
     PlannedRun,
     Suite,
@@ -200,6 +207,7 @@ def _run_here(run: PlannedRun, manifest: Manifest, out: Path, options: BenchOpti
     except Exception as exc:  # a bug in one run must not lose the suite's others
         status.status, status.error = "failed", f"{type(exc).__name__}: {exc}"
     status.seconds = round(time.perf_counter() - started, 1)
+    status.commit = source_commit()
     manifest.save(out)
     listener.finished(run.key, status)
 
@@ -263,6 +271,7 @@ def _child_finished(key: str, child: subprocess.Popen[bytes], started: float, ma
         last = stderr.splitlines()[-1] if stderr else f"exit status {child.returncode}"
         status.status, status.error = "failed", last
     status.seconds = round(time.perf_counter() - started, 1)
+    status.commit = source_commit()
     manifest.save(out)
     listener.finished(key, status)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ class RunStatus:
     status: str = "pending"
     error: str | None = None
     seconds: float | None = None
+    #: the fedsparse commit that ran it
+    commit: str | None = None
 
 
 @dataclass
@@ -94,6 +97,23 @@ class Manifest:
         shutil.rmtree(run_folder(folder, key), ignore_errors=True)
         self.runs[key] = status
         return True
+
+
+def source_commit() -> str:
+    """The commit of the fedsparse checkout in use (``+dirty`` with uncommitted changes to
+    tracked files); the installed version when it is no checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"fedsparse {version('fedsparse')}"
 
 
 def run_folder(folder: Path, key: str) -> Path:
