@@ -108,6 +108,9 @@ class Suite(_Strict):
         if shared:
             raise ValueError(f"tuning seeds {shared} are also reported seeds: selection must never "
                              "see a reported seed; pick disjoint tune.seeds")
+        if not self.tune.seeds and any(len(e.points()) > 1 for e in self.entries):
+            raise ValueError("tune.seeds is empty but entries have grids to tune: give at least "
+                             "one tuning seed")
         if self.baseline is not None and self.baseline not in names:
             raise ValueError(f"baseline {self.baseline!r} is not an entry ({', '.join(names)})")
         if not self.tune.unequal:

@@ -62,6 +62,7 @@ def test_plan_tunes_every_point_on_tuning_seeds_and_reports_the_chosen_one(tmp_p
      "entry names repeat: a"),
     ({"entries": [{"name": "../x", "method": "dense"}]}, "entry name '../x'"),
     ({"seeds": []}, "'seeds'"),
+    ({"tune": {"seeds": []}}, "tune.seeds is empty"),
 ])
 def test_bad_suites_are_one_line_errors(tmp_path, changes, message):
     with pytest.raises(ConfigError) as err:
