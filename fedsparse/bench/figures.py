@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fedsparse.plots import _save, plt
 
@@ -81,27 +81,25 @@ def curves(entries: list[EntryResult], path: Path) -> int:
 
 
 def tier_bars(entries: list[EntryResult], path: Path) -> int:
-    """Accuracy per declared density: one group of bars per tier, one bar per entry (sd bars)."""
-    tiers = sorted({t for e in entries for t in e.tiers()}, key=float)
+    """Accuracy per declared density: one group of bars per tier, one bar per entry that has
+    several tiers (sd bars), centred on the tier's tick."""
+    tiered = [(e, e.tiers()) for e in entries if e.tiers()]
+    tiers = sorted({t for _, mine in tiered for t in mine}, key=float)
     if not tiers:
         return 0
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    width = 0.8 / max(len(entries), 1)
-    drawn = 0
-    for k, e in enumerate(entries):
-        mine: dict[str, Any] = e.tiers()
-        xs = [i + k * width for i, t in enumerate(tiers) if t in mine]
-        if not xs:
-            continue
-        est = [mine[t] for t in tiers if t in mine]
-        ax.bar(xs, [x.mean for x in est], width, yerr=[_bar(x.sd) or 0.0 for x in est], capsize=2,
-               label=e.name)
-        drawn += 1
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tiers))], [f"density {t}" for t in tiers])
-    ax.set_ylabel("mean client accuracy (test)")
+    width = 0.8 / len(tiered)
+    for k, (e, mine) in enumerate(tiered):
+        offset = (k - (len(tiered) - 1) / 2) * width
+        shown = [i for i, t in enumerate(tiers) if t in mine]
+        est = [mine[tiers[i]] for i in shown]
+        ax.bar([i + offset for i in shown], [x.mean for x in est], width,
+               yerr=[_bar(x.sd) or 0.0 for x in est], capsize=2, label=e.name)
+    ax.set_xticks(range(len(tiers)), [f"density {t}" for t in tiers])
+    ax.set_ylabel("mean client accuracy of the tier's clients (test)")
     ax.legend(fontsize=7)
     _save(fig, path)
-    return drawn
+    return len(tiered)
 
 
 def draw_figures(results: SuiteResults, folder: Path) -> list[Path]:
