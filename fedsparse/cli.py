@@ -312,10 +312,15 @@ def _run_bench(suite_path: Path, out: Path | None, parallel: int, ray_address: s
             progress.update(task, status=f"{key} round {server_round}/{rounds}")
 
         def finished(self, key: str, status: Any) -> None:
+            """One line per run as well as the bar: a log file (nohup) shows progress too."""
             progress.advance(task)
+            done = f"{progress.tasks[0].completed:g}/{progress.tasks[0].total or 0:g}"
             if status.status == "failed":
-                progress.console.print(f"failed: {key}: {status.error}", highlight=False,
+                progress.console.print(f"failed {key} ({done}): {status.error}", highlight=False,
                                        soft_wrap=True)
+            else:
+                progress.console.print(f"done {key} ({done}, {status.seconds or 0:.0f} s)",
+                                       highlight=False, soft_wrap=True)
 
         def note(self, line: str) -> None:
             progress.console.print(f"note: {line}", highlight=False, soft_wrap=True)
