@@ -1,7 +1,8 @@
 """``--ray-address``: a simulation on an existing Ray cluster that the test starts and stops,
 running plug-ins from outside the package: a strategy and a method installed by entry point
 (``examples/``, their dist-info on PYTHONPATH for the head and the driver, as a cluster needs
-them on every worker). Sharing one Ray start-up for both saves the suite one.
+them on every worker), then one run of `fedsparse bench --ray-address` on the same cluster.
+Sharing one Ray start-up for all saves the suite two.
 
 Ray advertises the machine's external interface even when told 127.0.0.1, so the head, the
 simulation and everything Ray spawns run inside a fresh network namespace (``unshare -n``) whose
@@ -55,6 +56,10 @@ def test_simulation_runs_on_an_existing_cluster(tmp_path):
     write_method_dist_info(site)
     path = os.pathsep.join([str(site), str(EXAMPLE), str(METHOD_EXAMPLE),
                             os.environ.get("PYTHONPATH", "")])
+    suite = tmp_path / "suite.yaml"  # one run of `fedsparse bench` on the same cluster
+    suite.write_text("name: cluster\nbase: quickstart.yaml\nseeds: [3]\ntune: {seeds: [4]}\n"
+                     "set: {num_clients: 4, rounds: 1, fraction: 1.0, data.synthetic.iid: true}\n"
+                     "entries: [{name: fedavg, method: dense, strategy: fedavg, budgets: '1.0:1'}]\n")
     script = tmp_path / "cluster.sh"
     script.write_text(f"""set -u
 ip link set lo up
@@ -64,7 +69,10 @@ export RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="{path}"
 "{sys.executable}" -m fedsparse.cli simulate --clients 4 --rounds 2 --fraction 1 \\
   --set data.synthetic.iid=true --set eval.every=2 --strategy norm-clipped \\
   --method federated-dropout --budgets 0.5:1 \\
-  --ray-address 127.0.0.1:6379 --out {tmp_path}/runs --name cluster > {tmp_path}/simulate.log 2>&1
+  --ray-address 127.0.0.1:6379 --out {tmp_path}/runs --name cluster > {tmp_path}/simulate.log 2>&1 \\
+  || exit 91
+"{sys.executable}" -m fedsparse.cli bench {suite} --ray-address 127.0.0.1:6379 \\
+  --out {tmp_path}/bench > {tmp_path}/bench.log 2>&1
 """)
     try:
         result = subprocess.run([*UNSHARE, "bash", str(script)], timeout=300)
@@ -72,7 +80,7 @@ export RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="{path}"
     finally:
         kill_processes_mentioning(str(ray_dir))  # only if the namespace could not do it
         shutil.rmtree(ray_dir, ignore_errors=True)
-    assert result.returncode == 0, (tmp_path / "simulate.log").read_text()[-3000:]
+    assert result.returncode != 91, (tmp_path / "simulate.log").read_text()[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == 2
@@ -83,6 +91,11 @@ export RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="{path}"
     assert 0.0 < summary["accuracy"]["global"] <= 1.0
     assert "Registering job" in gcs_log  # the simulation ran as a job of the test's cluster
     assert not (run / "ray-logs").exists()  # no Ray of its own was started
+    assert result.returncode == 0, (tmp_path / "bench.log").read_text()[-3000:]
+    bench_run = tmp_path / "bench" / "runs" / "fedavg" / "seed3"
+    assert json.loads((bench_run / "summary.json").read_text())["seed"] == 3
+    assert not (bench_run / "ray-logs").exists()  # the suite's run used the cluster too
+    assert gcs_log.count("Registering job") >= 2
 
 
 @pytest.mark.parametrize(("address", "needle"), [("127.0.0.1:9", "no Ray cluster answers at 127.0.0.1:9"),
