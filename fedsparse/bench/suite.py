@@ -13,17 +13,34 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedsparse.budgets import parse_budget_shorthand
 from fedsparse.config import ExperimentConfig, read_yaml, set_path, validate_tree
 from fedsparse.errors import ConfigError
 
-#: what an entry's name may hold: it names folders
+#: what a suite's or an entry's name may hold: it names folders
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def folder_name(value: str) -> str:
+    if not NAME.match(value):
+        raise ValueError(f"name {value!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
+    return value
+
+
+FolderName = Annotated[str, AfterValidator(folder_name)]
 
 
 class _Strict(BaseModel):
@@ -34,7 +51,7 @@ class Entry(_Strict):
     """One compared configuration: a method (with its strategy and budgets), fixed overrides,
     and the grid its hyper-parameters are tuned over."""
 
-    name: str
+    name: FolderName
     method: str
     strategy: str | None = None
     budgets: str | None = Field(None, description="tiers as density:share pairs, e.g. 0.1:0.5,0.5:0.5")
@@ -42,12 +59,6 @@ class Entry(_Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict,
                                        description="dotted key -> values; points: their product")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError(f"entry name {value!r} must be letters, digits, '-', '_' or '.'")
-        return value
 
     @field_validator("grid")
     @classmethod
@@ -77,7 +88,7 @@ class Tuning(_Strict):
 
 
 class Suite(_Strict):
-    name: str
+    name: FolderName
     description: str = ""
     #: a config file (relative to the suite file, or a packaged config such as quickstart.yaml)
     base: str
@@ -89,12 +100,6 @@ class Suite(_Strict):
     baseline: str | None = None
     entries: list[Entry] = Field(min_length=1)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError(f"suite name {value!r} must be letters, digits, '-', '_' or '.'")
-        return value
 
     @model_validator(mode="after")
     def _fair(self) -> Suite:

@@ -60,7 +60,7 @@ def test_plan_tunes_every_point_on_tuning_seeds_and_reports_the_chosen_one(tmp_p
      "every entry must have 2 grid points"),
     ({"entries": [{"name": "a", "method": "dense"}, {"name": "a", "method": "dense"}]},
      "entry names repeat: a"),
-    ({"entries": [{"name": "../x", "method": "dense"}]}, "entry name '../x'"),
+    ({"entries": [{"name": "../x", "method": "dense"}]}, "name '../x' must be letters"),
     ({"seeds": []}, "'seeds'"),
     ({"tune": {"seeds": []}}, "tune.seeds is empty"),
 ])
