@@ -95,7 +95,7 @@ def run_suite(suite_path: Path, out: Path, options: BenchOptions = BenchOptions(
             for run in report_runs(suite, tree, entry, 0):
                 manifest.runs[run.key] = RunStatus(config_hash(run.config), "report", entry.name,
                                                    run.seed, -1, "failed",
-                                                   "no grid point finished tuning")
+                                                   manifest.selection[entry.name]["error"])
                 listener.finished(run.key, manifest.runs[run.key])
             continue
         report += report_runs(suite, tree, entry, point)
@@ -138,11 +138,25 @@ def select(suite: Suite, entry_name: str, manifest: Manifest, out: Path) -> int 
         if all(v is not None for v in values):
             scores[i] = sum(values) / len(values)  # type: ignore[arg-type]
     if not scores:
+        reason = "no grid point finished tuning"
+        if _lacks_validation(entry_name, len(points), suite, manifest, out):
+            reason = (f"method '{entry.method}' reports no validation accuracy, so its grid cannot "
+                      "be tuned: score both splits with fedsparse.method.split_scores in its "
+                      "evaluate, or give the entry one grid point")
+        manifest.selection[entry_name] = {"error": reason}
         return None
     best = max(scores, key=lambda i: (scores[i], -i))
     manifest.selection[entry_name] = {"point": best, "values": points[best],
                                       "val": {str(i): v for i, v in scores.items()}}
     return best
+
+
+def _lacks_validation(entry: str, points: int, suite: Suite, manifest: Manifest,
+                      out: Path) -> bool:
+    """Whether the entry's tuning runs finished but none reported a validation accuracy."""
+    keys = [f"{entry}/tune-{i}-s{seed}" for i in range(points) for seed in suite.tune.seeds]
+    done = [k for k in keys if manifest.runs.get(k) and manifest.runs[k].status == "done"]
+    return bool(done) and all(validation_accuracy(out, k, manifest) is None for k in done)
 
 
 def validation_accuracy(out: Path, key: str, manifest: Manifest) -> float | None:

@@ -527,7 +527,10 @@ class ServerLoop:
 
 def validation_scores(metrics: Any, num_val: int) -> dict[str, float]:
     """A reply's validation accuracy and loss, checked like its test scores: the example count is
-    the partition's validation split, the accuracy a share of it, the loss finite."""
+    the partition's validation split, the accuracy a share of it, the loss finite. A method that
+    scores no validation split (a plug-in's own ``evaluate``) reports none: ``{}``."""
+    if "val-accuracy" not in metrics:
+        return {}
     try:
         accuracy, loss = float(metrics["val-accuracy"]), float(metrics["val-loss"])
         count = int(metrics["val-num-examples"])

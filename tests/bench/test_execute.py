@@ -240,3 +240,16 @@ def test_parallel_runs_each_in_its_own_process_with_its_share_of_the_cpus(tmp_pa
         assert config["simulation"]["num_cpus"] == max(1, execute.cores() // 2)
         assert config["seed"] == seed
     assert "`broken/seed1`: error: method 'dense'" in (out / REPORT_MD).read_text()
+
+
+def test_a_method_without_validation_scores_is_run_but_not_tuned_and_says_why(tmp_path):
+    path = tiny_suite(tmp_path, baseline=None, entries=[
+        {"name": "old", "method": f"{PEEKING}:ScoresTestOnly", "strategy": "fedavg", "budgets": "1.0:1",
+         "grid": {"train.lr": [0.05, 0.2]}}])
+    out = tmp_path / "out"
+    with in_process():
+        run_suite(path, out)
+    manifest = Manifest.open(out, "tiny")
+    assert manifest.runs["old/tune-0-s5"].status == "done"  # its replies are accepted
+    assert "reports no validation accuracy" in manifest.runs["old/seed0"].error
+    assert "split_scores" in (out / REPORT_MD).read_text()
