@@ -36,6 +36,9 @@ def accuracy_vs_cost(entries: list[EntryResult], metric: str, label: str, path: 
         ax.errorbar(cost.mean, acc.mean, xerr=_bar(cost.sd), yerr=_bar(acc.sd), fmt="o", capsize=3,
                     label=e.name)
         shown.append((cost.mean, acc.mean))
+    if not shown:
+        plt.close(fig)
+        return 0
     front = pareto_front(shown)
     if len(front) > 1:
         ax.plot([shown[i][0] for i in front], [shown[i][1] for i in front], "k--", lw=1,
@@ -72,6 +75,9 @@ def curves(entries: list[EntryResult], path: Path) -> int:
         ax.fill_between(xs, [min(by_round[x]) for x in xs], [max(by_round[x]) for x in xs],
                         color=line.get_color(), alpha=0.2)
         drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return 0
     ax.set_xlabel("round")
     ax.set_ylabel("mean client accuracy (test)")
     ax.grid(alpha=0.3)
