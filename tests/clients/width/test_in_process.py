@@ -34,9 +34,9 @@ def test_a_width_method_runs_and_the_server_counts_its_savings(tmp_path, method)
     assert len(clients) == 7
 
 
-@pytest.mark.parametrize("method", ["heterofl", "fedrolex"])
-def test_the_server_scores_every_client_at_every_width_it_could_hold(tmp_path, method):
-    run = simulate_here(tmp_path, *SMALL, "--method", method)
+def test_the_server_scores_every_client_at_every_width_it_could_hold(tmp_path):
+    # FedRolex: the server must slice the window the clients held in the final round
+    run = simulate_here(tmp_path, *SMALL, "--method", "fedrolex")
     summary = json.loads((run / "summary.json").read_text())
     scores = summary["server_scores"]
     # every client holds the narrow width; only the dense tier also the whole model
