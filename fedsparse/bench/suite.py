@@ -144,6 +144,9 @@ class PlannedRun:
 
 def load_suite(path: Path) -> Suite:
     """The suite in ``path``, validated (one-line ConfigError otherwise)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"suite file {path} not found: pass a suite YAML file, e.g. "
+                          "benchmarks/suites/smoke.yaml")
     tree = read_yaml(Path(path))
     try:
         return Suite.model_validate(tree)

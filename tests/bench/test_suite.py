@@ -87,6 +87,11 @@ def test_a_run_config_that_does_not_validate_is_refused_before_anything_runs(tmp
         check_plan(suite, base_tree(suite, path))
 
 
+def test_a_missing_suite_file_names_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="suite file .* not found: pass a suite YAML file"):
+        load_suite(tmp_path / "nope.yaml")
+
+
 def test_a_missing_base_names_the_fix(tmp_path):
     path = write(tmp_path, with_(base="nope.yaml"))
     suite = load_suite(path)
