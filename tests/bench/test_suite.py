@@ -88,7 +88,7 @@ def test_a_run_config_that_does_not_validate_is_refused_before_anything_runs(tmp
 
 
 def test_a_missing_suite_file_names_the_fix(tmp_path):
-    with pytest.raises(ConfigError, match="suite file .* not found: pass a suite YAML file"):
+    with pytest.raises(ConfigError, match=r"suite file .* not found: pass a suite YAML file"):
         load_suite(tmp_path / "nope.yaml")
 
 
