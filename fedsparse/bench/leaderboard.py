@@ -177,7 +177,9 @@ def header(results: SuiteResults) -> list[str]:
             f"Reported seeds {suite.seeds}; {tuned}; mean ± sd over seeds, 95% t-interval of the "
             "mean; costs are ratios to dense training of the same work; eval FLOPs: the training "
             "clients do before they score at the final evaluation (fine-tuning, a gate fit; pFedGate "
-            "at its budget's bound), counted by the server."]
+            "at its budget's bound), counted by the server; memory: weights, gradients and optimizer "
+            "state, mean over client-rounds; peak memory: the largest client-round of those plus "
+            "activations."]
 
 
 def leaderboard_markdown(results: SuiteResults) -> str:
