@@ -1,0 +1,36 @@
+import pytest
+
+from fedsparse.bench.leaderboard import EntryResult, _time_to_target
+
+
+def summary(acc: float, reached: float | None = None, widths: dict | None = None,
+            clock: bool = True) -> dict:
+    return {"accuracy": {"mean": acc, "bottom_decile": acc - 0.1, "global": None, "val_mean": acc},
+            "cost": {"train_flops_total": 30.0, "dense_train_flops_total": 100.0,
+                     "eval_train_flops_final": 20.0},
+            "clock": {"time_to_target": reached} if clock else None,
+            "server_scores": {f"width-{w}-accuracy": {"mean": v, "clients": 5}
+                              for w, v in (widths or {}).items()}}
+
+
+def test_costs_are_ratios_to_dense_training_and_evaluation_is_charged_in_the_total():
+    entry = EntryResult("e", "m", {}, {0: summary(0.8), 1: summary(0.9)})
+    assert entry.estimate("train_flops").mean == pytest.approx(0.3)
+    assert entry.estimate("eval_flops").mean == pytest.approx(0.2)
+    assert entry.estimate("total_flops").mean == pytest.approx(0.5)
+    assert entry.estimate("global").n == 0  # no global model: no figure, not a zero
+
+
+def test_time_to_target_counts_the_seeds_that_never_reached_it():
+    entry = EntryResult("e", "m", {}, {0: summary(0.8, 40.0), 1: summary(0.7, None),
+                                       2: summary(0.8, 60.0)})
+    assert _time_to_target(entry) == "50.0 ± 14.1 (not reached: 1)"
+    assert _time_to_target(EntryResult("e", "m", {}, {0: summary(0.8, clock=False)})) == "-"
+
+
+def test_widths_average_the_server_scores_over_seeds():
+    entry = EntryResult("e", "m", {}, {0: summary(0.8, widths={"0.1": 0.6, "1": 0.9}),
+                                       1: summary(0.8, widths={"0.1": 0.7, "1": 0.8})})
+    widths = entry.widths()
+    assert list(widths) == ["0.1", "1"]
+    assert widths["0.1"].mean == pytest.approx(0.65) and widths["1"].mean == pytest.approx(0.85)
