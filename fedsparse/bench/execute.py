@@ -22,6 +22,7 @@ from typing import Any
 
 from fedsparse.bench.manifest import (
     RUNS_DIR,
+    SUITE_COPY,
     Manifest,
     RunStatus,
     config_hash,
@@ -43,7 +44,6 @@ from fedsparse.parallel import cores
 from fedsparse.results import SUMMARY_FILE
 from fedsparse.simulation.stopping import Interrupted
 
-SUITE_COPY = "suite.yaml"
 #: a child run's standard error, in its run folder
 WORKER_LOG = "bench-worker.log"
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedsparse.bench.manifest import Manifest, run_folder, source_commit
+from fedsparse.bench.manifest import SUITE_COPY, Manifest, run_folder, source_commit
 from fedsparse.bench.stats import Estimate, estimate, paired
 from fedsparse.bench.suite import Suite, load_suite
 from fedsparse.errors import FedsparseError
@@ -85,21 +85,23 @@ class EntryResult:
     def widths(self) -> dict[str, Estimate]:
         """Mean accuracy of every client at every width it could hold (server-scored), over
         seeds: the same clients at each width, unlike the per-tier figures."""
-        by_width: dict[str, list[float]] = {}
-        for summary in self.summaries.values():
-            for key, value in (summary.get("server_scores") or {}).items():
-                if key.startswith("width-") and key.endswith("-accuracy"):
-                    width = key.removeprefix("width-").removesuffix("-accuracy")
-                    by_width.setdefault(width, []).append(float(value["mean"]))
-        return {w: estimate(v) for w, v in sorted(by_width.items(), key=lambda kv: float(kv[0]))}
+        return self._by_density(lambda summary: {
+            key.removeprefix("width-").removesuffix("-accuracy"): value["mean"]
+            for key, value in (summary.get("server_scores") or {}).items()
+            if key.startswith("width-") and key.endswith("-accuracy")})
 
     def tiers(self) -> dict[str, Estimate]:
         """Mean accuracy per declared density, over seeds."""
-        by_tier: dict[str, list[float]] = {}
+        return self._by_density(lambda summary: summary.get("accuracy_by_density") or {})
+
+    def _by_density(self, read: Any) -> dict[str, Estimate]:
+        """``read(summary)`` -> {density: value} of every seed, estimated per density, in
+        increasing density."""
+        values: dict[str, list[float]] = {}
         for summary in self.summaries.values():
-            for tier, value in (summary.get("accuracy_by_density") or {}).items():
-                by_tier.setdefault(tier, []).append(float(value))
-        return {t: estimate(v) for t, v in sorted(by_tier.items(), key=lambda kv: float(kv[0]))}
+            for density, value in read(summary).items():
+                values.setdefault(density, []).append(float(value))
+        return {d: estimate(v) for d, v in sorted(values.items(), key=lambda kv: float(kv[0]))}
 
 
 @dataclass
@@ -115,8 +117,6 @@ def collect(folder: Path) -> SuiteResults:
     if not Manifest.path(folder).is_file():
         raise FedsparseError(f"{folder} is not a suite folder (no manifest.json): pass the --out "
                              "folder of 'fedsparse bench'")
-    from fedsparse.bench.execute import SUITE_COPY
-
     suite = load_suite(folder / SUITE_COPY)
     manifest = Manifest.open(folder, suite.name)
     entries = []

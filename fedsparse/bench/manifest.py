@@ -20,6 +20,8 @@ from fedsparse.errors import ConfigError
 from fedsparse.results import write_atomic
 
 MANIFEST_FILE = "manifest.json"
+#: the suite file as last run, beside its manifest (the report reads it)
+SUITE_COPY = "suite.yaml"
 RUNS_DIR = "runs"
 #: config sections that say where and how a run executes, not what it computes
 EXECUTION_ONLY = {"simulation", "output"}
