@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from fedsparse.budgets import BudgetTier
 from fedsparse.clock import DeviceProfile
-from fedsparse.errors import ConfigError
+from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.training import TrainSettings
 
 TrainConfig = TrainSettings  # the ``train`` section is the training loop's own settings
@@ -410,7 +410,43 @@ def load_config(
             set_path(tree, dotted, value)
     if assignments or any(v is not None for v in (overrides or {}).values()):
         source = f"{source} with overrides"
-    return validate_tree(tree, source)
+    note = None
+    if path is None and not _budgets_given(assignments, overrides):
+        note = _full_model_budgets(tree)
+    config = validate_tree(tree, source)
+    if note:
+        config.notes.append(note)
+    return config
+
+
+def _budgets_given(assignments: list[str] | None, overrides: dict[str, Any] | None) -> bool:
+    """Whether the user named budgets (``--budgets`` or ``--set budgets...``)."""
+    if (overrides or {}).get("budgets.tiers") is not None:
+        return True
+    return any(text.strip().startswith("budgets") for text in assignments or [])
+
+
+def _full_model_budgets(tree: dict[str, Any]) -> str | None:
+    """A method that trains the whole model on the default config: drop the default's sparse
+    budget tiers (every client at density 1) and return the note saying so."""
+    from fedsparse.clients.registry import resolve
+
+    method = tree.get("method", {}).get("name") if isinstance(tree.get("method"), dict) else None
+    tiers = (tree.get("budgets") or {}).get("tiers") if isinstance(tree.get("budgets"), dict) else None
+    if not isinstance(method, str) or not isinstance(tiers, list):
+        return None
+    try:
+        if not resolve(method).full_model_only:
+            return None
+    except FedsparseError:
+        return None  # validation reports the unknown method
+    densities = sorted({float(t.get("density", 1.0)) for t in tiers if isinstance(t, dict)})
+    if all(d >= 1.0 for d in densities):
+        return None
+    tree["budgets"] = {"tiers": [{"density": 1.0, "share": 1.0}]}
+    shown = ", ".join(f"{d:g}" for d in densities)
+    return (f"method '{method}' trains the whole model: the default config's budget tiers "
+            f"(densities {shown}) are not applied, every client declares density 1")
 
 
 def dump_config(config: ExperimentConfig) -> str:

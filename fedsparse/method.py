@@ -198,6 +198,9 @@ class Method(ABC):
     #: labels them client-reported. Everything else is counted by the server from what it
     #: sent and received.
     client_reported: ClassVar[tuple[str, ...]] = ()
+    #: every client trains the whole model (density 1): budget tiers that only the default
+    #: config declared are then not applied (budgets the user gave are still checked)
+    full_model_only: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel, run: RunInfo) -> None:
         self.options = options

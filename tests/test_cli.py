@@ -32,7 +32,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         (["--model", "lenet"], "needs image inputs"),
         (["--config", "/nonexistent.yaml"], "not found"),
         (["--set", "strategy.name=nope"], "unknown strategy 'nope'"),
-        (["--method", "dense", "--budgets", "0.1:0.5,1.0:0.5"], "method 'dense': it trains every weight"),
+        (["--method", "dense", "--budgets", "0.1:0.5,1.0:0.5"], "density 1 (--budgets 1.0:1)"),
         (["--budgets", "0.1:0.7,1.0:0.2"], "--budgets"),
         (["--budgets", "0:1"], "--budgets"),
         (["--clients", "10", "--set", "simulation.min_clients=5"], "exceeds the 1 clients sampled"),

@@ -82,3 +82,24 @@ def test_clients_per_round():
 
 def test_dump_is_plain_yaml():
     assert yaml.safe_load(dump_config(load_config()))["data"]["dataset"] == "synthetic"
+
+
+@pytest.mark.parametrize("method", ["fedavg", "dense", "fedavg-ft", "ditto", "local"])
+def test_a_full_model_method_on_the_default_config_drops_its_sparse_tiers(method):
+    cfg = load_config(overrides={"method.name": method})
+    assert [(t.density, t.share) for t in cfg.budgets.tiers] == [(1.0, 1.0)]
+    assert any("not applied" in note and "0.1, 0.3" in note for note in cfg.notes)
+
+
+def test_sparse_methods_and_named_budgets_keep_the_tiers(tmp_path):
+    assert len(load_config(overrides={"method.name": "magnitude"}).budgets.tiers) == 3
+    assert not load_config(overrides={"method.name": "magnitude"}).notes
+    named = load_config(overrides={"method.name": "dense",
+                                   "budgets.tiers": [{"density": 0.5, "share": 1.0}]})
+    assert [t.density for t in named.budgets.tiers] == [0.5]
+    by_set = load_config(assignments=["budgets.tiers=[{density: 0.2, share: 1.0}]"],
+                         overrides={"method.name": "dense"})
+    assert [t.density for t in by_set.budgets.tiers] == [0.2]
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: dense}\nbudgets: {tiers: [{density: 0.3, share: 1.0}]}\n")
+    assert [t.density for t in load_config(path).budgets.tiers] == [0.3]

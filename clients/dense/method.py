@@ -10,12 +10,13 @@ class Dense(Method):
     """FedAvg's client: local SGD on every weight; evaluates the global model as received."""
 
     name = "dense"
+    full_model_only = True
 
     def setup(self, setup: ServerSetup) -> None:
         low = [b.density for b in setup.budgets if b.density < 1.0]
         if low:
             raise ValueError(f"it trains every weight but {len(low)} clients declare density "
-                             f"{min(low):g}: declare density 1 or use a sparse method "
+                             f"{min(low):g}: give every client density 1 (--budgets 1.0:1) or use a sparse method "
                              "('fedsparse methods' lists them)")
 
     def fit(self, task: ClientTask) -> FitResult:

@@ -25,6 +25,7 @@ class Magnitude(Dense):
 
     name = "magnitude"
     sparse_updates = True
+    full_model_only = False
 
     def setup(self, setup: ServerSetup) -> None:
         lowest = min(b.density for b in setup.budgets)

@@ -44,6 +44,20 @@ def write_learnable_idx(folder: Path, train: int, test: int) -> Path:
     return folder
 
 
+def test_method_fedavg_on_the_default_config_runs_the_dense_reference(tmp_path):
+    """README's `--method fedavg`: the default config's sparse tiers are not applied, and the
+    run says so; the summary records every client at density 1."""
+    from tests.simulation.inprocess import invoke_here
+
+    result = invoke_here("simulate", "--out", str(tmp_path), "--method", "fedavg", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "are not applied, every client declares density 1" in result.output
+    run = next(tmp_path.iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == "dense"
+    assert [t["density"] for t in summary["budget"]["tiers"]] == [1.0]
+
+
 def test_dense_fedavg_on_synthetic_beats_the_majority_class(tmp_path):
     """(On Ray, ``test_end_to_end.py`` checks the run itself; learning is the same code.)"""
     run = simulate_here(tmp_path, "--clients", "4", "--rounds", "4", "--fraction", "0.5",
