@@ -2,9 +2,10 @@
 
     python benchmarks/paste_results.py bench/fmnist-pfedgate README.md BENCHMARKS.md
 
-Each file holds ``<!-- bench:SUITE -->`` ... ``<!-- /bench:SUITE -->``; what lies between is
-replaced by the suite folder's ``leaderboard.md`` (with its header: commit, date, machine,
-command), so no result in the docs is typed by hand.
+Each file holds ``<!-- bench:SUITE -->`` ... ``<!-- /bench:SUITE -->`` (replaced by the suite
+folder's ``leaderboard.md``, with its header: commit, date, machine, command) or
+``<!-- bench-headline:SUITE -->`` ... ``<!-- /bench-headline:SUITE -->`` (replaced by its short
+``headline.md``, what README carries), so no result in the docs is typed by hand.
 """
 
 from __future__ import annotations
@@ -13,18 +14,24 @@ import re
 import sys
 from pathlib import Path
 
-from fedsparse.bench.leaderboard import REPORT_MD, collect
+from fedsparse.bench.leaderboard import HEADLINE_MD, REPORT_MD, collect
 
 
 def paste(suite_dir: Path, target: Path) -> None:
     name = collect(suite_dir).suite.name
-    table = (suite_dir / REPORT_MD).read_text().strip()
     text = target.read_text()
-    pattern = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(\n<!-- /bench:{re.escape(name)} -->)",
-                         re.DOTALL)
-    if not pattern.search(text):
-        raise SystemExit(f"{target} has no <!-- bench:{name} --> ... <!-- /bench:{name} --> block")
-    target.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
+    found = False
+    for marker, report in (("bench", REPORT_MD), ("bench-headline", HEADLINE_MD)):
+        pattern = re.compile(rf"(<!-- {marker}:{re.escape(name)} -->\n).*?"
+                             rf"(\n<!-- /{marker}:{re.escape(name)} -->)", re.DOTALL)
+        if pattern.search(text):
+            table = (suite_dir / report).read_text().strip()
+            text = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), text)
+            found = True
+    if not found:
+        raise SystemExit(f"{target} has no <!-- bench:{name} --> or <!-- bench-headline:{name} --> "
+                         "block: add one where the table belongs")
+    target.write_text(text)
 
 
 if __name__ == "__main__":

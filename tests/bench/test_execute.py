@@ -11,7 +11,7 @@ import yaml
 
 from fedsparse.bench import execute
 from fedsparse.bench.execute import run_suite
-from fedsparse.bench.leaderboard import REPORT_CSV, REPORT_MD, collect
+from fedsparse.bench.leaderboard import HEADLINE_MD, REPORT_CSV, REPORT_MD, collect
 from fedsparse.bench.manifest import Manifest, run_folder
 from fedsparse.errors import ConfigError
 from fedsparse.simulation.stopping import Interrupted
@@ -100,6 +100,14 @@ def test_report_numbers_equal_the_run_folders(smoke):
     avg = [json.loads((run_folder(smoke, f"fedavg/seed{s}") / "summary.json").read_text())
            ["accuracy"]["mean"] for s in (0, 1)]
     assert diff == pytest.approx(sum(f - a for f, a in zip(ft, avg, strict=True)) / 2)
+    # the front page's short table carries the same figures
+    headline = {line.split(" | ")[0].strip("| "): line.split(" | ")
+                for line in (smoke / HEADLINE_MD).read_text().splitlines() if line.startswith("| ")}
+    assert headline["fedavg-ft"][2] == (f"{float(rows['fedavg-ft']['accuracy_mean']):.3f} ± "
+                                        f"{float(rows['fedavg-ft']['accuracy_sd']):.3f}")
+    assert headline["fedavg-ft"][3].startswith(f"{diff:+.3f} [")
+    assert headline["fedavg"][3] == "baseline"
+    assert headline["pfedgate"][4] == f"{float(rows['pfedgate']['total_flops_mean']):.2f}x"
 
 
 def test_a_grid_point_that_wins_on_test_and_loses_on_validation_is_not_picked(tmp_path):
@@ -253,3 +261,20 @@ def test_a_method_without_validation_scores_is_run_but_not_tuned_and_says_why(tm
     assert manifest.runs["old/tune-0-s5"].status == "done"  # its replies are accepted
     assert "reports no validation accuracy" in manifest.runs["old/seed0"].error
     assert "split_scores" in (out / REPORT_MD).read_text()
+
+
+def test_paste_fills_the_leaderboard_and_headline_blocks(smoke, tmp_path):
+    from benchmarks.paste_results import paste
+
+    page = tmp_path / "page.md"
+    page.write_text("a\n<!-- bench:smoke -->\nold\n<!-- /bench:smoke -->\nb\n"
+                    "<!-- bench-headline:smoke -->\nold\n<!-- /bench-headline:smoke -->\n")
+    paste(smoke, page)
+    text = page.read_text()
+    assert "old" not in text and text.startswith("a\n<!-- bench:smoke -->\nSuite `smoke`")
+    assert (smoke / HEADLINE_MD).read_text().strip() in text
+    assert (smoke / REPORT_MD).read_text().strip() in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no blocks\n")
+    with pytest.raises(SystemExit, match="no <!-- bench:smoke -->"):
+        paste(smoke, bare)
