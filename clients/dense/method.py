@@ -16,8 +16,8 @@ class Dense(Method):
         low = [b.density for b in setup.budgets if b.density < 1.0]
         if low:
             raise ValueError(f"it trains every weight but {len(low)} clients declare density "
-                             f"{min(low):g}: give every client density 1 (--budgets 1.0:1) or use a sparse method "
-                             "('fedsparse methods' lists them)")
+                             f"{min(low):g}: give every client density 1 (--budgets 1.0:1) "
+                             "or use a sparse method ('fedsparse methods' lists them)")
 
     def fit(self, task: ClientTask) -> FitResult:
         """Local training; honours FedProx's ``proximal-mu`` when the strategy sends it."""
