@@ -2,8 +2,8 @@
 
 Averaging a model's tensors is torch kernels that release the GIL (``index_add_`` runs on one
 thread), so a thread per core runs tensors side by side without copying any update to another
-process. Decoding updates is not threaded: its per-tensor Python work holds the GIL, and
-threads made it 2x slower.
+process. Decoding updates is not threaded: its per-tensor Python work holds the GIL, so
+threads would only slow it (``benchmarks/aggregate_sparse.py``).
 """
 
 from __future__ import annotations

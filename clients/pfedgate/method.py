@@ -94,8 +94,7 @@ class PFedGateOptions(MethodOptions):
     block_fit: int = Field(
         0, ge=0, description="cut tensors into enough blocks that this many fit a group's capacity, "
                              "so the gate chooses among blocks at every s (0: exactly `split` "
-                             "blocks per tensor, as the authors; on the measured runs it scored "
-                             "as well or better, see README)")
+                             "blocks per tensor, as the authors)")
     sub0_scaled: bool = Field(False, description="scale each tensor's sub0 by a gate score of its "
                                                  "own, as the authors' code does (sub0 is never "
                                                  "dropped, but personalised)")

@@ -43,8 +43,8 @@ def _index_dataset(pool: DataPool):  # -> datasets.Dataset
 def flwr_partitioners() -> ModuleType:
     """``flwr_datasets.partitioner``, imported without running ``flwr_datasets/__init__``.
 
-    That ``__init__`` imports the package's plots and metrics (seaborn, scipy.stats: 2 of the 2.7 s
-    the import takes on this machine, in every run's start-up) although the partitioners need only
+    That ``__init__`` imports the package's plots and metrics (seaborn, scipy.stats: most of the
+    import's time, in every run's start-up) although the partitioners need only
     ``datasets`` and numpy.
     """
     return import_skipping_init("flwr_datasets", "flwr_datasets.partitioner")

@@ -4,8 +4,8 @@
 A Ray worker loads an actor's class by importing the module of the class (and its bases).
 Flower's actor lives in ``flwr.simulation.ray_transport.ray_actor``, so every worker first ran
 ``flwr/simulation/__init__``: Flower's simulation app, its LinkState, SQLAlchemy and FastAPI,
-none of which an actor uses. That took 1.17 s of the import's 1.2 s here, in each worker, on
-round 1 of every run; the actor's own module takes 0.27 s. Workers now import this module
+none of which an actor uses, in each worker, on round 1 of every run (most of the worker's
+import time; ``benchmarks/overhead.py`` measures start-up). Workers now import this module
 first (``ClientAppActor`` is pickled by reference, as the base of the class Ray ships), and it
 imports Flower's actor module with that ``__init__`` skipped.
 """

@@ -124,9 +124,9 @@ def _on_this_node(config: ExperimentConfig) -> Iterator[None]:
 def _pristine_model(model_json: str, input_shape: tuple[int, ...], num_classes: int
                     ) -> torch.nn.Module:
     """One freshly built model per worker and experiment, never handed out: each message gets a
-    copy, whose every weight and buffer the server's arrays then overwrite. Building one (random
-    initialisation, a probe pass to size the classifier) cost ~8 ms of every message on cnn-bn
-    and ~130 ms on ResNet18; a copy and load ~2 and ~32 ms."""
+    copy, whose every weight and buffer the server's arrays then overwrite: building one (random
+    initialisation, a probe pass to size the classifier) costs several times a copy and load,
+    most on large models."""
     return build_model(ModelConfig.model_validate_json(model_json), input_shape, num_classes)
 
 
@@ -241,8 +241,8 @@ class RebuiltClientApp(ClientApp):
     """A ClientApp that pickles as the arguments that build it.
 
     Flower's Ray backend pickles the app with every message it hands a worker. By value (the
-    handler closures) that cost ~5 ms of the server's time per message, spent between one
-    client's reply and the next client's start; by reference it is the config string, and
+    handler closures) that costs the server time per message, spent between one client's
+    reply and the next client's start; by reference it is the config string, and
     each worker builds the app once (``_built_client_app``).
     """
 

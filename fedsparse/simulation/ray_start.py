@@ -15,7 +15,7 @@ started from the main thread; from this one it leaves signals to the run's ``Sto
 A local Ray starts without the daemons a simulation never uses (``lean_local_node``): its
 autoscaler monitor, its API server (with the dashboard off it serves only usage statistics,
 which are off too) and, when worker logs are not shown, its log monitor. Each is a Python
-process of its own importing much of Ray (~0.5-0.8 s of CPU each on this machine), and
+process of its own importing much of Ray (a fraction of a second of CPU each), and
 ``ray.init`` waits for the API server to publish its address. Ray (2.55.1, pinned by Flower)
 has no public switch for them, so the node is started with its own parameters for these
 (``no_monitor``, ``include_log_monitor``) and without its ``start_api_server``; where a Ray

@@ -315,7 +315,8 @@ def clock_summary(config: ExperimentConfig, loop: ServerLoop) -> dict[str, Any] 
 
 
 def load_simulation_engine() -> None:
-    """Import Flower's simulation engine and its Ray backend (1.2 s on this machine)."""
+    """Import Flower's simulation engine and its Ray backend (a second or so: done while Ray
+    starts)."""
     import flwr.simulation  # noqa: F401
     from flwr.server.superlink.fleet.vce.backend import raybackend  # noqa: F401
 

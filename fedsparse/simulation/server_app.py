@@ -193,7 +193,7 @@ class ServerLoop:
     def reply_timeout(self) -> float:
         """Seconds an exchange waits for replies: ``round_timeout``, plus ``startup_grace`` for
         the first, whose clients wait for the workers to start (Ray actors import torch and
-        the ClientApp: ~10 s on two loaded cores), so that a timeout sized for steady rounds
+        the ClientApp, seconds on a loaded machine), so that a timeout sized for steady rounds
         does not fail the healthy clients of the first."""
         sim = self.config.simulation
         return sim.round_timeout + (0.0 if self.workers_started else sim.startup_grace)
