@@ -36,13 +36,13 @@ class _Strict(BaseModel):
 class SyntheticConfig(_Strict):
     """FedProx Synthetic(alpha, beta): alpha moves models apart, beta moves inputs apart."""
 
-    alpha: float = Field(0.5, ge=0.0)
-    beta: float = Field(0.5, ge=0.0)
-    dim: int = Field(60, ge=1)
-    num_classes: int = Field(10, ge=2)
-    min_samples: int = Field(50, ge=10)
-    max_samples: int = Field(1000, ge=10)
-    iid: bool = False
+    alpha: float = Field(0.5, ge=0.0, description="how far apart the clients' models are")
+    beta: float = Field(0.5, ge=0.0, description="how far apart the clients' inputs are")
+    dim: int = Field(60, ge=1, description="input features")
+    num_classes: int = Field(10, ge=2, description="classes")
+    min_samples: int = Field(50, ge=10, description="fewest samples a client gets")
+    max_samples: int = Field(1000, ge=10, description="most samples a client gets")
+    iid: bool = Field(False, description="one shared model and input distribution (no skew)")
 
     @model_validator(mode="after")
     def _sample_range(self) -> SyntheticConfig:
@@ -52,16 +52,18 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: DatasetName = "synthetic"
-    data_dir: Path | None = None
-    emnist_split: str = "balanced"
+    dataset: DatasetName = Field("synthetic", description="synthetic is generated; the others "
+                                  "are read from data_dir")
+    data_dir: Path | None = Field(None, description="folder holding the dataset's files")
+    emnist_split: str = Field("balanced", description="EMNIST split (balanced, byclass, ...)")
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
 class PartitionConfig(_Strict):
     """How the pooled data is divided into clients and each client's data into splits."""
 
-    kind: PartitionKind = "natural"
+    kind: PartitionKind = Field("natural", description="how clients get their data: natural "
+                                "owners (Synthetic, FEMNIST), iid, dirichlet label skew, shards")
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration")
     classes_per_client: int = Field(2, ge=1, description="classes per client for 'shards'")
     min_size: int = Field(10, ge=1, description="smallest Dirichlet partition accepted")
@@ -76,9 +78,9 @@ class PartitionConfig(_Strict):
                                 "before round 1, whatever the method (None: the method's default, "
                                 "method.pruning.warmup_epochs for the FedTiny family, else 0); set "
                                 "it on every run of a comparison so all start alike")
-    train: float = Field(0.6, gt=0.0, lt=1.0)
-    val: float = Field(0.2, ge=0.0, lt=1.0)
-    test: float = Field(0.2, gt=0.0, lt=1.0)
+    train: float = Field(0.6, gt=0.0, lt=1.0, description="share of a client's data it trains on")
+    val: float = Field(0.2, ge=0.0, lt=1.0, description="share it validates on (what tuning reads)")
+    test: float = Field(0.2, gt=0.0, lt=1.0, description="share it is scored on")
 
     @model_validator(mode="after")
     def _fractions_sum(self) -> PartitionConfig:
@@ -89,8 +91,8 @@ class PartitionConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: ModelName = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [200])
+    name: ModelName = Field("mlp", description="sized from the data's input shape and classes")
+    hidden: list[int] = Field(default_factory=lambda: [200], description="mlp: hidden layer widths")
 
 
 class MethodConfig(BaseModel):
@@ -152,8 +154,11 @@ def _validated_options(method: Any, section: str, value: Any) -> dict[str, Any]:
 class BudgetsConfig(_Strict):
     """Declared client budgets: tiers with population shares, or one row per client from a file."""
 
-    tiers: list[BudgetTier] = Field(default_factory=lambda: [BudgetTier()])
-    file: Path | None = None
+    tiers: list[BudgetTier] = Field(default_factory=lambda: [BudgetTier()],
+                                    description="{density, share, train_flops, memory_bytes, "
+                                                "upload_bytes, device} per tier")
+    file: Path | None = Field(None, description="one budget per client (CSV or JSON); "
+                                                "replaces tiers")
 
     @model_validator(mode="after")
     def _shares_sum(self) -> BudgetsConfig:
@@ -181,8 +186,10 @@ class ClockConfig(_Strict):
 
 
 class StrategyConfig(_Strict):
-    name: str = "fedavg"
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("fedavg", description="a name from 'fedsparse strategies', module:Class "
+                                             "or file.py:Class")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="keyword arguments of the strategy's constructor")
 
 
 class EvalConfig(_Strict):
@@ -193,10 +200,10 @@ class EvalConfig(_Strict):
     fraction: float = Field(0.2, gt=0.0, le=1.0,
                             description="share of clients evaluated between the first and the "
                                         "final round (1.0: all)")
-    final: bool = True
+    final: bool = Field(True, description="evaluate every client after the last round")
     #: the server scores the global model (on the evaluated clients' pooled tests; all at the end)
-    global_model: bool = True
-    batch_size: int = Field(512, ge=1)
+    global_model: bool = Field(True, description="the server scores the global model too")
+    batch_size: int = Field(512, ge=1, description="evaluation batch size")
 
 
 #: a local simulation starts at most this many Flower nodes, each serving virtual clients:
@@ -206,7 +213,8 @@ MAX_LOCAL_NODES = 100
 
 
 class SimulationConfig(_Strict):
-    cpus_per_client: float = Field(1.0, gt=0.0)
+    cpus_per_client: float = Field(1.0, gt=0.0, description="CPUs each simulated client holds "
+                                                              "(Flower's client resources)")
     gpus_per_client: float = Field(
         0.0, ge=0.0, description="GPUs each simulated client holds (fractional: several clients "
                                  "share one, as Flower's client resources); > 0 trains on CUDA")
@@ -216,7 +224,8 @@ class SimulationConfig(_Strict):
                                              "exchange with the clients (round 1, or the first "
                                              "round after a resume, or a method's queries before "
                                              "it), whose replies wait for the workers to start")
-    node_wait_timeout: float = Field(120.0, gt=0.0)
+    node_wait_timeout: float = Field(120.0, gt=0.0,
+                                     description="seconds to wait for every node to register")
     min_clients: int = Field(1, ge=1, description="fewest accepted updates a round aggregates")
     checkpoint_every: int = Field(5, ge=1, description="write checkpoint.npz every k rounds "
                                                        "(and after the last)")
@@ -239,23 +248,24 @@ class SimulationConfig(_Strict):
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs a local simulation's Ray uses (default: every CPU of this "
                                 "machine); `fedsparse bench --parallel N` gives each run its share")
-    verbose: bool = False
+    verbose: bool = Field(False, description="show Flower's and Ray's logs")
 
 
 class OutputConfig(_Strict):
-    dir: Path = Path("runs")
+    dir: Path = Field(Path("runs"), description="parent folder of run folders")
     name: str | None = Field(None, description="run-folder prefix; default: method-dataset")
 
 
 class ExperimentConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**32, description="one seed fixes data, budgets, sampling, init")
-    num_clients: int = Field(100, ge=1)
-    rounds: int = Field(20, ge=1)
+    num_clients: int = Field(100, ge=1, description="clients in the federation")
+    rounds: int = Field(20, ge=1, description="federated rounds")
     fraction: float = Field(0.1, gt=0.0, le=1.0, description="share of clients sampled per round")
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig,
+                                 description="name, and each method's options section below")
     budgets: BudgetsConfig = BudgetsConfig()
     strategy: StrategyConfig = StrategyConfig()
     train: TrainConfig = TrainConfig()

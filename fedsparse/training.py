@@ -20,17 +20,18 @@ class TrainSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    local_epochs: int = Field(1, ge=1, description="local epochs per round")
+    batch_size: int = Field(32, ge=1, description="local batch size")
+    lr: float = Field(0.05, gt=0.0, description="local SGD learning rate (round 1's)")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="local SGD momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="local SGD weight decay")
     #: how the clients' learning rate moves over the rounds (``lr`` is round 1's)
-    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "exponential"] = Field(
+        "constant", description="how the rate moves over the rounds")
     #: exponential: the rate is multiplied by this every round
-    lr_decay: float = Field(0.98, gt=0.0, le=1.0)
+    lr_decay: float = Field(0.98, gt=0.0, le=1.0, description="exponential: factor per round")
     #: cosine: the rate the last round approaches
-    lr_min: float = Field(0.0, ge=0.0)
+    lr_min: float = Field(0.0, ge=0.0, description="cosine: the rate the last round approaches")
 
     def lr_at(self, server_round: int, rounds: int) -> float:
         """The learning rate of ``server_round`` (1-based) in a run of ``rounds`` rounds."""
