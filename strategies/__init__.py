@@ -1,7 +1,7 @@
 """Server-side aggregation strategies (Flower ``Strategy`` subclasses) and their registry.
 
 To write your own mask-aware strategy, subclass ``MaskAwareStrategy`` and override
-``aggregate_updates``; see ``examples/custom_strategy`` and README's "Custom strategies".
+``aggregate_updates``; see ``examples/custom_strategy`` and docs/custom-strategies.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Commands of a deployment's processes, and Docker compose files built from the same commands.
 
 One function per process kind builds its argv, so the compose files, the process tests and the
-README show the same flags. Compose files run ``--isolation process``: the SuperLink and each
+deployment docs show the same flags. Compose files run ``--isolation process``: the SuperLink and each
 SuperNode hand their apps to a SuperExec container built from ``docker/Dockerfile``
 (``flwr/superexec`` with fedsparse installed).
 

@@ -13,7 +13,7 @@ SMALL = ["--clients", "4", "--rounds", "2", "--fraction", "1", "--set", "eval.ev
 SYNTHETIC = ["--set", "data.synthetic.iid=true"]
 #: one run per code path: dense and personal baselines, flat-weight and channel gates, pruning at
 #: weight and filter level (with FedTiny's query rounds), FedMef's activation pruning, widths,
-#: and the example plug-in of README's "Custom methods"
+#: and the example plug-in of the docs' "Custom methods"
 RUNS = {
     "dense": ["--method", "dense", "--budgets", "1.0:1"],
     "ditto": ["--method", "ditto", "--budgets", "1.0:1"],
