@@ -136,7 +136,8 @@ def report(
         drawn, skipped = draw_plots(run)
         for name in drawn:
             Console().print(f"plot: {run.path / 'plots' / name}")
-        for line in [*(f"missing: {m}" for m in run.missing), *(f"skipped: {s}" for s in skipped)]:
+        for line in [*(f"warning: {n}" for n in run.notes), *(f"missing: {m}" for m in run.missing),
+                     *(f"skipped: {s}" for s in skipped)]:
             console.print(line)
 
 
@@ -158,6 +159,12 @@ def compare(
     from fedsparse.report import compare_stacked, legend_labels, load_run, write_comparison
 
     with _user_errors(debug):
+        if len(run_dirs) < 2:
+            raise FedsparseError(f"compare needs two or more run folders, got {len(run_dirs)}: "
+                                 "name the runs to put side by side ('fedsparse report' shows one)")
+        if out.exists() and not out.is_dir():
+            raise FedsparseError(f"--out {out} is a file, not a folder: name a folder for "
+                                 "compare.md and the overlaid curves")
         runs = [load_run(path) for path in run_dirs]
         header, rows = compare_stacked(runs)
         table = Table(show_header=True, header_style="bold")

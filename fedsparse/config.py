@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedsparse.budgets import BudgetTier
 from fedsparse.clock import DeviceProfile
@@ -254,6 +262,16 @@ class SimulationConfig(_Strict):
 class OutputConfig(_Strict):
     dir: Path = Field(Path("runs"), description="parent folder of run folders")
     name: str | None = Field(None, description="run-folder prefix; default: method-dataset")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        """The run folder stays inside ``dir``: a name is one plain path component."""
+        if name is not None and (not name.strip() or "/" in name or "\\" in name
+                                 or name.startswith(".") or "\0" in name):
+            raise ValueError("must be a plain folder name (no '/', no leading '.'): give --name "
+                             "without a path and the folder with --out")
+        return name
 
 
 class ExperimentConfig(_Strict):

@@ -25,6 +25,8 @@ class RunData:
     clients: list[dict[str, Any]]
     layers: dict[str, dict[str, float]]
     missing: list[str] = field(default_factory=list)
+    #: what was read around (a partial last round line)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -38,7 +40,8 @@ class RunData:
 
 
 def load_run(path: Path) -> RunData:
-    """Load a run folder; a folder without summary.json and metrics.jsonl is not a run."""
+    """Load a run folder; a folder without summary.json and metrics.jsonl is not a run, and a
+    malformed file is a one-line error naming it (a partial last round line is only noted)."""
     path = Path(path)
     if not path.is_dir():
         raise FedsparseError(f"{path} is not a folder: pass a run folder such as runs/quickstart-*")
@@ -48,18 +51,66 @@ def load_run(path: Path) -> RunData:
                              f"{ROUNDS_FILE}): pass a folder written by 'fedsparse simulate'")
     missing = [name for name in (SUMMARY_FILE, ROUNDS_FILE, CLIENTS_FILE, LAYERS_FILE)
                if not (path / name).is_file()]
+    notes: list[str] = []
+    summary = _summary(path / SUMMARY_FILE) if has_summary else {}
+    rounds = read_rounds(path, notes)
+    clients = _clients(path / CLIENTS_FILE) if (path / CLIENTS_FILE).is_file() else []
+    layers = _layers(path / LAYERS_FILE) if (path / LAYERS_FILE).is_file() else {}
+    return RunData(path, summary, rounds, clients, layers, missing, notes)
+
+
+def _damaged(path: Path, what: str) -> FedsparseError:
+    return FedsparseError(f"{path} {what}: the file is damaged; restore it or run again")
+
+
+def _json(path: Path) -> Any:
     try:
-        summary = json.loads((path / SUMMARY_FILE).read_text()) if has_summary else {}
-        rounds = read_rounds(path)
-    except json.JSONDecodeError as exc:
-        raise FedsparseError(f"{path}: a results file is not valid JSON ({exc}): the run folder "
-                             "is damaged") from exc
-    clients: list[dict[str, Any]] = []
-    if (path / CLIENTS_FILE).is_file():
-        with (path / CLIENTS_FILE).open(newline="") as handle:
-            clients = list(csv.DictReader(handle))
-    layers = json.loads((path / LAYERS_FILE).read_text()) if (path / LAYERS_FILE).is_file() else {}
-    return RunData(path, summary, rounds, clients, layers, missing)
+        return json.loads(path.read_text(errors="replace"))
+    except ValueError as exc:
+        raise _damaged(path, f"is not valid JSON ({exc})") from None
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    summary = _json(path)
+    if not isinstance(summary, dict):
+        raise _damaged(path, f"holds a {type(summary).__name__}, not the summary's mapping")
+    for key in ("accuracy", "failures", "cost", "clock", "budget"):
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise _damaged(path, f"has '{key}' of type {type(summary[key]).__name__}, not a mapping")
+    for key, value in (summary.get("accuracy") or {}).items():
+        if value is not None and not isinstance(value, int | float):
+            raise _damaged(path, f"has accuracy.{key} = {value!r}, not a number")
+    return summary
+
+
+def _layers(path: Path) -> dict[str, dict[str, float]]:
+    layers = _json(path)
+    if not isinstance(layers, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("density"), int | float) for v in layers.values()):
+        raise _damaged(path, "is not a mapping of tensor name to {numel, density}")
+    return layers
+
+
+#: clients.csv columns the report reads as numbers
+_NUMERIC = ("accuracy", "budget_density", "partition_id")
+
+
+def _clients(path: Path) -> list[dict[str, Any]]:
+    try:
+        with path.open(newline="", errors="replace") as handle:
+            rows = list(csv.DictReader(handle))
+    except csv.Error as exc:
+        raise _damaged(path, f"is not valid CSV ({exc})") from None
+    for number, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise _damaged(path, f"row {number} has a different number of fields than the header")
+        for key in _NUMERIC:
+            try:
+                if row.get(key):
+                    float(row[key])
+            except ValueError:
+                raise _damaged(path, f"row {number} has {key} = {row[key]!r}, not a number") from None
+    return rows
 
 
 def draw_plots(run: RunData) -> tuple[dict[str, int], list[str]]:

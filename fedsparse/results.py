@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsparse.config import ExperimentConfig, dump_config
-from fedsparse.errors import ConfigError
+from fedsparse.errors import ConfigError, FedsparseError
 
 CONFIG_FILE = "config.yaml"
 ROUNDS_FILE = "metrics.jsonl"
@@ -117,8 +117,29 @@ class RunRecorder:
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=False))
 
 
-def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+def read_rounds(run_dir: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every finished round's record. A run killed while writing leaves a partial last line:
+    it is left out (and said in ``notes``), the finished rounds still count. A damaged line
+    elsewhere is a one-line error naming it."""
     path = run_dir / ROUNDS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+                raise ValueError("not a round record")
+        except ValueError as exc:
+            if number == len(lines):
+                if notes is not None:
+                    notes.append(f"{path} line {number} is incomplete (the run stopped while "
+                                 f"writing it): left out, {len(records)} finished rounds read")
+                break
+            raise FedsparseError(f"{path} line {number} is not a round record ({exc}): the run "
+                                 "folder is damaged; remove that line or run again") from None
+        records.append(record)
+    return records

@@ -50,6 +50,8 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         (["--strategy", "masked-trimmed-mean", "--set", "strategy.options.trim=0.7"],
          "trim must be in"),
         (["--seed", "-1"], "'seed'"),
+        (["--name", "../../x"], "'output.name' value error, must be a plain folder name"),
+        (["--name", "a/b"], "must be a plain folder name"),
         (["--clients", "1000000000"], "would need about 286 TiB of memory"),
         (["--lr", "inf"], "'train.lr'"),
         (["--set", "train.momentum=.nan"], "'train.momentum'"),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -126,3 +127,47 @@ def test_reading_and_formatting_runs_leaves_matplotlib_unimported():
               "assert fmt(0.5) == '0.5000'\n"
               "assert 'matplotlib' not in sys.modules\n")
     run_fresh(script)
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    (lambda d: (d / "summary.json").write_text("[1, 2]"), "summary.json holds a list"),
+    (lambda d: (d / "summary.json").write_text('{"accuracy": "x"}'), "has 'accuracy' of type str"),
+    (lambda d: (d / "summary.json").write_text('{"accuracy": {"mean": "high"}}'),
+     "accuracy.mean = 'high', not a number"),
+    (lambda d: (d / "layers.json").write_text("{bad"), "layers.json is not valid JSON"),
+    (lambda d: (d / "layers.json").write_text("[1]"), "layers.json is not a mapping"),
+    (lambda d: (d / "clients.csv").write_text("partition_id,accuracy\n0,abc\n"),
+     "clients.csv row 2 has accuracy = 'abc'"),
+    (lambda d: (d / "clients.csv").write_text("partition_id,accuracy\n0,0.5,7\n"),
+     "row 2 has a different number of fields"),
+    (lambda d: (d / "metrics.jsonl").write_text('{bad}\n{"round": 1}\n'),
+     "metrics.jsonl line 1 is not a round record"),
+])
+def test_a_damaged_run_folder_is_one_line_naming_the_file(tmp_path, damage, needle):
+    write_run(tmp_path / "run")
+    damage(tmp_path / "run")
+    with pytest.raises(FedsparseError, match=re.escape(needle)):
+        load_run(tmp_path / "run")
+
+
+def test_a_partial_last_round_line_is_noted_and_the_finished_rounds_kept(tmp_path):
+    write_run(tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    (tmp_path / "run" / "metrics.jsonl").write_text(lines + '{"round": 7, "acc')
+    run = load_run(tmp_path / "run")
+    assert len(run.rounds) == len(lines.splitlines())
+    assert len(run.notes) == 1 and "is incomplete" in run.notes[0]
+
+
+def test_compare_needs_two_runs_and_a_folder(tmp_path):
+    write_run(tmp_path / "a")
+    write_run(tmp_path / "b")
+    one = subprocess.run([sys.executable, "-m", "fedsparse.cli", "compare", str(tmp_path / "a")],
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 2 and "compare needs two or more run folders, got 1" in one.stderr
+    (tmp_path / "file").write_text("x")
+    to_file = subprocess.run([sys.executable, "-m", "fedsparse.cli", "compare", str(tmp_path / "a"),
+                              str(tmp_path / "b"), "--out", str(tmp_path / "file")],
+                             capture_output=True, text=True, timeout=120)
+    assert to_file.returncode == 2 and "is a file, not a folder" in to_file.stderr
+    assert "Traceback" not in one.stderr + to_file.stderr

@@ -134,7 +134,7 @@ def collect(folder: Path) -> SuiteResults:
                 try:
                     result.summaries[status.seed] = json.loads((path / SUMMARY_FILE).read_text())
                     result.rounds[status.seed] = read_rounds(path)
-                except (OSError, json.JSONDecodeError) as exc:
+                except (OSError, json.JSONDecodeError, FedsparseError) as exc:
                     result.failed.append((key, f"unreadable run folder: {exc}"))
         entries.append(result)
     return SuiteResults(suite, manifest, entries)

@@ -161,3 +161,25 @@ def test_liars_are_rejected_and_byzantine_updates_are_survived_by_the_median(tmp
     median = accuracy("median", "masked-median", *byzantine)
     clean = accuracy("clean", "masked-median")
     assert median > 0.8 * clean and fedavg < 0.5 * median
+
+
+def test_a_partial_last_round_line_is_left_out_and_the_run_resumes(tmp_path):
+    """A kill while a round's line was being written: report notes it, resume continues."""
+    args = [*SMALL, "--rounds", "6", "--set", "eval.every=3", "--set",
+            "simulation.checkpoint_every=1"]
+    whole = simulate_here(tmp_path / "whole", *args)
+    watcher = _signal_after_rounds(tmp_path / "stopped", 2, signal.SIGTERM)
+    result = invoke_here("simulate", "--out", str(tmp_path / "stopped"), *args)
+    watcher.join()
+    assert result.exit_code == 143, result.stderr
+    (run,) = (tmp_path / "stopped").iterdir()
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"round": 99, "train_loss": 0.')  # the kill came mid-line
+    report = invoke_here("report", str(run))
+    assert report.exit_code == 0, report.stderr
+    assert "is incomplete" in report.stderr and "finished rounds read" in report.stderr
+    resumed = invoke_here("simulate", "--resume", str(run))
+    assert resumed.exit_code == 0, resumed.stderr
+    strip = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert strip(run) == strip(whole)
