@@ -72,7 +72,6 @@ def _submodel(annotation: Any) -> type | None:
 
 
 def _dump(value: Any) -> str:
-    from pydantic import BaseModel
 
     value = _plain(value)
     try:

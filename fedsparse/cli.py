@@ -349,21 +349,41 @@ def deploy_compose(
     budgets: Annotated[str, typer.Option(help="tiers as density:share[:device], assigned by --seed")]
     = "1.0:1",
     seed: Annotated[int, typer.Option(help="seed of the tier assignment")] = 0,
-    out: Annotated[Path, typer.Option(help="folder for compose.yml and compose.tls.yml")] = Path("docker"),
+    out: Annotated[Path | None, typer.Option(help="a new or empty folder for compose.yml, "
+                                             "compose.tls.yml, .env and the folders they mount")]
+    = None,
+    force: Annotated[bool, typer.Option(help="write into a non-empty folder (only the files "
+                                        "this command writes are replaced)")] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
 ) -> None:
     """Write docker compose files for N SuperNodes with their partition ids and budgets."""
     from fedsparse.budgets import assign_budgets, parse_budget_shorthand
+    from fedsparse.clock import resolve_profiles
     from fedsparse.deploy.compose import FLOWER_UID, give_to_flower, write_compose
 
     with _user_errors(debug):
         if clients < 1:
             raise ConfigError("--clients must be at least 1")
-        plain, tls = write_compose(out, assign_budgets(parse_budget_shorthand(budgets), clients, seed))
+        if out is None:
+            raise ConfigError("--out is required: name a new or empty folder for the compose "
+                              "files, e.g. --out deploy")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a folder: name a new or empty folder")
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise ConfigError(f"--out {out} is not empty: name a new or empty folder, or add "
+                              "--force to replace only the files this command writes")
+        tiers = parse_budget_shorthand(budgets)
+        known = resolve_profiles({})
+        for tier in tiers:
+            if tier.device is not None and tier.device not in known:
+                raise ConfigError(f"--budgets names unknown device profile '{tier.device}': use "
+                                  f"one of {', '.join(sorted(known))}")
+        plain, tls, created = write_compose(out, assign_budgets(tiers, clients, seed))
         console.print(f"wrote {plain}, {tls}, {out / '.env'} and the folders they mount "
                       f"(state, runs, data/server, data/supernode-0..{clients - 1})", soft_wrap=True)
         writable = [out / "state", out / "runs"]
-        if not give_to_flower(writable):
+        mine = [folder for folder in writable if folder in created]
+        if mine != writable or not give_to_flower(mine):
             console.print(f"Flower's images run as uid {FLOWER_UID}: run 'sudo chown -R "
                           f"{FLOWER_UID}:{FLOWER_UID} {' '.join(map(str, writable))}' before "
                           "'docker compose up'", soft_wrap=True)

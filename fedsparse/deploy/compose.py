@@ -195,9 +195,11 @@ def mounted_folders(out_dir: Path, services: dict[str, Any]) -> list[Path]:
     return sorted(out_dir / host for host in hosts if not host.startswith("./certificates"))
 
 
-def write_compose(out_dir: Path, budgets: Sequence[Budget]) -> tuple[Path, Path]:
+def write_compose(out_dir: Path, budgets: Sequence[Budget]) -> tuple[Path, Path, list[Path]]:
     """Write ``compose.yml``, its TLS overlay ``compose.tls.yml``, ``.env`` and the mounted
-    folders into ``out_dir`` for these budgets; every path in them is relative to ``out_dir``."""
+    folders into ``out_dir`` for these budgets; every path in them is relative to ``out_dir``.
+    Returns the two compose files and the folders this call created (only those may be handed
+    to Flower's user: a folder that was there belongs to someone else)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     context = os.path.relpath(source_tree(), out_dir.resolve())
     files = (("compose.yml", compose_services(budgets, context=context), "docker compose up --build -d"),
@@ -210,9 +212,12 @@ def write_compose(out_dir: Path, budgets: Sequence[Budget]) -> tuple[Path, Path]
         paths.append(out_dir / name)
     (out_dir / ".env").write_text(ENV.format(flwr=version("flwr"), python_tag=PYTHON_TAG,
                                              fedsparse=version("fedsparse")))
+    created = []
     for folder in mounted_folders(out_dir, files[0][1]["services"]):
+        if not folder.exists():
+            created.append(folder)
         folder.mkdir(parents=True, exist_ok=True)
-    return paths[0], paths[1]
+    return paths[0], paths[1], created
 
 
 def give_to_flower(paths: Sequence[Path]) -> bool:

@@ -51,7 +51,7 @@ def test_committed_files_are_what_the_generator_writes(tmp_path):
     for name in ("compose.yml", "compose.tls.yml", ".env"):
         written = (tmp_path / name).read_text().replace(f"context: {context}\n", "context: ..\n")
         assert written == (DOCKER / name).read_text(), \
-            f"docker/{name} is stale: run fedsparse {' '.join(GENERATE)}"
+            f"docker/{name} is stale: run fedsparse {' '.join(GENERATE)} --out docker --force"
 
 
 @pytest.mark.parametrize("name", ["compose.yml", "compose.tls.yml"])
@@ -114,7 +114,7 @@ def write_and_load_overlay(budgets):
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        _, overlay = write_compose(Path(folder), budgets)
+        _, overlay, _ = write_compose(Path(folder), budgets)
         return yaml.safe_load(overlay.read_text())["services"]
 
 
@@ -160,3 +160,38 @@ def test_env_pins_the_installed_flower():
                if line and not line.startswith("#"))
     assert env["FLWR_VERSION"] == flwr.__version__
     assert "FROM flwr/superexec:${FLWR_VERSION}" in (DOCKER / "Dockerfile").read_text()
+
+
+def _compose(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedsparse.cli", "deploy", "compose", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_compose_never_overwrites_what_it_did_not_write(tmp_path):
+    """A non-empty folder is refused without --force; with it, only its own files change and a
+    folder that was there is not handed to Flower's user."""
+    out = tmp_path / "deploy"
+    (out / "runs" / "earlier-run").mkdir(parents=True)
+    (out / "runs" / "earlier-run" / "summary.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    refused = _compose("--clients", "2", "--out", str(out))
+    assert refused.returncode == 2 and "is not empty" in refused.stderr and "--force" in refused.stderr
+    assert not (out / "compose.yml").exists()
+    forced = _compose("--clients", "2", "--out", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (out / "compose.yml").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert (out / "runs" / "earlier-run" / "summary.json").read_text() == "{}"
+    assert "sudo chown" in forced.stdout + forced.stderr  # runs/ was there: never chowned here
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    ([], "--out is required"),
+    (["--budgets", "1.0:1:toaster"], "unknown device profile 'toaster'"),
+])
+def test_compose_refuses_what_simulate_would(tmp_path, args, needle):
+    result = _compose(*args, *([] if not args else ["--out", str(tmp_path / "d")]), cwd=tmp_path)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "file").write_text("x")
+    to_file = _compose("--out", str(tmp_path / "file"))
+    assert to_file.returncode == 2 and "is a file, not a folder" in to_file.stderr
