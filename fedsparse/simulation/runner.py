@@ -412,6 +412,10 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                      "updates_rejected": outcome.updates_rejected,
                      "aggregates_refused": outcome.rounds_refused},
         "rounds_aggregated": outcome.rounds_aggregated,
+        # a client scores its own deployed model on its own data: the server cannot recompute
+        # that (it checks counts and shares); the global model's accuracy it computes itself
+        "accuracy_sources": {"mean": "client-reported", "bottom_decile": "client-reported",
+                             "val_mean": "client-reported", "global": "server-computed"},
         # which cost figures the server counted itself and which only the client could measure
         "cost_sources": {"client_reported": sorted(method.client_reported),
                          "server_counted": sorted({"density", "train_flops", "memory_bytes",

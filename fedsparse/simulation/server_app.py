@@ -447,16 +447,18 @@ class ServerLoop:
         """A validated evaluation reply: the node serves the partition it names, the example
         count is that partition's test split, accuracy in [0, 1], finite non-negative loss."""
         metrics = reply.content["metrics"]
-        pid = int(metrics[PARTITION_KEY])
+        pid = whole_number(metrics[PARTITION_KEY], PARTITION_KEY)
         if self.strategy.node_of.get(pid) != reply.metadata.src_node_id:
             raise UpdateRejected(f"it names partition {pid}, which its node does not serve")
         split = self.federation.clients[pid]
         accuracy, loss = float(metrics["accuracy"]), float(metrics["loss"])
         if not 0.0 <= accuracy <= 1.0 or not (math.isfinite(loss) and loss >= 0):
             raise UpdateRejected(f"impossible accuracy {accuracy} or loss {loss}")
-        if int(metrics["num-examples"]) != len(split.test):
+        if whole_number(metrics["num-examples"], "num-examples") != len(split.test):
             raise UpdateRejected(f"num-examples {metrics['num-examples']} is not the "
                                  f"{len(split.test)} test samples partition {pid} holds")
+        if not is_share(accuracy, len(split.test)):
+            raise UpdateRejected(f"accuracy {accuracy} is no share of {len(split.test)} test samples")
         scores = {"accuracy": accuracy, "loss": loss}
         if len(split.val):
             scores.update(validation_scores(metrics, len(split.val)))
@@ -464,13 +466,15 @@ class ServerLoop:
                  *(k.replace("_", "-") for k in scores)}
         extra = {k.replace("-", "_"): float(v) for k, v in metrics.items()
                  if k not in known and isinstance(v, (int, float)) and math.isfinite(float(v))}
+        for key in extra:
+            if is_server_field(key):
+                raise UpdateRejected(f"its metric '{key}' names a field the server writes")
         cost = self.method.evaluation_cost(self.strategy.context.budgets[pid], len(split.train),
                                            pid in novel)
         row = {"partition_id": pid, "num_train": len(split.train), "num_test": len(split.test),
                "novel": int(pid in novel), **scores,
                "eval_train_flops": cost.flops if cost is not None else 0.0}
-        # a client's own metrics never overwrite what the server wrote
-        row.update({k: v for k, v in extra.items() if k not in row})
+        row.update(extra)
         return row
 
     def method_server_scores(self, arrays: ArrayRecord, rows: list[dict[str, Any]]
@@ -525,6 +529,21 @@ class ServerLoop:
         return evaluate(model, x, y, self.config.eval.batch_size).accuracy
 
 
+def whole_number(value: Any, key: str) -> int:
+    """An integer the client reports (a partition id, a sample count): a float with a fraction
+    is a lie, not something to round."""
+    number = float(value)
+    if not math.isfinite(number) or number != int(number):
+        raise UpdateRejected(f"{key} {value!r} is not a whole number")
+    return int(number)
+
+
+def is_share(accuracy: float, count: int) -> bool:
+    """Whether ``accuracy`` is k / ``count`` for a whole k (what counting correct answers gives)."""
+    correct = accuracy * count
+    return 0.0 <= accuracy <= 1.0 and abs(correct - round(correct)) <= 1e-6 * max(count, 1)
+
+
 def validation_scores(metrics: Any, num_val: int) -> dict[str, float]:
     """A reply's validation accuracy and loss, checked like its test scores: the example count is
     the partition's validation split, the accuracy a share of it, the loss finite. A method that
@@ -533,15 +552,14 @@ def validation_scores(metrics: Any, num_val: int) -> dict[str, float]:
         return {}
     try:
         accuracy, loss = float(metrics["val-accuracy"]), float(metrics["val-loss"])
-        count = int(metrics["val-num-examples"])
+        count = whole_number(metrics["val-num-examples"], "val-num-examples")
     except KeyError as exc:
         raise UpdateRejected(f"the reply lacks {exc.args[0]} (the partition holds {num_val} "
                              "validation samples)") from None
     if count != num_val:
         raise UpdateRejected(f"val-num-examples {count} is not the {num_val} validation samples "
                              "the partition holds")
-    correct = accuracy * num_val
-    if not 0.0 <= accuracy <= 1.0 or abs(correct - round(correct)) > 1e-6 * max(num_val, 1):
+    if not is_share(accuracy, num_val):
         raise UpdateRejected(f"val-accuracy {accuracy} is no share of {num_val} samples")
     if not (math.isfinite(loss) and loss >= 0):
         raise UpdateRejected(f"impossible val-loss {loss}")
@@ -572,6 +590,17 @@ COST_FIELDS = ("density", "train_flops", "memory_bytes", "activation_bytes", "up
                "download_bytes", "conv_linear_flops")
 RATIO_FIELDS = ("train_flops", "memory_bytes", "activation_bytes", "upload_bytes", "download_bytes",
                 "conv_linear_flops")
+
+#: clients.csv fields the server writes (beside every ``budget_*`` and ``server_*`` one); a
+#: client's own evaluation metrics may not use these names
+SERVER_FIELDS = frozenset({
+    "partition_id", "num_train", "num_test", "novel", "accuracy", "loss", "val_accuracy",
+    "val_loss", "eval_train_flops", "rounds_trained", "sim_seconds", *COST_FIELDS,
+    *(f"{name}_ratio" for name in RATIO_FIELDS)})
+
+
+def is_server_field(key: str) -> bool:
+    return key in SERVER_FIELDS or key.startswith(("budget_", "server_"))
 
 
 def mean_costs(costs: list[ClientRoundCost], prefix: str = "cost_") -> dict[str, float | None]:

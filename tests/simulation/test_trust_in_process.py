@@ -2,6 +2,7 @@
 and ClientApp in one process: lies are rejected, runs without a result say so (non-zero exit),
 a resume refuses an edited experiment."""
 
+import csv
 import json
 import os
 import signal
@@ -62,6 +63,32 @@ def test_impossible_validation_scores_are_rejected(tmp_path):
     assert summary["accuracy"]["val_mean"] != 0.987654321
     rows = (run / "clients.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[0].startswith("partition_id,") and "val_accuracy" in rows[0]
+
+
+class InRangeLies(Dense):
+    """Lies a range check cannot see: an accuracy no count of its test samples gives (client 0),
+    metrics named like the server's own fields (clients 1 and 2); client 3 is honest."""
+
+    name = "in-range-lies"
+
+    def evaluate(self, task: ClientTask) -> dict[str, float]:
+        metrics = super().evaluate(task)
+        lie = {0: {"accuracy": 0.987654321}, 1: {"num_test": 1e6, "novel": 1.0},
+               2: {"partition_id": 2.5}}.get(task.partition_id, {})
+        return {**metrics, **lie}
+
+
+def test_in_range_lies_and_server_field_names_are_rejected(tmp_path):
+    run = simulate_here(tmp_path, *SMALL, "--method",
+                        "tests.simulation.test_trust_in_process:InRangeLies")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["eval_rejected"] == 3 and r["clients_evaluated"] == 1 for r in records)
+    rows = list(csv.DictReader((run / "clients.csv").open()))
+    assert [row["partition_id"] for row in rows] == ["3"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["accuracy"]["mean"] == float(rows[0]["accuracy"])
+    assert summary["accuracy_sources"] == {"mean": "client-reported", "bottom_decile": "client-reported",
+                                           "val_mean": "client-reported", "global": "server-computed"}
 
 
 def test_rounds_between_evaluate_a_seeded_sample_and_the_last_evaluates_everyone(tmp_path):
