@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fedsparse.parallel import thread_map
-from fedsparse.updates import SparseUpdate
+from fedsparse.updates import SparseUpdate, TensorUpdate
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -107,3 +107,33 @@ def unusable(state: Mapping[str, np.ndarray]) -> str | None:
             if name.endswith("running_var") and (array < 0).any():
                 return f"'{name}' holds negative variances"
     return None
+
+
+def clip_update(global_state: Mapping[str, np.ndarray], update: SparseUpdate,
+                max_norm: float) -> tuple[SparseUpdate, bool]:
+    """Scale the update's change (its values minus the global ones at the same positions, over
+    every floating tensor it sent) down to L2 norm ``max_norm``; whether it was clipped.
+
+    Norm clipping is what robust and private aggregation expect of the server: one client
+    cannot move the model further than the bound, however large the values it sends."""
+    deltas: dict[str, np.ndarray] = {}
+    for name, tensor in update.tensors.items():
+        old = global_state.get(name)
+        if old is None or not np.issubdtype(old.dtype, np.floating):
+            continue
+        flat = old.reshape(-1)
+        base = flat if tensor.index is None else flat[tensor.index]
+        deltas[name] = tensor.values.astype(np.float64) - base.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = float(np.sqrt(sum(float(np.square(d).sum()) for d in deltas.values())))
+    if np.isfinite(norm) and norm <= max_norm:
+        return update, False
+    scale = 0.0 if not np.isfinite(norm) else max_norm / norm  # overflowed: no usable direction
+    tensors = dict(update.tensors)
+    for name, delta in deltas.items():
+        tensor = update.tensors[name]
+        flat = global_state[name].reshape(-1)
+        base = flat if tensor.index is None else flat[tensor.index]
+        values = (base.astype(np.float64) + delta * scale).astype(tensor.values.dtype)
+        tensors[name] = TensorUpdate(values=values, index=tensor.index, numel=tensor.numel)
+    return SparseUpdate(tensors), True

@@ -198,6 +198,9 @@ class StrategyConfig(_Strict):
                                              "or file.py:Class")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="keyword arguments of the strategy's constructor")
+    max_update_norm: float | None = Field(
+        None, gt=0.0, description="L2 bound on each client's change to the model; larger updates "
+                                  "are scaled down to it before any strategy sees them (None: off)")
 
 
 class EvalConfig(_Strict):

@@ -93,12 +93,16 @@ def _stacked(old: np.ndarray, name: str, updates: Sequence[SparseUpdate]) -> np.
 
 
 def robust_aggregate(global_state: Mapping[str, np.ndarray], updates: Sequence[SparseUpdate],
-                     trim: float | None = None) -> dict[str, np.ndarray]:
+                     trim: float | None = None, min_holders: int = 3,
+                     stats: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Coordinate-wise median (``trim=None``) or trimmed mean over each coordinate's holders.
 
     The trimmed mean drops floor(trim * k) of the largest and of the smallest values among the k
     clients holding a coordinate (Yin et al. 2018); if that would drop everything, the median
     is used. Coordinates nobody sent keep their value. Unweighted, as robust statistics are.
+    A coordinate held by fewer than ``min_holders`` clients also keeps its value: the median of
+    two values is their mean, which one attacker moves at will. ``stats`` (when given) gets
+    ``coordinates_held_back``, how many such coordinates were sent but not updated.
     """
     if trim is not None and not 0.0 <= trim < 0.5:
         raise ValueError("trim must be in [0, 0.5)")
@@ -110,7 +114,10 @@ def robust_aggregate(global_state: Mapping[str, np.ndarray], updates: Sequence[S
         stack = _stacked(old, name, updates)
         holders = np.sum(~np.isnan(stack), axis=0)
         flat = old.reshape(-1).astype(np.float64, copy=True)
-        sent = holders > 0
+        sent = holders >= max(min_holders, 1)
+        if stats is not None:
+            thin = int(np.count_nonzero((holders > 0) & ~sent))
+            stats["coordinates_held_back"] = stats.get("coordinates_held_back", 0) + thin
         ordered = np.sort(stack[:, sent], axis=0)  # NaN sorts last
         k = holders[sent]
         position = np.arange(len(updates))[:, None]

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
-from fedsparse.aggregation import unusable
+from fedsparse.aggregation import clip_update, unusable
 from fedsparse.budgets import Budget, over_budget
 from fedsparse.clock import ClockSettings, RoundTiming, client_seconds, settle_round
 from fedsparse.costs import ClientRoundCost, CostModel
@@ -57,6 +57,9 @@ class RoundReport:
     timing: RoundTiming | None = None
     #: why the aggregated model was refused (None: it was used or nothing was aggregated)
     refused: str | None = None
+    #: figures the aggregation adds to the round's record (updates clipped, coordinates a
+    #: robust rule held back)
+    notes: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class StrategyContext:
     eval_clients: int | None = None
     #: the run's last round, where every client is evaluated whatever ``eval_clients`` says
     final_round: int | None = None
+    #: L2 bound on each update's change to the model (None: no bound); larger ones are scaled
+    max_update_norm: float | None = None
 
 
 class MaskAwareStrategy(FlowerFedAvg):
@@ -264,6 +269,8 @@ class MaskAwareStrategy(FlowerFedAvg):
         if not accepted:
             return None, None
         global_arrays = self.messages.global_arrays
+        if self.context.max_update_norm is not None:
+            accepted = self._clipped(global_arrays, accepted, self.context.max_update_norm)
         stepped = self.aggregate_updates(global_arrays, accepted, **self._round_argument(server_round))
         new_state = self.context.method.after_aggregate(dict(stepped),
                                                         [c.partition_id for c in accepted])
@@ -279,6 +286,18 @@ class MaskAwareStrategy(FlowerFedAvg):
         metrics = MetricRecord({"train-loss": sum(v * n for v, n in losses) / max(total, 1),
                                 "num-examples": total})
         return ArrayRecord(array_dict=_as_arrays(new_state)), metrics
+
+    def _clipped(self, global_arrays: Mapping[str, np.ndarray], accepted: list[ClientUpdate],
+                 bound: float) -> list[ClientUpdate]:
+        """Every update with its change scaled to at most ``bound`` (``strategy.max_update_norm``),
+        before any strategy sees it; how many were clipped goes into the round's record."""
+        out, clipped = [], 0
+        for client in accepted:
+            update, was = clip_update(global_arrays, client.update, bound)
+            clipped += int(was)
+            out.append(replace(client, update=update) if was else client)
+        self.report.notes["updates_clipped"] = clipped
+        return out
 
     def after_method(self, stepped: Mapping[str, np.ndarray],
                      adjusted: Mapping[str, np.ndarray]) -> None:

@@ -52,7 +52,7 @@ class MaskedMedian(MaskAwareStrategy):
 
     def aggregate_updates(self, global_arrays: Mapping[str, np.ndarray],
                           updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
-        return robust_aggregate(global_arrays, [u.update for u in updates])
+        return robust_aggregate(global_arrays, [u.update for u in updates], stats=self.report.notes)
 
 
 class MaskedTrimmedMean(MaskAwareStrategy):
@@ -66,4 +66,5 @@ class MaskedTrimmedMean(MaskAwareStrategy):
 
     def aggregate_updates(self, global_arrays: Mapping[str, np.ndarray],
                           updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
-        return robust_aggregate(global_arrays, [u.update for u in updates], trim=self.trim)
+        return robust_aggregate(global_arrays, [u.update for u in updates], trim=self.trim,
+                                stats=self.report.notes)

@@ -98,3 +98,37 @@ def test_many_sparse_clients_match_float64_and_do_not_depend_on_threads(monkeypa
     monkeypatch.setattr(parallel, "cores", lambda: 1)
     alone = masked_fedavg(global_state, updates, weights)
     assert all(np.array_equal(alone[k], got[k]) for k in shapes)
+
+
+def test_clip_update_scales_the_change_not_the_values():
+    from fedsparse.aggregation import clip_update
+    from fedsparse.updates import SparseUpdate, TensorUpdate
+
+    global_state = {"w": np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32),
+                    "n": np.array([3], dtype=np.int64)}
+    # change (3, 4) at positions 0 and 2: norm 5
+    update = SparseUpdate({"w": TensorUpdate(np.array([4.0, 5.0], dtype=np.float32),
+                                             np.array([0, 2]), 4),
+                           "n": TensorUpdate(np.array([9]), None, 1)})
+    clipped, was = clip_update(global_state, update, 1.0)
+    assert was
+    np.testing.assert_allclose(clipped.tensors["w"].values, [1.6, 1.8], rtol=1e-6)
+    assert clipped.tensors["n"].values.tolist() == [9]  # integer buffers are not a change to clip
+    same, was = clip_update(global_state, update, 5.0)
+    assert not was and same is update
+    huge = SparseUpdate({"w": TensorUpdate(np.array([3e38], dtype=np.float32), np.array([1]), 4)})
+    tamed, was = clip_update(global_state, huge, 1.0)
+    assert was and abs(float(tamed.tensors["w"].values[0]) - 2.0) < 1e-5
+
+
+def test_a_median_of_fewer_than_three_holders_keeps_the_coordinate():
+    from fedsparse.server_opt import robust_aggregate
+    from fedsparse.updates import SparseUpdate, TensorUpdate
+
+    old = {"w": np.zeros(3, dtype=np.float32)}
+    sent = [SparseUpdate({"w": TensorUpdate(np.array(v, dtype=np.float32), np.array(i), 3)})
+            for v, i in (([1.0, 1.0], [0, 1]), ([2.0, 100.0], [0, 1]), ([3.0], [0]))]
+    stats: dict = {}
+    new = robust_aggregate(old, sent, stats=stats)
+    # position 0: three holders, median 2; position 1: two holders (one an attacker): kept
+    assert new["w"].tolist() == [2.0, 0.0, 0.0] and stats == {"coordinates_held_back": 1}

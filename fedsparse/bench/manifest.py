@@ -28,9 +28,25 @@ EXECUTION_ONLY = {"simulation", "output"}
 
 
 def config_hash(config: ExperimentConfig) -> str:
-    """A hash of what fixes a run's results (not where it runs or writes its folder)."""
-    text = json.dumps(config.model_dump(mode="json", exclude=EXECUTION_ONLY), sort_keys=True)
+    """A hash of what fixes a run's results (not where it runs or writes its folder). Keys left
+    at their defaults are left out, a method's options included, so a release that adds a
+    config key does not make every finished run of a suite look changed."""
+    tree = config.model_dump(mode="json", exclude=EXECUTION_ONLY, exclude_defaults=True)
+    method = tree.get("method") or {}
+    for section, options in list(method.items()):
+        if isinstance(options, dict):
+            defaults = _option_defaults(section)
+            method[section] = {k: v for k, v in options.items()
+                               if k not in defaults or defaults[k] != v}
+    text = json.dumps(tree, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _option_defaults(section: str) -> dict[str, Any]:
+    from fedsparse.clients.registry import sections
+
+    method = sections().get(section)
+    return method.Options().model_dump(mode="json") if method is not None else {}
 
 
 @dataclass

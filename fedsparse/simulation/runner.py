@@ -284,7 +284,8 @@ def strategy_context(config: ExperimentConfig, federation: Federation,
         batch_size=config.train.batch_size, momentum=config.train.momentum > 0,
         method=method, train_sizes=[len(c.train) for c in federation.clients],
         local_epochs=config.train.local_epochs, clock=clock_settings(config, budgets),
-        eval_clients=config.eval_clients, final_round=config.rounds)
+        eval_clients=config.eval_clients, final_round=config.rounds,
+        max_update_norm=config.strategy.max_update_norm)
 
 
 def clock_settings(config: ExperimentConfig, budgets: list[Budget]) -> ClockSettings | None:

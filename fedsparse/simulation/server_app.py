@@ -361,6 +361,7 @@ class ServerLoop:
             "clients_accepted": len(report.costs),
             "aggregated": not skipped and new_arrays is not None,
             "aggregate_refused": report.refused,
+            **report.notes,
             "train_loss": float(metrics["train-loss"]) if metrics else None,
             **mean_costs(report.costs),
         }

@@ -188,6 +188,17 @@ def test_liars_are_rejected_and_byzantine_updates_are_survived_by_the_median(tmp
     median = accuracy("median", "masked-median", *byzantine)
     clean = accuracy("clean", "masked-median")
     assert median > 0.8 * clean and fedavg < 0.5 * median
+    # a norm bound in front of plain averaging: every attacker's tenfold update is clipped
+    bounded = simulate_here(tmp_path / "bounded", *args, "--strategy", "fedavg", *byzantine,
+                            "--set", "strategy.max_update_norm=1.0")
+    records = [json.loads(line) for line in (bounded / "metrics.jsonl").read_text().splitlines()]
+    attackers = [sum(injected_fault(1, r, p, 0.2, ["byzantine"]) is not None for p in range(10))
+                 for r in (1, 2, 3)]
+    assert all(rec["updates_clipped"] >= n for rec, n in zip(records, attackers, strict=True))
+    bounded_acc = json.loads((bounded / "summary.json").read_text())["accuracy"]["global"]
+    assert bounded_acc > 2 * fedavg
+    unbounded = next((tmp_path / "fedavg").iterdir()) / "metrics.jsonl"
+    assert "updates_clipped" not in json.loads(unbounded.read_text().splitlines()[0])
 
 
 def test_a_partial_last_round_line_is_left_out_and_the_run_resumes(tmp_path):

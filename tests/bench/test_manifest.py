@@ -1,0 +1,18 @@
+from fedsparse.bench.manifest import config_hash
+from fedsparse.config import load_config
+
+
+def hash_of(*assignments: str) -> str:
+    return config_hash(load_config(assignments=list(assignments),
+                                   overrides={"method.name": "pfedgate"}))
+
+
+def test_the_hash_follows_what_fixes_results_and_ignores_keys_left_at_their_defaults():
+    base = hash_of()
+    # spelled out at their defaults (a key a later release adds looks like this): same run
+    assert hash_of("method.pfedgate.split=5", "strategy.max_update_norm=null") == base
+    # where and how it runs does not change what it computes
+    assert hash_of("output.dir=elsewhere", "simulation.round_timeout=30") == base
+    # anything that changes results does
+    assert len({base, hash_of("method.pfedgate.split=4"), hash_of("train.lr=0.01"),
+                hash_of("seed=1"), hash_of("strategy.max_update_norm=1.0")}) == 5
