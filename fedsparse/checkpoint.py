@@ -35,13 +35,15 @@ class Checkpoint:
     method_state: dict[str, Any] = field(default_factory=dict)
     #: the experiment-defining part of the config the rounds were run with (a resume must match)
     experiment: dict[str, Any] = field(default_factory=dict)
+    #: hashes of the data, partitions and budget file the rounds were run with (ditto)
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint.npz`` through a temporary file and an atomic rename."""
     meta = pickle.dumps({"round": checkpoint.server_round, "outcome": checkpoint.outcome,
                          "strategy": checkpoint.strategy_state, "method": checkpoint.method_state,
-                         "experiment": checkpoint.experiment})
+                         "experiment": checkpoint.experiment, "inputs": checkpoint.inputs})
     buffer = io.BytesIO()
     np.savez(buffer, **{f"a/{k}": v for k, v in checkpoint.arrays.items()},
              **{_META_KEY: np.frombuffer(meta, dtype=np.uint8)})
@@ -62,10 +64,18 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         with np.load(path) as data:
             meta = pickle.loads(data[_META_KEY].tobytes())
             arrays = {k[2:]: data[k] for k in data.files if k.startswith("a/")}
+        checkpoint = Checkpoint(meta["round"], arrays, meta["outcome"], meta["strategy"],
+                                meta.get("method", {}), meta.get("experiment", {}),
+                                meta.get("inputs", {}))
     except Exception as exc:
-        raise FedsparseError(f"{path} is unreadable ({exc}): start the run again") from exc
-    return Checkpoint(meta["round"], arrays, meta["outcome"], meta["strategy"], meta.get("method", {}),
-                      meta.get("experiment", {}))
+        raise FedsparseError(f"{path} is unreadable ({type(exc).__name__}: {exc}): start the run "
+                             "again") from None
+    if not isinstance(checkpoint.server_round, int) or not all(
+            isinstance(getattr(checkpoint, name), dict)
+            for name in ("strategy_state", "method_state", "experiment", "inputs")):
+        raise FedsparseError(f"{path} has malformed metadata (round {checkpoint.server_round!r}): "
+                             "start the run again")
+    return checkpoint
 
 
 def first_difference(saved: Any, current: Any, path: str = "") -> str | None:

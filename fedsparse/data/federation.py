@@ -9,6 +9,7 @@ partitioning libraries stay out of the workers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field, replace
@@ -108,6 +109,25 @@ def reserve_server_set(pool: DataPool, per_class: int, seed: int) -> np.ndarray:
         raise DataError("the data has too few samples per class to hold any back for the server: "
                         "use a larger dataset")
     return server
+
+
+def fingerprints(federation: Federation, budget_file: Path | None) -> dict[str, str]:
+    """Hashes of what a run read besides its config: the data pool (labels whole, inputs at a
+    stride of at most ~8 MB, so a large data set costs a fraction of a second), every client's
+    partition and the budget file. A resume compares them with the checkpoint's."""
+    pool = federation.pool
+    stride = max(1, pool.x.nbytes // (8 << 20))
+    data = hashlib.sha256(np.ascontiguousarray(pool.y).tobytes())
+    data.update(str(pool.x.shape).encode())
+    data.update(np.ascontiguousarray(pool.x.reshape(len(pool.x), -1)[::stride]).tobytes())
+    parts = hashlib.sha256(np.ascontiguousarray(federation.server).tobytes())
+    for split in federation.clients:
+        for indices in (split.train, split.val, split.test):
+            parts.update(np.ascontiguousarray(indices).tobytes() + b"|")
+    out = {"data": data.hexdigest()[:16], "partitions": parts.hexdigest()[:16]}
+    if budget_file is not None:
+        out["budget_file"] = hashlib.sha256(Path(budget_file).read_bytes()).hexdigest()[:16]
+    return out
 
 
 def save_partitions(federation: Federation, path: Path) -> None:

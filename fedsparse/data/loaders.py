@@ -76,6 +76,11 @@ def load_idx_folder(folder: Path, name: str, prefix: str = "", transpose: bool =
                     f"{prefix}t10k-images-idx3-ubyte and {prefix}t10k-labels-idx1-ubyte"
                 )
             parts[(split, kind)] = read_idx(found)
+    train, test = parts[("train", "images")], parts[("t10k", "images")]
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(f"{name}: {folder} holds train images of {train.shape[1:]} pixels but test "
+                        f"images of {test.shape[1:]}: train and test files must come from one "
+                        "data set; replace the mismatched pair")
     images = np.concatenate([parts[("train", "images")], parts[("t10k", "images")]])
     labels = np.concatenate([parts[("train", "labels")], parts[("t10k", "labels")]]).astype(np.int64)
     if images.ndim != 3 or len(images) != len(labels):
@@ -139,9 +144,14 @@ def load_femnist_folder(folder: Path) -> DataPool:
                 f"{path}: not a LEAF JSON shard (needs 'users' and 'user_data'): replace it"
             ) from exc
         for user in users:
-            record = user_data[user]
-            x = np.asarray(record["x"], dtype=np.float32)
-            y = np.asarray(record["y"], dtype=np.int64)
+            try:
+                record = user_data[user]
+                x = np.asarray(record["x"], dtype=np.float32)
+                y = np.asarray(record["y"], dtype=np.int64)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{path}: writer {user!r} is listed in 'users' but its "
+                                f"'user_data' entry is missing or malformed ({exc}): replace the "
+                                "shard") from None
             if x.ndim != 2 or x.shape[1] != 784 or len(x) != len(y):
                 raise DataError(f"{path}: writer {user} has x {x.shape}, y {y.shape}; expected (N, 784)")
             xs.append(x.reshape(-1, 1, 28, 28))
@@ -158,6 +168,12 @@ def _finish(name: str, x: np.ndarray, y: np.ndarray, num_classes: int,
     if outside.size:
         raise DataError(f"{name}: {source or 'the data'} has label {int(outside[0])} ({outside.size} "
                         f"samples), outside the dataset's {num_classes} classes: fix or replace the files")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise DataError(f"{name}: {source or 'the data'} has {int(bad.sum())} samples with "
+                            f"non-finite values (e.g. sample {int(np.flatnonzero(bad)[0])}): fix or "
+                            "replace the files")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     sample = x[:: max(1, len(x) // 10000)].astype(np.float32) / scale
     std = float(sample.std()) or 1.0

@@ -32,6 +32,7 @@ from fedsparse.data.federation import (
     Federation,
     build_federation,
     drop_shared_pool,
+    fingerprints,
     forget_cached_pool,
     load_shared_pool,
     save_partitions,
@@ -168,6 +169,9 @@ def _run_started(config: ExperimentConfig, run_dir: Path | None, checkpoint: Che
     from fedsparse.simulation.client_app import make_client_app
 
     federation = build_federation(config)
+    inputs = fingerprints(federation, config.budgets.file)
+    if checkpoint is not None:  # before the folder's partition file is rewritten
+        check_same_inputs(checkpoint, inputs)
     context = replace(context, train_sizes=[len(c.train) for c in federation.clients])
     strategy = build_strategy(config, context)
     run_dir = run_dir or new_run_dir(config)
@@ -185,6 +189,7 @@ def _run_started(config: ExperimentConfig, run_dir: Path | None, checkpoint: Che
         # client states written after the checkpoint belong to the rounds being redone
         drop_client_states_after(run_dir, checkpoint.server_round)
     loop = ServerLoop(config, federation, strategy, recorder, on_round, resume=checkpoint)
+    loop.inputs = inputs
     # on a Ray cluster, workers may run on other machines: they partition locally (same seed)
     # instead of reading this machine's partition file, and keep private state in memory only
     client_app = make_client_app(
@@ -245,6 +250,16 @@ def check_resumable(checkpoint: Checkpoint, config: ExperimentConfig) -> None:
     if key is not None:
         raise ConfigError(f"the run's config.yaml differs from the one its checkpoint was written "
                           f"with at '{key}': restore it, or start a new run instead of --resume")
+
+
+def check_same_inputs(checkpoint: Checkpoint, inputs: dict[str, str]) -> None:
+    """A resume reads the same data, partitions and budget file as the rounds it continues."""
+    what = {"data": "data set's files", "partitions": "partitioning of the clients",
+            "budget_file": "budget file"}
+    for key, value in checkpoint.inputs.items():  # (a checkpoint of an older run records none)
+        if inputs.get(key) != value:
+            raise ConfigError(f"the run's {what.get(key, key)} changed since its checkpoint was "
+                              "written: restore it, or start a new run instead of --resume")
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:

@@ -182,6 +182,9 @@ class ServerLoop:
         self.window: int | None = None
         #: whether an exchange with the clients has finished (the workers have started)
         self.workers_started = False
+        #: hashes of the data, partitions and budget file (``federation.fingerprints``), kept in
+        #: every checkpoint so a resume can tell they did not change
+        self.inputs: dict[str, str] = {}
         if resume is not None:
             self.first_round = resume.server_round + 1
             self.initial_arrays = ArrayRecord(array_dict={
@@ -284,7 +287,7 @@ class ServerLoop:
         save_checkpoint(self.recorder.run_dir, Checkpoint(
             server_round, {k: v.numpy() for k, v in arrays.items()}, self.outcome,
             self.strategy.checkpoint_state(), self.method.state_dict(),
-            experiment_defining(self.config)))
+            experiment_defining(self.config), self.inputs))
 
     def warm_up(self, arrays: ArrayRecord) -> ArrayRecord:
         """Before round 1, whatever the method: train the initial model for

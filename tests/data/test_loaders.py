@@ -137,3 +137,27 @@ def test_missing_folders(tmp_path):
         load_pool(cfg)
     with pytest.raises(DataError, match="needs --data-dir"):
         load_pool(load_config(None, ["data.dataset=cifar10"]))
+
+
+def test_train_and_test_images_of_different_sizes_are_one_line(tmp_path):
+    make_idx_folder(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((10, 32, 32)), compress=True)
+    with pytest.raises(DataError, match=r"train images of \(28, 28\) pixels but test images of "
+                                        r"\(32, 32\)"):
+        load_idx_folder(tmp_path, "fashion-mnist")
+
+
+def test_a_femnist_writer_listed_without_data_or_with_nan_pixels_is_one_line(tmp_path):
+    _leaf_shard(tmp_path / "a.json", ["f0001", "f0002"])
+    shard = json.loads((tmp_path / "a.json").read_text())
+    del shard["user_data"]["f0002"]
+    (tmp_path / "a.json").write_text(json.dumps(shard))
+    with pytest.raises(DataError, match="writer 'f0002' is listed in 'users' but its 'user_data' "
+                                        "entry is missing"):
+        load_femnist_folder(tmp_path)
+    _leaf_shard(tmp_path / "a.json", ["f0001"])
+    shard = json.loads((tmp_path / "a.json").read_text())
+    shard["user_data"]["f0001"]["x"][3][5] = float("nan")
+    (tmp_path / "a.json").write_text(json.dumps(shard))
+    with pytest.raises(DataError, match=r"1 samples with non-finite values \(e.g. sample 3\)"):
+        load_femnist_folder(tmp_path)

@@ -221,3 +221,60 @@ def test_a_partial_last_round_line_is_left_out_and_the_run_resumes(tmp_path):
     strip = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
                             for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert strip(run) == strip(whole)
+
+
+def test_resume_refuses_a_changed_budget_file_or_data_set(tmp_path):
+    from tests.simulation.test_methods_in_process import write_learnable_idx
+
+    budgets = tmp_path / "budgets.csv"
+    budgets.write_text("client,density\n" + "".join(f"{c},1.0\n" for c in range(4)))
+    run = simulate_here(tmp_path / "b", *SMALL, "--set", f"budgets.file={budgets}",
+                        "--set", "simulation.checkpoint_every=1")
+    budgets.write_text("client,density,upload_bytes\n" + "".join(f"{c},1.0,1e9\n" for c in range(4)))
+    result = invoke_here("simulate", "--resume", str(run))
+    assert result.exit_code == 2 and "the run's budget file changed since its checkpoint" \
+        in result.stderr, result.stderr
+
+    data = write_learnable_idx(tmp_path / "mnist", 200, 60)
+    run = simulate_here(tmp_path / "d", *SMALL, "--dataset", "mnist", "--data-dir", str(data),
+                        "--partition", "iid", "--set", "simulation.checkpoint_every=1")
+    before = (run / "partitions.npz").read_bytes()
+    images = data / "train-images-idx3-ubyte.gz"
+    images.write_bytes(_shifted_idx(images))  # same sizes and labels, other pixels
+    result = invoke_here("simulate", "--resume", str(run))
+    assert result.exit_code == 2 and "the run's data set's files changed" in result.stderr, result.stderr
+    assert (run / "partitions.npz").read_bytes() == before  # refused before touching the folder
+
+
+def _shifted_idx(path) -> bytes:
+    """The same IDX images with every pixel moved by one grey level."""
+    import gzip
+
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    header = 4 + 4 * raw[3]
+    raw[header:] = bytes((b + 1) % 256 for b in raw[header:])
+    return gzip.compress(bytes(raw))
+
+
+def test_a_checkpoint_with_malformed_metadata_is_one_line(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from fedsparse.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from fedsparse.errors import FedsparseError
+
+    meta = pickle.dumps({"round": "three", "outcome": None, "strategy": {}})
+    np.savez(tmp_path / CHECKPOINT_FILE, __server_state__=np.frombuffer(meta, dtype=np.uint8))
+    try:
+        load_checkpoint(tmp_path)
+    except FedsparseError as exc:
+        assert "has malformed metadata (round 'three')" in str(exc)
+    else:
+        raise AssertionError("a malformed checkpoint was accepted")
+    meta = pickle.dumps({"outcome": None})
+    np.savez(tmp_path / CHECKPOINT_FILE, __server_state__=np.frombuffer(meta, dtype=np.uint8))
+    try:
+        load_checkpoint(tmp_path)
+    except FedsparseError as exc:
+        assert "is unreadable (KeyError" in str(exc)
