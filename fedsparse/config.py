@@ -229,7 +229,14 @@ class SimulationConfig(_Strict):
     gpus_per_client: float = Field(
         0.0, ge=0.0, description="GPUs each simulated client holds (fractional: several clients "
                                  "share one, as Flower's client resources); > 0 trains on CUDA")
-    round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies")
+    round_timeout: float = Field(600.0, gt=0.0, description="seconds to wait for replies at most")
+    straggler_slack: float | None = Field(
+        3.0, ge=1.0, description="once half a round's clients answered, give up a client after "
+                                 "this many times the slowest answer so far (None: wait the "
+                                 "round_timeout)")
+    straggler_floor: float = Field(10.0, gt=0.0, description="seconds a client is always waited "
+                                                             "for before being given up as a "
+                                                             "straggler")
     startup_grace: float = Field(60.0, ge=0.0,
                                  description="seconds added to round_timeout for the run's first "
                                              "exchange with the clients (round 1, or the first "

@@ -369,13 +369,16 @@ def make_client_app(config_json: str | None, partitions_path: str | None,
 
 
 def _maybe_fail(config: ExperimentConfig, server_round: int, partition_id: int) -> str | None:
-    """Fault injection (``simulation.inject_failures``): crash, or hang past the round timeout;
-    an adversarial kind (liar, byzantine) is returned for the handler to apply after training."""
+    """Fault injection (``simulation.inject_failures``): crash, or hang past what the server
+    waits (twice the straggler floor, or the whole round timeout when stragglers are waited
+    for), then fail; an adversarial kind (liar, byzantine) is returned for the handler to apply
+    after training. A hang that ended sooner would hold a worker that later rounds need."""
     sim = config.simulation
     fault = injected_fault(config.seed, server_round, partition_id, sim.inject_failures,
                            sim.failure_kinds)
     if fault == "hang":
-        time.sleep(sim.hang_seconds or sim.round_timeout + sim.startup_grace + 5)
+        time.sleep(sim.hang_seconds or (2 * sim.straggler_floor if sim.straggler_slack is not None
+                                        else sim.round_timeout + sim.startup_grace + 5))
     if fault in ("crash", "hang"):
         raise InjectedCrash(f"injected {fault} of client {partition_id} in round {server_round}")
     return fault

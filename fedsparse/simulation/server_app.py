@@ -33,7 +33,7 @@ from fedsparse.experiment import warmup_epochs
 from fedsparse.method import LocalData
 from fedsparse.models import build_model
 from fedsparse.results import RunRecorder, bottom_decile
-from fedsparse.simulation.grid_io import send_and_receive
+from fedsparse.simulation.grid_io import Stragglers, send_and_receive
 from fedsparse.simulation.queries import make_ask
 from fedsparse.strategies import MaskAwareStrategy
 from fedsparse.strategies.messages import NODE_INDEX_KEY
@@ -203,6 +203,11 @@ class ServerLoop:
 
     def _exchange(self, grid: Grid, messages: list[Message], timeout: float,
                   **options: Any) -> list[Message]:
+        """Send a round's messages; collect replies until the timeout, or until the clients
+        still silent are stragglers by ``simulation.straggler_slack`` (counted as failed)."""
+        sim = self.config.simulation
+        if sim.straggler_slack is not None:
+            options.setdefault("stragglers", Stragglers(sim.straggler_slack, sim.straggler_floor))
         replies = send_and_receive(grid, messages, timeout, **options)
         self.workers_started = True
         return replies

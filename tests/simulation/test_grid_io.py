@@ -98,3 +98,46 @@ def test_without_a_window_every_message_is_pushed_at_once():
     grid = CountingGrid()
     send_and_receive(grid, list(range(25)), timeout=5.0, interval=0.001)
     assert grid.most == 25
+
+
+class TimedGrid:
+    """Message ``k`` answers ``latency[k]`` seconds after it was pushed (None: never)."""
+
+    def __init__(self, latency: list[float | None]) -> None:
+        self.latency = latency
+        self.pushed: dict[str, float] = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            ids.append(f"m{message}")
+            self.pushed[ids[-1]] = time.monotonic()
+        return ids
+
+    def pull_messages(self, message_ids):
+        now = time.monotonic()
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
+                for i in message_ids
+                if self.latency[int(i[1:])] is not None
+                and now - self.pushed[i] >= self.latency[int(i[1:])]]
+
+
+def test_a_hung_client_is_given_up_while_a_slow_honest_one_is_waited_for():
+    from fedsparse.simulation.grid_io import Stragglers
+
+    # peers answer in 0.1 s, one honest client in 0.2 s (2x), one never
+    grid = TimedGrid([0.1, 0.1, 0.1, 0.2, None])
+    started = time.monotonic()
+    replies = send_and_receive(grid, list(range(5)), timeout=30.0, interval=0.005,
+                               stragglers=Stragglers(slack=3.0, floor=0.5))
+    took = time.monotonic() - started
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2", "m3"]
+    assert 0.5 <= took < 5  # given up after max(floor, 3 x 0.2 s), not the 30 s timeout
+    # a straggler that answers within slack x the slowest is kept, and nobody is given up
+    # before half the clients answered
+    grid = TimedGrid([0.05, 0.3, 0.3, 0.3])
+    replies = send_and_receive(grid, list(range(4)), timeout=30.0, interval=0.005,
+                               stragglers=Stragglers(slack=3.0, floor=0.01))
+    assert len(replies) == 4
+    assert Stragglers(3.0, 1.0).limit([0.2], total=5) is None  # fewer than half answered
+    assert Stragglers(3.0, 1.0).limit([0.2, 0.5, 0.1], total=5) == 1.5
