@@ -16,6 +16,7 @@ shared model to use under the client's declared density; model and gate train jo
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -139,6 +140,8 @@ class PFedGate(Method):
         """Any density in (0, 1] is feasible (sub0 shrinks with s); picks the novel clients."""
         self._param_sizes = {n: p.numel() for n, p in setup.model.named_parameters()}
         self._server_costs = setup.cost_model
+        self._server_model = setup.model
+        self._reachable_cache: dict[float, dict[str, np.ndarray]] = {}
         count = round(self.options.novel_share * self.run.num_clients)
         if count >= self.run.num_clients:
             raise ValueError("method.pfedgate.novel_share leaves no client to train: lower it")
@@ -165,6 +168,39 @@ class PFedGate(Method):
         if uploaded > limit:
             raise UpdateRejected(f"uploads {uploaded} coordinates; {batches} batches at density "
                                  f"{budget.density:g} can touch at most {limit}")
+        reachable = self._reachable(budget.density)
+        for name, tensor in update.tensors.items():
+            allowed = reachable.get(name)
+            if allowed is not None and not allowed[tensor.mask()].all():
+                outside = int((~allowed[tensor.mask()]).sum())
+                raise UpdateRejected(f"uploads {outside} coordinates of {name} that no batch at "
+                                     f"density {budget.density:g} can keep (outside its sub0 and "
+                                     "the blocks that fit its knapsack)")
+
+    def _reachable(self, density: float) -> dict[str, np.ndarray]:
+        """Per tensor, the flat positions a client with ``density`` can ever train: its sub0
+        and every block no larger than its group's knapsack capacity (a larger one is never
+        picked). Known only for flat-weight blocks whose dropped coordinates get no gradient
+        (``ste: kept``); other modes are bounded by the count above alone."""
+        if self.options.blocks != "weights" or self.options.ste != "kept":
+            return {}
+        if density not in self._reachable_cache:
+            model = self._server_model
+            groups = linear_or_other(model) if self.options.knapsack == "grouped" else None
+            layout = make_layout(dict(model.named_parameters()), density, self.options.split,
+                                 self.options.sub0_fraction, groups, self.options.block_fit)
+            out = {}
+            for i, name in enumerate(layout.names):
+                allowed = np.zeros(math.prod(layout.shapes[i]), dtype=bool)
+                allowed[:layout.sub0[i]] = True
+                capacity = layout.capacities[layout.groups[i] if layout.groups else 0]
+                edges = layout.bounds[i]
+                for start, end in itertools.pairwise(edges):
+                    if end - start <= capacity:
+                        allowed[start:end] = True
+                out[name] = allowed
+            self._reachable_cache[density] = out
+        return self._reachable_cache[density]
 
     def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
                    metrics: Mapping[str, float], context: CostContext | None = None
@@ -182,9 +218,35 @@ class PFedGate(Method):
         conv_linear = metrics.get("conv-linear-flops")
         if conv_linear is not None and not (0 <= conv_linear <= flops):
             raise UpdateRejected(f"implausible reported conv-linear-flops={conv_linear}")
+        self._check_reported_bounds(budget, flops, memory, reported, context)
         return TrainingCost(flops=flops, memory_bytes=memory,
                             activation_bytes=computed.activation_bytes,
                             conv_linear_flops=conv_linear), reported
+
+    def _check_reported_bounds(self, budget: Budget, flops: float, memory: float,
+                               density: float, context: CostContext | None) -> None:
+        """Floors and ceilings the server knows for what only the client can measure: every
+        batch keeps at least its sub0s (``sub0_fraction * s`` of each tensor), so the compute
+        density and the FLOPs have a floor, and a client holds the whole shared model, so its
+        memory is at least the model's weights. (Reporting more than it spent only brings a
+        client closer to its budget's limits.) The floors are loose (half the sub0 share) to
+        allow rounding."""
+        total = sum(self._param_sizes.values())
+        if memory < 4 * total:
+            raise UpdateRejected(f"reports memory-bytes={memory:g}, less than the {4 * total} bytes "
+                                 "of the shared model it must hold")
+        share = self.options.sub0_fraction * budget.density / 2
+        if density < share * 0.99:
+            raise UpdateRejected(f"reports compute-density={density:g}, below the sub0 share "
+                                 f"{share:g} every batch keeps")
+        if context is None:
+            return
+        samples = context.local_epochs * context.num_examples
+        floor = samples * 3 * self._server_costs.forward_flops_per_sample(
+            {n: math.floor(share * size) for n, size in self._param_sizes.items()})
+        if flops < floor * 0.99:
+            raise UpdateRejected(f"reports train-flops={flops:g}, below the {floor:g} that {samples} "
+                                 f"samples cost with the sub0s alone at density {budget.density:g}")
 
     def summary(self) -> dict[str, Any]:
         return {"eval_gating": self.options.eval_gating}

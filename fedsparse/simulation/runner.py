@@ -450,7 +450,10 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
         "budget": {"violations": outcome.budget_violations,
                    "tiers": budget_tiers(loop.strategy.context.budgets),
                    "source": budget_source or ("config tiers" if config.budgets.file is None
-                                               else f"budget file {config.budgets.file}")},
+                                               else f"budget file {config.budgets.file}"),
+                   # the budget check compares these with the budget on the client's word
+                   # (within the floors the method's server side computes)
+                   "checked_on_client_reported": sorted(method.client_reported)},
         "run_dir": str(run_dir),
         **method.summary(),
     }

@@ -89,6 +89,7 @@ def test_in_range_lies_and_server_field_names_are_rejected(tmp_path):
     assert summary["accuracy"]["mean"] == float(rows[0]["accuracy"])
     assert summary["accuracy_sources"] == {"mean": "client-reported", "bottom_decile": "client-reported",
                                            "val_mean": "client-reported", "global": "server-computed"}
+    assert summary["budget"]["checked_on_client_reported"] == []  # dense: all server-counted
 
 
 def test_rounds_between_evaluate_a_seeded_sample_and_the_last_evaluates_everyone(tmp_path):

@@ -1,5 +1,7 @@
 """pFedGate's method on its own: budgets, private gate state, costs, novel clients."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -134,17 +136,48 @@ def _novel_of(options):
     return other.novel_clients()
 
 
+def _served(density: float = 0.3):
+    """A pFedGate server side set up for one client of ``density`` on the helpers' MLP."""
+    from fedsparse.costs import CostModel
+    from fedsparse.method import ServerSetup
+
+    method, model = setup()
+    method.setup(ServerSetup(model, [Budget(density)], cost_model=CostModel(model, (12,))))
+    return method, model
+
+
+def _context(method, num_examples: int = 20):
+    from fedsparse.method import CostContext
+
+    return CostContext(partition_id=0, server_round=1, num_examples=num_examples,
+                       local_epochs=method.run.train.local_epochs, batch_size=16, momentum=True)
+
+
 def test_reported_costs_are_required_and_checked():
-    method = PFedGate(PFedGate.Options(), run())
+    method, model = _served()
+    honest = method.fit(make_task(model, make_data(0, n=20), 0.3)).metrics
     computed = TrainingCost(10.0, 20.0, 5.0)
-    cost, density = method.round_cost(Budget(), computed, 0.9, {
-        "train-flops": 3.0, "memory-bytes": 4.0, "compute-density": 0.2})
-    assert (cost.flops, cost.memory_bytes, cost.activation_bytes, density) == (3.0, 4.0, 5.0, 0.2)
+    cost, density = method.round_cost(Budget(0.3), computed, 0.9, honest, _context(method))
+    assert (cost.flops, cost.memory_bytes, cost.activation_bytes, density) == (
+        honest["train-flops"], honest["memory-bytes"], 5.0, honest["compute-density"])
     with pytest.raises(UpdateRejected, match="lacks the cost metric"):
-        method.round_cost(Budget(), computed, 0.9, {"train-flops": 3.0})
+        method.round_cost(Budget(0.3), computed, 0.9, {"train-flops": 3.0})
     with pytest.raises(UpdateRejected, match="implausible"):
-        method.round_cost(Budget(), computed, 0.9, {
-            "train-flops": 3.0, "memory-bytes": 4.0, "compute-density": 1.5})
+        method.round_cost(Budget(0.3), computed, 0.9, {**honest, "compute-density": 1.5})
+
+
+@pytest.mark.parametrize(("lie", "needle"), [
+    ({"memory-bytes": 1.0}, "less than the"),
+    ({"train-flops": 1.0, "conv-linear-flops": 0.5}, "below the"),
+    ({"compute-density": 1e-6}, "below the sub0 share"),
+])
+def test_in_range_cost_lies_are_caught_by_server_side_bounds(lie, needle):
+    """What only the client measures still has floors and ceilings the server can compute."""
+    method, model = _served()
+    honest = method.fit(make_task(model, make_data(0, n=20), 0.3)).metrics
+    with pytest.raises(UpdateRejected, match=re.escape(needle)):
+        method.round_cost(Budget(0.3), TrainingCost(10.0, 20.0, 5.0), 0.9, {**honest, **lie},
+                          _context(method))
 
 
 def test_the_server_bounds_what_a_gated_client_can_upload():
@@ -165,6 +198,23 @@ def test_the_server_bounds_what_a_gated_client_can_upload():
     with pytest.raises(UpdateRejected, match="can touch at most"):
         method.check_upload(Budget(0.1), None, dense, num_examples=20)
     method.check_upload(Budget(1.0), None, dense, num_examples=20)  # the dense tier may
+
+
+def test_an_upload_outside_the_blocks_a_budget_can_pick_is_rejected():
+    """With enough batches the count bound allows a whole model; the positions do not: at
+    s = 0.1 with 5 blocks per tensor no block fits its knapsack, so only sub0 is ever trained."""
+    from fedsparse.codec import decode, encode
+    from fedsparse.updates import template_of
+
+    method, model = _served(0.1)
+    template = template_of(model.state_dict())
+    data = make_data(0, n=96)
+    honest = method.fit(make_task(model, data, 0.1))
+    method.check_upload(Budget(0.1), None, decode(encode(model.state_dict(), honest.upload),
+                                                  template), num_examples=2000)
+    dense = decode(encode(model.state_dict(), None), template)
+    with pytest.raises(UpdateRejected, match=r"that no batch at density 0\.1 can keep"):
+        method.check_upload(Budget(0.1), None, dense, num_examples=2000)
 
 
 def test_a_gate_with_sub0_scores_trains_within_the_budget():
