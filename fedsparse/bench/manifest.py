@@ -42,6 +42,19 @@ def config_hash(config: ExperimentConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def recorded_hash(run_dir: Path) -> str | None:
+    """The hash, by this release's rules, of the config a finished run folder recorded (None:
+    none readable). An older release hashed differently, or had fewer keys: the run is the
+    same if the config it ran with means the same today."""
+    from fedsparse.config import load_config
+    from fedsparse.errors import FedsparseError
+
+    try:
+        return config_hash(load_config(run_dir / "config.yaml"))
+    except (FedsparseError, OSError):
+        return None
+
+
 def _option_defaults(section: str) -> dict[str, Any]:
     from fedsparse.clients.registry import sections
 
@@ -110,8 +123,12 @@ class Manifest:
         """Whether ``key`` must (re)run: new, changed since it ran, unfinished, or failed. A
         changed or unfinished run's folder is removed first, so nothing stale is reported."""
         known = self.runs.get(key)
-        if known is not None and known.hash == status.hash and known.status == "done":
-            return False
+        if known is not None and known.status == "done":
+            if known.hash == status.hash:
+                return False
+            if recorded_hash(run_folder(folder, key)) == status.hash:
+                known.hash = status.hash  # same run, hashed by an older release: keep it
+                return False
         shutil.rmtree(run_folder(folder, key), ignore_errors=True)
         self.runs[key] = status
         return True
