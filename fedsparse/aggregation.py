@@ -97,6 +97,40 @@ def masked_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[Spar
     return {name: averaged[name] for name in global_state}
 
 
+def zero_delta_fedavg(global_state: Mapping[str, np.ndarray], updates: Sequence[SparseUpdate],
+                      weights: Sequence[float], total_weight: float | None = None
+                      ) -> dict[str, np.ndarray]:
+    """FedAvg of whole local models, where a client's unsent coordinate is the value it was
+    sent (a zero change): new = global + sum_k w_k (x_k - global) over each client's sent
+    coordinates, with w_k = weights[k] / ``total_weight`` (default: the weights' sum).
+
+    This is what pFedGate's authors' code does (it averages the clients' local models, whose
+    unselected blocks still hold the broadcast value); unlike ``masked_fedavg`` a coordinate
+    few clients trained moves only by their share of the round. ``total_weight`` larger than
+    the sampled clients' (e.g. every client's samples) adds the unsampled clients as zero
+    changes: a damped step. Integer buffers keep the server's value."""
+    if len(updates) != len(weights):
+        raise ValueError("one weight per update is required")
+    total = float(sum(weights)) if total_weight is None else float(total_weight)
+    if total <= 0:
+        raise ValueError("the weights must sum to more than 0")
+    new_state = {}
+    for name, old in global_state.items():
+        if not np.issubdtype(old.dtype, np.floating):
+            new_state[name] = old.copy()
+            continue
+        flat = old.reshape(-1).astype(np.float64)
+        step = np.zeros_like(flat)
+        for update, weight in zip(updates, weights, strict=True):
+            tensor = update.tensors.get(name)
+            if tensor is None:
+                continue
+            where = slice(None) if tensor.index is None else tensor.index
+            step[where] += weight / total * (tensor.values.astype(np.float64) - flat[where])
+        new_state[name] = (flat + step).astype(old.dtype).reshape(old.shape)
+    return new_state
+
+
 def unusable(state: Mapping[str, np.ndarray]) -> str | None:
     """Why a new global model must not be used (a NaN or Inf value, a negative BatchNorm
     variance), or None when it is fine."""

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsparse.aggregation import masked_fedavg
-from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy
+from fedsparse.aggregation import masked_fedavg, zero_delta_fedavg
+from fedsparse.strategies.base import ClientUpdate, MaskAwareStrategy, StrategyContext
 
 
 class MaskedFedAvg(MaskAwareStrategy):
@@ -24,26 +24,17 @@ class MaskedFedAvg(MaskAwareStrategy):
                              [u.num_examples for u in updates])
 
 
-class DenseZeroFillAvg(MaskAwareStrategy):
-    """pFedGate authors' rule: average full models, counting unsent coordinates as zeros."""
+class ZeroDeltaAvg(MaskAwareStrategy):
+    """pFedGate authors' rule: whole local models averaged, an unsent coordinate a zero change."""
+
+    def __init__(self, context: StrategyContext, all_clients: bool = False) -> None:
+        super().__init__(context)
+        #: weight by every client's samples, the unsampled ones contributing no change (the
+        #: authors' code with ``aggregate_sampled_clients`` off); default: the sampled clients
+        self.all_clients = all_clients
 
     def aggregate_updates(self, global_arrays: Mapping[str, np.ndarray],
                           updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
-        total = float(sum(u.num_examples for u in updates))
-        new_state = {}
-        for name, old in global_arrays.items():
-            if not np.issubdtype(old.dtype, np.floating):
-                new_state[name] = old.copy()
-                continue
-            acc = np.zeros(old.size, dtype=np.float64)
-            for u in updates:
-                tensor = u.update.tensors.get(name)
-                if tensor is None:
-                    continue
-                weighted = u.num_examples / total * tensor.values.astype(np.float64)
-                if tensor.index is None:
-                    acc += weighted
-                else:
-                    acc[tensor.index] += weighted
-            new_state[name] = acc.astype(old.dtype).reshape(old.shape)
-        return new_state
+        total = float(sum(self.context.train_sizes)) if self.all_clients else None
+        return zero_delta_fedavg(global_arrays, [u.update for u in updates],
+                                 [u.num_examples for u in updates], total)

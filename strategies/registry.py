@@ -33,7 +33,7 @@ from fedsparse.plugins import (
 from fedsparse.strategies.base import MaskAwareStrategy, StrategyContext
 from fedsparse.strategies.fedavg import FedAvg
 from fedsparse.strategies.flower_adapter import FlowerStrategy
-from fedsparse.strategies.masked_fedavg import DenseZeroFillAvg, MaskedFedAvg
+from fedsparse.strategies.masked_fedavg import MaskedFedAvg, ZeroDeltaAvg
 from fedsparse.strategies.server_optimizers import (
     MaskedFedAdam,
     MaskedFedAvgM,
@@ -52,7 +52,9 @@ BUILTIN: dict[str, type[MaskAwareStrategy]] = {
     "masked-fedyogi": MaskedFedYogi,
     "masked-median": MaskedMedian,
     "masked-trimmed-mean": MaskedTrimmedMean,
-    "pfedgate-dense-avg": DenseZeroFillAvg,
+    "zero-delta-avg": ZeroDeltaAvg,
+    # the name this rule had when it wrongly counted unsent coordinates as zero values
+    "pfedgate-dense-avg": ZeroDeltaAvg,
 }
 
 FLOWER: dict[str, str] = {

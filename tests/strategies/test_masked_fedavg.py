@@ -235,10 +235,29 @@ def test_flower_fedprox_adapter_sends_mu_and_aggregates_like_fedavg(task_identit
     assert new["net.1.weight"].numpy().dtype == old.dtype
 
 
-def test_authors_dense_rule_counts_unsent_coordinates_as_zero(task_identity):
-    from fedsparse.strategies.masked_fedavg import DenseZeroFillAvg
+def test_zero_delta_rule_is_the_authors_average_of_whole_local_models():
+    """pFedGate's authors average whole local models: two clients that trained disjoint blocks
+    each move their block by their share of the round's samples, not by the whole change
+    (masked FedAvg) and not towards zero (the old rule that counted unsent values as zeros)."""
+    from fedsparse.aggregation import zero_delta_fedavg
+    from fedsparse.updates import SparseUpdate, TensorUpdate
 
-    strategy, arrays = make(DenseZeroFillAvg)
+    old = {"w": np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)}
+    a = SparseUpdate({"w": TensorUpdate(np.array([3.0, 5.0], dtype=np.float32), np.array([0, 1]), 4)})
+    b = SparseUpdate({"w": TensorUpdate(np.array([-1.0], dtype=np.float32), np.array([2]), 4)})
+    new = zero_delta_fedavg(old, [a, b], [10, 30])["w"]
+    # authors: 1/4 * local_a + 3/4 * local_b, local_a = (3, 5, 1, 1), local_b = (1, 1, -1, 1)
+    expected = 0.25 * np.array([3, 5, 1, 1]) + 0.75 * np.array([1, 1, -1, 1])
+    np.testing.assert_allclose(new, expected, rtol=1e-6)
+    # every client's samples as the total: the unsampled ones add no change, a damped step
+    damped = zero_delta_fedavg(old, [a, b], [10, 30], total_weight=80)["w"]
+    np.testing.assert_allclose(damped, 1 + 0.5 * (expected - 1), rtol=1e-6)
+
+
+def test_the_zero_delta_strategy_averages_through_the_real_round(task_identity):
+    from fedsparse.strategies.masked_fedavg import ZeroDeltaAvg
+
+    strategy, arrays = make(ZeroDeltaAvg)
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
     replies = [trained_reply(strategy, m, p, shift=1.0) for p, m in enumerate(messages[:3])]
     new, _ = strategy.aggregate_train(1, replies)
@@ -246,10 +265,16 @@ def test_authors_dense_rule_counts_unsent_coordinates_as_zero(task_identity):
     sent = [decode(r.content["arrays"], template) for r in replies]
     weights = np.array([10.0, 20.0, 30.0]) / 60.0
     name = "net.1.weight"
-    expected = sum(w * u.to_state(template)[name].numpy() for w, u in zip(weights, sent, strict=True))
-    np.testing.assert_allclose(new[name].numpy(), expected, rtol=1e-5, atol=1e-6)
-    masked = np.flatnonzero(~sent[0].masks(template)[name].numpy().reshape(-1))
-    assert masked.size  # client 0 (density 0.2) did not send these, and they count as zeros
+    old = arrays[name].numpy().reshape(-1)
+    local = []
+    for u in sent:  # a client's local model: what it sent, the broadcast value elsewhere
+        flat = old.copy()
+        tensor = u.tensors[name]
+        flat[slice(None) if tensor.index is None else tensor.index] = tensor.values
+        local.append(flat)
+    expected = sum(w * x for w, x in zip(weights, local, strict=True))
+    np.testing.assert_allclose(new[name].numpy().reshape(-1), expected, rtol=1e-5, atol=1e-6)
+    assert (~sent[0].masks(template)[name].numpy()).any()  # client 0 (density 0.2) sent a part
 
 
 def test_clock_samples_online_clients_over_selects_and_drops_late_ones(task_identity):
