@@ -2,8 +2,8 @@
 
 The driver partitions once and writes ``partitions.npz`` to the run folder, and the pool as
 plain ``.npy`` files (``save_pool``) that Ray workers memory-map (``load_shared_pool``): no
-dataset travels with each message, no worker regenerates or holds its own copy (a 10,000-device
-Synthetic pool is 545 MiB and 11 s to generate), the pages are the OS's to share, and the heavy
+dataset travels with each message, no worker regenerates or holds its own copy (a 10,000-client
+Synthetic pool is hundreds of MiB: ``benchmarks/scale.py``), the pages are the OS's to share, and the heavy
 partitioning libraries stay out of the workers.
 """
 

@@ -124,8 +124,8 @@ def _natural(pool: DataPool, num_clients: int, seed: int, partitioner_cls) -> li
     chosen = np.sort(np.random.default_rng(seed).choice(available, num_clients, replace=False))
     if available == num_clients:
         chosen = np.arange(num_clients)
-    # load_partition selects a datasets.Dataset per client (~10 ms each: minutes at 10,000
-    # clients); the partitioner's natural-id order with a numpy group-by gives the same indices
+    # load_partition selects a datasets.Dataset per client (minutes at 10,000 clients); the
+    # partitioner's natural-id order with a numpy group-by gives the same indices
     natural = partitioner.partition_id_to_natural_id
     owners = np.asarray(pool.groups)
     order = np.argsort(owners, kind="stable")
