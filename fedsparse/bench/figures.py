@@ -44,7 +44,7 @@ def accuracy_vs_cost(entries: list[EntryResult], metric: str, label: str, path: 
         ax.plot([shown[i][0] for i in front], [shown[i][1] for i in front], "k--", lw=1,
                 label="Pareto front")
     ax.set_xlabel(f"{label} (ratio to dense training of the same work)")
-    ax.set_ylabel("mean client accuracy (test)")
+    ax.set_ylabel("mean accuracy of the evaluated clients (test)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
@@ -71,7 +71,9 @@ def curves(entries: list[EntryResult], path: Path) -> int:
             continue
         xs = sorted(by_round)
         mean = [sum(by_round[x]) / len(by_round[x]) for x in xs]
-        (line,) = ax.plot(xs, mean, marker=".", label=f"{e.name} ({len(e.rounds)} seeds)")
+        seeds = len(e.rounds)
+        (line,) = ax.plot(xs, mean, marker=".",
+                          label=f"{e.name} ({seeds} seed{'' if seeds == 1 else 's'})")
         ax.fill_between(xs, [min(by_round[x]) for x in xs], [max(by_round[x]) for x in xs],
                         color=line.get_color(), alpha=0.2)
         drawn += 1
@@ -79,7 +81,7 @@ def curves(entries: list[EntryResult], path: Path) -> int:
         plt.close(fig)
         return 0
     ax.set_xlabel("round")
-    ax.set_ylabel("mean client accuracy (test)")
+    ax.set_ylabel("mean accuracy of the evaluated clients (test)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
