@@ -278,3 +278,11 @@ def test_paste_fills_the_leaderboard_and_headline_blocks(smoke, tmp_path):
     bare.write_text("no blocks\n")
     with pytest.raises(SystemExit, match="no <!-- bench:smoke -->"):
         paste(smoke, bare)
+    from benchmarks.paste_results import publish
+
+    publish(smoke, tmp_path / "results", tmp_path / "assets")
+    kept = {p.relative_to(tmp_path / "results" / "smoke").as_posix()
+            for p in (tmp_path / "results" / "smoke").rglob("*") if p.is_file()}
+    assert {"leaderboard.md", "headline.md", "leaderboard.csv", "manifest.json", "suite.yaml",
+            "plots/curves.png"} <= kept
+    assert (tmp_path / "assets" / "smoke" / "accuracy_vs_flops.png").is_file()
