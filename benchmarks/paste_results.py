@@ -27,11 +27,11 @@ def paste(suite_dir: Path, target: Path) -> None:
     text = target.read_text()
     found = False
     for marker, report in (("bench", REPORT_MD), ("bench-headline", HEADLINE_MD)):
-        pattern = re.compile(rf"(<!-- {marker}:{re.escape(name)} -->\n).*?"
-                             rf"(\n<!-- /{marker}:{re.escape(name)} -->)", re.DOTALL)
+        pattern = re.compile(rf"(<!-- {marker}:{re.escape(name)} -->\n)(?:.*?\n)?"
+                             rf"(<!-- /{marker}:{re.escape(name)} -->)", re.DOTALL)
         if pattern.search(text):
             table = (suite_dir / report).read_text().strip()
-            text = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), text)
+            text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
             found = True
     if not found:
         raise SystemExit(f"{target} has no <!-- bench:{name} --> or <!-- bench-headline:{name} --> "
