@@ -38,6 +38,9 @@ class BlockLayout:
     capacities: tuple[int, ...] = (0,)
     #: per tensor, its knapsack group (all 0: one joint knapsack)
     groups: tuple[int, ...] = ()
+    #: how each knapsack is solved: ``exact`` (DP on the float scores where its table is small)
+    #: or ``rounded-greedy`` (the authors' code: by value on round(10 x score), largest first)
+    solver: str = "exact"
 
     @property
     def capacity(self) -> int:
@@ -64,7 +67,7 @@ class BlockLayout:
 
 def make_layout(params: Mapping[str, torch.Tensor], density: float, split: int = 5,
                 sub0_fraction: float = 0.5, groups: Mapping[str, str] | None = None,
-                block_fit: int = 0) -> BlockLayout:
+                block_fit: int = 0, solver: str = "exact") -> BlockLayout:
     """Blocks for a client with budget ``density``: sub0 = floor(sub0_fraction * s * n) per tensor.
 
     ``groups`` (tensor name -> group label, e.g. linear vs other layers as in the authors' code):
@@ -98,7 +101,7 @@ def make_layout(params: Mapping[str, torch.Tensor], density: float, split: int =
             blocks = min(max(split, math.ceil(block_fit * (n - sub0) / capacities[g])), n - sub0)
         bounds.append(tuple(int(e) for e in np.linspace(sub0, n, blocks + 1).round().astype(int)))
     return BlockLayout(tuple(names), tuple(shapes), tuple(sub0s), tuple(bounds), tuple(capacities),
-                       group_of)
+                       group_of, solver)
 
 
 def knapsack(scores: np.ndarray, sizes: np.ndarray, capacity: int,
@@ -176,14 +179,32 @@ class GateNet(nn.Module):
         return g, m
 
 
+def rounded_greedy(scores: np.ndarray, sizes: np.ndarray, capacity: int,
+                   scale: float = 10.0) -> np.ndarray:
+    """The authors' knapsack: scores rounded to integers (round(scale x score)), items taken by
+    that value, largest first (ties in index order), each one that still fits. It ignores
+    the sizes when ranking, so it may fill the budget with one large block where the exact
+    solution takes two smaller ones worth more."""
+    values = np.rint(np.asarray(scores, dtype=np.float64) * scale)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    picked = np.zeros(len(values), dtype=bool)
+    used = 0
+    for i in np.argsort(-values, kind="stable"):
+        if used + sizes[i] <= capacity:
+            picked[i] = True
+            used += int(sizes[i])
+    return picked
+
+
 def pick_blocks(scores: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     """Binary picks I for one score vector, one knapsack per group (no gradient)."""
     values = scores.detach().cpu().numpy()
     sizes, groups = layout.block_sizes(), layout.block_groups()
     chosen = np.zeros(len(values), dtype=bool)
+    solve = rounded_greedy if layout.solver == "rounded-greedy" else knapsack
     for g, capacity in enumerate(layout.capacities):
         members = np.flatnonzero(groups == g)
-        chosen[members] = knapsack(values[members], sizes[members], capacity)
+        chosen[members] = solve(values[members], sizes[members], capacity)
     return torch.from_numpy(chosen).to(device=scores.device, dtype=scores.dtype)
 
 

@@ -92,6 +92,11 @@ class PFedGateOptions(MethodOptions):
         "grouped", description="one knapsack per group (linear layers, the others) with its own "
                                "capacity, as in the authors' code: convolutions are thinned too, "
                                "so counted FLOPs fall with s; or one knapsack over all tensors")
+    knapsack_solver: Literal["exact", "rounded-greedy"] = Field(
+        "exact", description="exact: the best blocks under the capacity (DP on the float "
+                             "scores where the table is small); rounded-greedy: the authors' "
+                             "code, blocks by round(10 x score), largest first, while they fit "
+                             "(flat-weight blocks)")
     block_fit: int = Field(
         0, ge=0, description="cut tensors into enough blocks that this many fit a group's capacity, "
                              "so the gate chooses among blocks at every s (0: exactly `split` "
@@ -109,6 +114,9 @@ class PFedGateOptions(MethodOptions):
         if self.blocks == "channel" and self.ste == "full":
             raise ValueError("blocks: channel never computes a dropped channel, so it cannot send "
                              "it gradient: use ste: kept (the default) or blocks: weights")
+        if self.blocks == "channel" and self.knapsack_solver != "exact":
+            raise ValueError("knapsack_solver: rounded-greedy is built for flat-weight blocks: use "
+                             "blocks: weights, or knapsack_solver: exact")
         return self
 
 
@@ -288,7 +296,7 @@ class PFedGate(Method):
                                          self.options.sub0_fraction, groups, limited)
             return ChannelGating(model, blocks)
         return make_layout(params, density, self.options.split, self.options.sub0_fraction, groups,
-                           self.options.block_fit)
+                           self.options.block_fit, self.options.knapsack_solver)
 
     def _gate_outputs(self, gating: BlockLayout | ChannelGating) -> int:
         """Gate scores: one per block, plus one per tensor (or channel space) with scaled sub0s."""

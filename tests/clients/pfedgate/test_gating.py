@@ -193,3 +193,31 @@ def test_sub0_scores_scale_each_sub0_and_receive_gradient():
     grad = gate.score[0].weight.grad
     assert all(sub0 > 0 for sub0 in layout.sub0)
     assert grad[layout.num_blocks:].abs().sum(dim=1).gt(0).all()  # every sub0 score learns
+
+
+def test_the_authors_rounded_greedy_pick_on_a_small_case():
+    """round(10 x score) = 4, 5, 8: the authors take the block of value 8 first (size 10 fills
+    the capacity), where the exact knapsack takes the two smaller ones worth 0.9 together."""
+    from fedsparse.clients.pfedgate.gating import knapsack, rounded_greedy
+
+    scores, sizes = np.array([0.44, 0.46, 0.8]), np.array([5, 5, 10])
+    assert rounded_greedy(scores, sizes, 10).tolist() == [False, False, True]
+    assert knapsack(scores, sizes, 10).tolist() == [True, True, False]
+    # equal rounded values go in index order; a zero-valued block that fits is still taken
+    assert rounded_greedy(np.array([0.41, 0.44, 0.02]), np.array([6, 6, 3]), 10).tolist() == [
+        True, False, True]
+
+
+def test_the_solver_option_reaches_the_training_step():
+    import pytest
+
+    from fedsparse.clients.pfedgate.method import PFedGate
+    from tests.clients.helpers import make_data, make_method, make_task
+
+    method, model = make_method("pfedgate", "method.pfedgate.knapsack_solver=rounded-greedy",
+                                "model.hidden=[16]", "train.batch_size=16")
+    assert method._gating(model, 0.3, (12,)).solver == "rounded-greedy"
+    result = method.fit(make_task(model, make_data(0), 0.3))
+    assert result.metrics["compute-density"] <= 0.3 + 1e-12
+    with pytest.raises(ValueError, match="built for flat-weight blocks"):
+        PFedGate.Options(blocks="channel", knapsack_solver="rounded-greedy")
