@@ -150,24 +150,22 @@ def clip_update(global_state: Mapping[str, np.ndarray], update: SparseUpdate,
 
     Norm clipping is what robust and private aggregation expect of the server: one client
     cannot move the model further than the bound, however large the values it sends."""
-    deltas: dict[str, np.ndarray] = {}
+    moves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (sent-at values, change)
     for name, tensor in update.tensors.items():
         old = global_state.get(name)
         if old is None or not np.issubdtype(old.dtype, np.floating):
             continue
         flat = old.reshape(-1)
-        base = flat if tensor.index is None else flat[tensor.index]
-        deltas[name] = tensor.values.astype(np.float64) - base.astype(np.float64)
+        base = (flat if tensor.index is None else flat[tensor.index]).astype(np.float64)
+        moves[name] = (base, tensor.values.astype(np.float64) - base)
     with np.errstate(over="ignore", invalid="ignore"):
-        norm = float(np.sqrt(sum(float(np.square(d).sum()) for d in deltas.values())))
+        norm = float(np.sqrt(sum(float(np.square(d).sum()) for _, d in moves.values())))
     if np.isfinite(norm) and norm <= max_norm:
         return update, False
     scale = 0.0 if not np.isfinite(norm) else max_norm / norm  # overflowed: no usable direction
     tensors = dict(update.tensors)
-    for name, delta in deltas.items():
+    for name, (base, delta) in moves.items():
         tensor = update.tensors[name]
-        flat = global_state[name].reshape(-1)
-        base = flat if tensor.index is None else flat[tensor.index]
-        values = (base.astype(np.float64) + delta * scale).astype(tensor.values.dtype)
-        tensors[name] = TensorUpdate(values=values, index=tensor.index, numel=tensor.numel)
+        tensors[name] = TensorUpdate(values=(base + delta * scale).astype(tensor.values.dtype),
+                                     index=tensor.index, numel=tensor.numel)
     return SparseUpdate(tensors), True

@@ -144,17 +144,28 @@ def _signal_after_rounds(run_root, rounds: int, signum: int) -> threading.Thread
     return thread
 
 
-def test_a_signal_stops_after_the_round_and_the_run_resumes_to_the_same_end(tmp_path):
-    args = [*SMALL, "--rounds", "12", "--set", "eval.every=4", "--set",
-            "simulation.checkpoint_every=5"]
+def _whole_and_stopped(tmp_path, args: list[str]):
+    """The same run twice: whole, and stopped by SIGTERM after two rounds (its CLI result)."""
     whole = simulate_here(tmp_path / "whole", *args)
     watcher = _signal_after_rounds(tmp_path / "stopped", 2, signal.SIGTERM)
     result = invoke_here("simulate", "--out", str(tmp_path / "stopped"), *args)
     watcher.join()
     assert result.exit_code == 143, result.stderr
+    (run,) = (tmp_path / "stopped").iterdir()
+    return whole, run, result
+
+
+def _rounds_without_timing(folder) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_signal_stops_after_the_round_and_the_run_resumes_to_the_same_end(tmp_path):
+    args = [*SMALL, "--rounds", "12", "--set", "eval.every=4", "--set",
+            "simulation.checkpoint_every=5"]
+    whole, run, result = _whole_and_stopped(tmp_path, args)
     lines = [line for line in result.stderr.splitlines() if line.startswith("interrupted:")]
     assert len(lines) == 1 and "stopped by SIGTERM after round" in lines[0] and "--resume" in lines[0]
-    (run,) = (tmp_path / "stopped").iterdir()
     done = len((run / "metrics.jsonl").read_text().splitlines())
     assert 2 <= done < 12 and not (run / "summary.json").exists()
     from fedsparse.checkpoint import load_checkpoint
@@ -162,9 +173,7 @@ def test_a_signal_stops_after_the_round_and_the_run_resumes_to_the_same_end(tmp_
     assert load_checkpoint(run).server_round == done  # resumable from the last finished round
     resumed = invoke_here("simulate", "--resume", str(run))
     assert resumed.exit_code == 0, resumed.stderr
-    strip = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
-                            for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert strip(run) == strip(whole)
+    assert _rounds_without_timing(run) == _rounds_without_timing(whole)
 
 
 def test_liars_are_rejected_and_byzantine_updates_are_survived_by_the_median(tmp_path):
@@ -206,12 +215,7 @@ def test_a_partial_last_round_line_is_left_out_and_the_run_resumes(tmp_path):
     """A kill while a round's line was being written: report notes it, resume continues."""
     args = [*SMALL, "--rounds", "6", "--set", "eval.every=3", "--set",
             "simulation.checkpoint_every=1"]
-    whole = simulate_here(tmp_path / "whole", *args)
-    watcher = _signal_after_rounds(tmp_path / "stopped", 2, signal.SIGTERM)
-    result = invoke_here("simulate", "--out", str(tmp_path / "stopped"), *args)
-    watcher.join()
-    assert result.exit_code == 143, result.stderr
-    (run,) = (tmp_path / "stopped").iterdir()
+    whole, run, _ = _whole_and_stopped(tmp_path, args)
     with (run / "metrics.jsonl").open("a") as handle:
         handle.write('{"round": 99, "train_loss": 0.')  # the kill came mid-line
     report = invoke_here("report", str(run))
@@ -219,9 +223,7 @@ def test_a_partial_last_round_line_is_left_out_and_the_run_resumes(tmp_path):
     assert "is incomplete" in report.stderr and "finished rounds read" in report.stderr
     resumed = invoke_here("simulate", "--resume", str(run))
     assert resumed.exit_code == 0, resumed.stderr
-    strip = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
-                            for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert strip(run) == strip(whole)
+    assert _rounds_without_timing(run) == _rounds_without_timing(whole)
 
 
 def test_resume_refuses_a_changed_budget_file_or_data_set(tmp_path):
