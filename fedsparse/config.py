@@ -310,15 +310,21 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _strategy_for_method(self) -> ExperimentConfig:
-        """Flower's names in any case; for a method with sparse updates, a dense strategy
-        that has a mask-aware counterpart means that counterpart (and says so)."""
+        """No strategy named: the method's authors' aggregation (``Method.default_strategy``),
+        else FedAvg. Flower's names in any case; for a method with sparse updates, a dense
+        strategy that has a mask-aware counterpart means that counterpart (said when named)."""
         from fedsparse.clients.registry import resolve
         from fedsparse.strategies.registry import canonical
 
-        name, note = canonical(self.strategy.name, resolve(self.method.name).sparse_updates)
+        method = resolve(self.method.name)
+        named = "name" in self.strategy.model_fields_set
+        if not named and method.default_strategy:
+            self.strategy.name, options = method.default_strategy
+            self.strategy.options = {**options, **self.strategy.options}
+        name, note = canonical(self.strategy.name, method.sparse_updates)
         if name != self.strategy.name:
             self.strategy.name = name
-        if note:
+        if note and named:
             self._notes.append(note)
         return self
 

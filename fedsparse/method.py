@@ -201,6 +201,9 @@ class Method(ABC):
     #: every client trains the whole model (density 1): budget tiers that only the default
     #: config declared are then not applied (budgets the user gave are still checked)
     full_model_only: ClassVar[bool] = False
+    #: the aggregation the method's authors run (strategy name, options), used when the config
+    #: names no strategy; None: FedAvg (its mask-aware form for sparse updates)
+    default_strategy: ClassVar[tuple[str, dict[str, Any]] | None] = None
 
     def __init__(self, options: BaseModel, run: RunInfo) -> None:
         self.options = options
@@ -252,6 +255,10 @@ class Method(ABC):
 
     def client_records(self, budget: Budget) -> Records:
         """Extra records sent to a training client with ``budget`` this round."""
+        return {}
+
+    def evaluation_records(self, budget: Budget) -> Records:
+        """Extra records sent to an evaluating client with ``budget`` (``task.inbox``)."""
         return {}
 
     def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate,

@@ -76,8 +76,10 @@ class ChannelGraph:
     """The channel spaces of one architecture (found once, by ``trace``)."""
 
     def __init__(self, spaces: Iterable[ChannelSpace], shapes: Mapping[str, tuple[int, ...]],
-                 input_shape: tuple[int, ...]) -> None:
+                 input_shape: tuple[int, ...], output_axes: Iterable[Axis] = ()) -> None:
         self.spaces = {s.name: s for s in spaces}
+        #: the axes that follow the model's output classes (the last layer's rows and bias)
+        self.output_axes = tuple(output_axes)
         self.input_shape = tuple(input_shape)
         self.shapes = dict(shapes)
         self.axes_of: dict[str, list[tuple[str, Axis]]] = {}
@@ -103,13 +105,28 @@ class ChannelGraph:
         """The first ceil(ratio * C) channels of every space (HeteroFL's and FjORD's submodels)."""
         return {name: torch.arange(channels_at(ratio, s.size)) for name, s in self.spaces.items()}
 
-    def rolling(self, ratio: float, offset: int) -> Keep:
-        """The window {(offset + i) mod C : i < ceil(ratio * C)} of every space (FedRolex)."""
+    def rolling(self, ratio: float, offset: int | Mapping[str, int]) -> Keep:
+        """The window {(offset + i) mod C : i < ceil(ratio * C)} of every space (FedRolex); one
+        offset for all spaces, or one per space."""
         keep = {}
         for name, s in self.spaces.items():
             k = channels_at(ratio, s.size)
-            keep[name] = torch.sort((offset + torch.arange(k)) % s.size).values
+            start = offset if isinstance(offset, int) else offset[name]
+            keep[name] = torch.sort((start + torch.arange(k)) % s.size).values
         return keep
+
+    def class_masks(self, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Boolean masks (full shapes) of the output-class axes keeping only ``classes``: the
+        rows of the last layer (and its bias) that a label split lets a client send."""
+        out = {}
+        for axis in self.output_axes:
+            shape = self.shapes[axis.tensor]
+            along = torch.zeros(shape[axis.dim], dtype=torch.bool)
+            along[classes] = True
+            view = [1] * len(shape)
+            view[axis.dim] = shape[axis.dim]
+            out[axis.tensor] = along.view(view).expand(shape).clone()
+        return out
 
     def kept_counts(self, keep: Keep, names: Iterable[str] | None = None) -> dict[str, int]:
         """Coordinates of each tensor the submodel holds (all of a tensor with no channel axis)."""
@@ -271,6 +288,7 @@ class _Tracer:
         self.fixed: list[bool] = []
         self.axes: list[list[Axis]] = []
         self.layers: list[list[str]] = []
+        self.output_sid: int | None = None
 
     def new_space(self, name: str, size: int, fixed: bool = False) -> int:
         self.parent.append(len(self.parent))
@@ -318,6 +336,7 @@ class _Tracer:
             elif node.op == "output":
                 out = feature[node.args[0]]
                 self.fixed[self.find(out.sid)] = True
+                self.output_sid = out.sid
             elif node.op == "call_module":
                 feature[node] = self.module(node, traced.get_submodule(node.target), feature)
             elif node.op == "call_function" and node.target in _ADD:
@@ -388,5 +407,10 @@ class _Tracer:
             layers = [layer for sid in sids for layer in self.layers[sid]]
             spaces.append(ChannelSpace(self.name[root], self.size[root], tuple(axes), tuple(layers)))
         shapes = {n: tuple(t.shape) for n, t in self.model.state_dict().items()}
-        return ChannelGraph(spaces, shapes, self.input_shape)
+        output_axes: list[Axis] = []
+        if self.output_sid is not None:
+            root = self.find(self.output_sid)
+            output_axes = [axis for sid in members.get(root, []) for axis in self.axes[sid]
+                           if axis.group == 1]
+        return ChannelGraph(spaces, shapes, self.input_shape, output_axes)
 

@@ -175,6 +175,11 @@ def _norm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._Batc
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def forward_batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """``x`` in consecutive batches of ``size`` (forward passes only: statistics, scoring)."""
+    return [x[i:i + size] for i in range(0, len(x), size)]
+
+
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Recompute BatchNorm running statistics from scratch with forward passes (no gradients).

@@ -59,9 +59,10 @@ class MessageBuilder:
                                           "budget-density": budget.density,
                                           "novel": int(pid in novel)})
             record = RecordDict({self.arrays_key: payload, self.config_key: client_config})
-            if message_type == MessageType.TRAIN:
-                for name, extra in pack_records(self.method.client_records(budget)).items():
-                    record[name] = extra
+            extras = (self.method.client_records(budget) if message_type == MessageType.TRAIN
+                      else self.method.evaluation_records(budget))
+            for name, extra in pack_records(extras).items():
+                record[name] = extra
             messages.append(Message(content=record, message_type=message_type,
                                     dst_node_id=node_of[pid]))
         return messages

@@ -103,3 +103,17 @@ def test_sparse_methods_and_named_budgets_keep_the_tiers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("method: {name: dense}\nbudgets: {tiers: [{density: 0.3, share: 1.0}]}\n")
     assert [t.density for t in load_config(path).budgets.tiers] == [0.3]
+
+
+def test_a_method_without_a_named_strategy_gets_its_authors_aggregation():
+    heterofl = load_config(None, ["method.name=heterofl"])
+    assert heterofl.strategy.name == "masked-fedavg"
+    assert heterofl.strategy.options == {"weighting": "count"}
+    assert load_config(None, ["method.name=pfedgate"]).strategy.name == "zero-delta-avg"
+    assert load_config(None, ["method.name=fjord"]).strategy.name == "masked-fedavg"
+    assert load_config(None, ["method.name=fjord"]).strategy.options == {}
+    # a strategy the user names is kept, and a resolved config reloads the same
+    named = load_config(None, ["method.name=heterofl", "strategy.name=masked-fedavg"])
+    assert named.strategy.options == {}
+    again = ExperimentConfig.model_validate(heterofl.model_dump())
+    assert again.strategy == heterofl.strategy

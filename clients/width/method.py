@@ -14,17 +14,25 @@ only), found by bisection on the real counts, so the density limit is never exce
 Costs: the server knows every client's widths, so it counts FLOPs, memory and activations on
 the sliced network it assigned (a ``CostModel`` of that network), not from the client's word.
 
-BatchNorm (``bn``): ``tracked`` (default) keeps running statistics during local training and
-averages them per channel over the clients that hold the channel, like FedAvg's BN, so
-the global model is scored with them; ``static`` is HeteroFL's static BN: statistics are not
-uploaded, every client recomputes them on its own training data at its own width before it
-scores, and the server recomputes the full-width global model's on its held-back set.
+BatchNorm (``bn``): ``static`` (default, HeteroFL's static BN) trains on batch statistics and
+recomputes the running statistics afterwards with forward passes over the client's training
+data at its width: each client before it scores, and after training for its upload (averaged
+per channel over the holders); a server that holds a held-back set recomputes the full-width
+global model's on it instead. ``tracked`` keeps running statistics during local training and
+averages them per channel, like FedAvg's BN.
+
+Label split (HeteroFL's and FedRolex's ``label_split``, their authors' default): a client masks
+the logits of the labels missing from its training data (set to 0, as the authors' code does)
+and sends only the rows of the output layer of labels it holds, so each row is averaged over the
+clients that hold its label; ``train-eval`` also masks the logits when the client scores (the
+authors' "local" accuracy), ``train`` only in training.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -46,25 +54,27 @@ from fedsparse.method import (
     split_scores,
 )
 from fedsparse.structured import ChannelGraph, Keep, add_width_scaler
-from fedsparse.training import evaluate, reestimate_bn, train_local
-
-STAT_SUFFIXES = (".running_mean", ".running_var")
+from fedsparse.training import evaluate, forward_batches, reestimate_bn, train_local
 
 
 class WidthOptions(MethodOptions):
     """Options every width method shares."""
 
     bn: Literal["tracked", "static"] = Field(
-        "tracked", description="BatchNorm statistics: tracked and averaged per channel, or "
-                               "HeteroFL's static BN (recomputed per width before scoring)")
+        "static", description="BatchNorm statistics: HeteroFL's static BN (recomputed on the "
+                              "training data at each width after training), or tracked during "
+                              "training and averaged per channel")
 
 
 class ScaledWidthOptions(WidthOptions):
-    """HeteroFL's and FedRolex's options."""
+    """HeteroFL's and FedRolex's options (their authors' settings by default)."""
 
-    scaler: bool = Field(False, description="HeteroFL's scaler: hidden outputs divided by the "
-                                            "width ratio (off: on Fashion-MNIST it cost HeteroFL "
-                                            "7 points with tracked BN)")
+    scaler: bool = Field(True, description="HeteroFL's scaler: hidden outputs divided by the "
+                                           "width ratio in training (never when scoring)")
+    label_split: Literal["none", "train", "train-eval"] = Field(
+        "train-eval", description="mask the logits of labels a client lacks and send only its "
+                                  "labels' output rows (train), and also when it scores "
+                                  "(train-eval: the authors' local accuracy)")
 
 
 class WidthMethod(Method):
@@ -72,6 +82,9 @@ class WidthMethod(Method):
 
     Options = ScaledWidthOptions
     sparse_updates = True
+    #: HeteroFL's and FedRolex's aggregation: each coordinate averaged over its holders, each
+    #: holder counted once
+    default_strategy = ("masked-fedavg", {"weighting": "count"})
     #: which channels a client holds, in words (``summary.json``'s evaluation protocol)
     which_channels = "the first channels"
 
@@ -85,10 +98,6 @@ class WidthMethod(Method):
         self._costs: dict[float, CostModel] = {}
         self._server_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._densities: list[float] = []
-
-    @classmethod
-    def uses_server_data(cls, options: Any) -> bool:
-        return options.bn == "static"
 
     # --- shared by both sides -------------------------------------------------------------------
     def graph(self, model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
@@ -133,9 +142,6 @@ class WidthMethod(Method):
         except ValueError as exc:
             raise ValueError(f"{exc}: use a model of Conv2d / Linear / BatchNorm layers, or "
                              "declare a larger density") from None
-        if self.options.bn == "static" and setup.server_data is None:
-            raise ValueError(f"static BN needs the server's held-back set: set "
-                             f"partition.server_set true or method.{self.section()}.bn tracked")
         self._model = copy.deepcopy(setup.model)  # after_aggregate loads states into it
         self._server_data = setup.server_data
 
@@ -154,10 +160,9 @@ class WidthMethod(Method):
     def full_width_is_whole(self) -> bool:
         return True
 
-    def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
-                   metrics: Mapping[str, float], context: CostContext | None = None
-                   ) -> tuple[TrainingCost, float]:
-        """Counted on the sliced network the server assigned: FLOPs, weights and activations."""
+    def sliced_cost(self, budget: Budget, computed: TrainingCost, density: float,
+                    context: CostContext | None) -> tuple[TrainingCost, float]:
+        """The round's training counted on the sliced network the server assigned."""
         if context is None:
             return computed, density
         cost = self.cost_model(self.ratio(budget.density))
@@ -176,33 +181,60 @@ class WidthMethod(Method):
 
     def after_aggregate(self, arrays: dict[str, np.ndarray],
                         accepted: list[int]) -> dict[str, np.ndarray]:
-        """Static BN: the global model's full-width statistics, from the server's own set."""
+        """Static BN with a held-back set: the global model's full-width statistics recomputed
+        on it (without one: the clients' recomputed statistics, averaged per channel)."""
         if self.options.bn != "static" or self._server_data is None or self._model is None:
             return arrays
         model = self._model
         state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         model.load_state_dict(state)
-        x, _ = self._server_data
-        size = self.run.eval_batch_size
-        stats = reestimate_bn(model, [x[i:i + size] for i in range(0, len(x), size)])
+        stats = reestimate_bn(model, forward_batches(self._server_data[0], self.run.eval_batch_size))
         return {**arrays, **{k: v.numpy().astype(arrays[k].dtype) for k, v in stats.items()}}
 
     def server_scores(self, model: nn.Module, data: LocalData, budget: Budget) -> dict[str, float]:
-        """The global model at every declared width up to the client's own (its channels of
-        the final round, its BatchNorm statistics recomputed on its training data under static
-        BN), scored on the client's test split: ``width-<density>-accuracy``."""
+        """The global model scored on the client's test split at every declared width up to the
+        client's own (its channels of the final round, BatchNorm statistics recomputed on its
+        training data under static BN, its labels' logits under ``train-eval``):
+        ``width-<density>-accuracy``; and at full width with the global statistics
+        (``full-width-accuracy``, the model the authors score, beyond a small client's budget)."""
         assert self._graph is not None
         scores = {}
+        labels = self.eval_labels(data.y_train)
         for density in self._ratios_up_to(budget.density):
             ratio = self.ratio(density)
             small = self._graph.sliced_module(model, self.keep(ratio, self._round))
-            self.scale(small, self._graph, ratio)
-            if self.options.bn == "static":
-                x, size = data.x_train, self.run.eval_batch_size
-                reestimate_bn(small, [x[i:i + size] for i in range(0, len(x), size)])
-            result = evaluate(small, data.x_test, data.y_test, self.run.eval_batch_size)
-            scores[f"width-{density:g}-accuracy"] = result.accuracy
+            self.prepare_to_score(small, data.x_train, ratio)
+            scores[f"width-{density:g}-accuracy"] = self.score(small, data.x_test, data.y_test,
+                                                               labels).accuracy
+        scores["full-width-accuracy"] = self.score(copy.deepcopy(model), data.x_test, data.y_test,
+                                                   labels).accuracy
         return scores
+
+    def score(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              labels: torch.Tensor | None) -> Any:
+        """``evaluate`` with the logits of labels outside ``labels`` masked (None: none)."""
+        hooks = mask_logits(model, labels)
+        try:
+            return evaluate(model, x, y, self.run.eval_batch_size)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def prepare_to_score(self, small: nn.Module, x_train: torch.Tensor, ratio: float) -> None:
+        """Static BN: the submodel's statistics recomputed on the client's training data."""
+        if self.options.bn == "static":
+            reestimate_bn(small, forward_batches(x_train, self.run.eval_batch_size))
+
+    def label_split(self) -> str:
+        return str(getattr(self.options, "label_split", "none"))
+
+    def train_labels(self, y_train: torch.Tensor) -> torch.Tensor | None:
+        """The labels whose logits a client trains and whose output rows it sends (None: all)."""
+        return None if self.label_split() == "none" else torch.unique(y_train.cpu())
+
+    def eval_labels(self, y_train: torch.Tensor) -> torch.Tensor | None:
+        """The labels whose logits a client scores with (None: all)."""
+        return torch.unique(y_train.cpu()) if self.label_split() == "train-eval" else None
 
     def _ratios_up_to(self, density: float) -> list[float]:
         """The declared densities a client of ``density`` could hold (the run's tiers)."""
@@ -211,13 +243,29 @@ class WidthMethod(Method):
     def evaluation_protocol(self) -> str:
         stats = ("BatchNorm statistics recomputed on its own training data"
                  if self.options.bn == "static" else "the averaged BatchNorm statistics")
+        logits = (", the logits of labels missing from its training data masked (the authors' "
+                  "local accuracy)" if self.label_split() == "train-eval" else "")
         return (f"the client's width submodel ({self.which_channels}) of the global model, as "
-                f"received, with {stats}")
+                f"received, with {stats}{logits}; server_scores.full-width-accuracy: the "
+                "full-width global model on the same test splits (what the authors score)")
 
     def summary(self) -> dict[str, Any]:
         return {"width": {"ratios": {f"{d:g}": r for d, r in sorted(self._ratios.items())},
                           "bn": self.options.bn,
-                          "scaler": self.scaled()}}
+                          "scaler": self.scaled(),
+                          "label_split": self.label_split()}}
+
+    def round_cost(self, budget: Budget, computed: TrainingCost, density: float,
+                   metrics: Mapping[str, float], context: CostContext | None = None
+                   ) -> tuple[TrainingCost, float]:
+        """Counted on the sliced network the server assigned: FLOPs, weights and activations
+        (static BN: plus the forward pass that recomputes the statistics for the upload)."""
+        cost, density = self.sliced_cost(budget, computed, density, context)
+        if context is None or self.options.bn != "static":
+            return cost, density
+        model = self.cost_model(self.ratio(budget.density))
+        extra = model.forward_flops_per_sample(model.dense_counts()) * context.num_examples
+        return replace(cost, flops=cost.flops + float(extra)), density
 
     # --- client side ----------------------------------------------------------------------------
     def client_submodel(self, task: ClientTask) -> tuple[ChannelGraph, Keep, nn.Module, float]:
@@ -228,13 +276,20 @@ class WidthMethod(Method):
 
     def fit(self, task: ClientTask) -> FitResult:
         graph, keep, small, ratio = self.client_submodel(task)
-        hooks = self.scale(small, graph, ratio)
+        labels = self.train_labels(task.data.y_train)
+        hooks = self.scale(small, graph, ratio) + mask_logits(small, labels)
         loss, seen = self.train(small, task, graph, ratio)
         for hook in hooks:
             hook.remove()
+        self.after_training(small, task)
         graph.scatter(task.model.state_dict(), small.state_dict(), keep)
         return FitResult({"train-loss": loss, "num-examples": float(len(task.data.y_train)),
-                          "samples-seen": float(seen)}, self.upload(graph, keep))
+                          "samples-seen": float(seen)}, self.upload(graph, keep, labels))
+
+    def after_training(self, small: nn.Module, task: ClientTask) -> None:
+        """Static BN: the statistics the client uploads, recomputed on its training data."""
+        if self.options.bn == "static":
+            reestimate_bn(small, forward_batches(task.data.x_train, self.run.eval_batch_size))
 
     def train(self, small: nn.Module, task: ClientTask, graph: ChannelGraph,
               ratio: float) -> tuple[float, int]:
@@ -246,25 +301,37 @@ class WidthMethod(Method):
         return bool(getattr(self.options, "scaler", False))
 
     def scale(self, small: nn.Module, graph: ChannelGraph, ratio: float) -> list:
-        """HeteroFL's scaler on the sliced network, in training and scoring alike."""
+        """HeteroFL's scaler on the sliced network, in training only (as its authors)."""
         return add_width_scaler(small, graph, ratio) if self.scaled() else []
 
-    def upload(self, graph: ChannelGraph, keep: Keep) -> Masks | None:
-        """The coordinates the client holds (no BatchNorm statistics under static BN)."""
+    def upload(self, graph: ChannelGraph, keep: Keep, labels: torch.Tensor | None) -> Masks | None:
+        """The coordinates the client holds; under a label split only its labels' output rows."""
         masks = graph.masks(keep)
-        if self.options.bn == "static":
-            masks = {n: (torch.zeros_like(m) if n.endswith(STAT_SUFFIXES) else m)
-                     for n, m in masks.items()}
-        elif all(bool(m.all()) for m in masks.values()):
+        if labels is not None:
+            for name, rows in graph.class_masks(labels).items():
+                masks[name] = masks[name] & rows if name in masks else rows
+        if all(bool(m.all()) for m in masks.values()):
             return None
         return masks
 
     def evaluate(self, task: ClientTask) -> dict[str, float]:
-        """The client's width submodel, sliced (static BN: statistics recomputed at its width)."""
-        graph, _, small, ratio = self.client_submodel(task)
-        self.scale(small, graph, ratio)
-        if self.options.bn == "static":
-            x, size = task.data.x_train, self.run.eval_batch_size
-            reestimate_bn(small, [x[i:i + size] for i in range(0, len(x), size)])
-        size = self.run.eval_batch_size
-        return split_scores(lambda x, y: evaluate(small, x, y, size), task.data)
+        """The client's width submodel, sliced (static BN: statistics recomputed at its width;
+        ``train-eval``: its labels' logits only)."""
+        _, _, small, ratio = self.client_submodel(task)
+        self.prepare_to_score(small, task.data.x_train, ratio)
+        labels = self.eval_labels(task.data.y_train)
+        return split_scores(lambda x, y: self.score(small, x, y, labels), task.data)
+
+
+def mask_logits(model: nn.Module, labels: torch.Tensor | None) -> list:
+    """A forward hook setting the logits of classes outside ``labels`` to 0 (HeteroFL's label
+    split: those classes get no gradient and compete at a fixed logit). None: no hook."""
+    if labels is None:
+        return []
+
+    def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
+        keep[labels.to(out.device)] = True
+        return out.masked_fill(~keep, 0.0)
+
+    return [model.register_forward_hook(hook)]

@@ -299,3 +299,22 @@ def test_clock_samples_online_clients_over_selects_and_drops_late_ones(task_iden
     assert cost.sim_seconds == pytest.approx(client_seconds(cost.train_flops, cost.download_bytes,
                                                             cost.upload_bytes, fast))
     assert timing.seconds == 1.0
+
+
+def test_count_weighting_averages_each_coordinate_over_its_holders_once(task_identity):
+    """HeteroFL's and FedRolex's rule: a coordinate's holders count once each, whatever their
+    sample counts (10, 20, 30 here)."""
+    strategy, arrays = make(lambda ctx: MaskedFedAvg(ctx, weighting="count"))
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
+    replies = [trained_reply(strategy, m, p, shift=float(p + 1)) for p, m in enumerate(messages[:3])]
+    new, _ = strategy.aggregate_train(1, replies)
+    template = strategy.context.template
+    sent = [decode(r.content["arrays"], template).masks(template) for r in replies]
+    name = "net.1.weight"
+    old = arrays[name].numpy()
+    holders = sum(s[name].numpy().astype(float) for s in sent)
+    shifts = sum((p + 1) * s[name].numpy() for p, s in enumerate(sent))
+    expected = np.where(holders > 0, old + shifts / np.maximum(holders, 1), old)
+    np.testing.assert_allclose(new[name].numpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="weighting"):
+        MaskedFedAvg(strategy.context, weighting="clients")

@@ -1,10 +1,12 @@
 """FjORD: ordered dropout draws a width per batch; the server replays the draws to count FLOPs."""
 
+import numpy as np
 import pytest
 import torch
 
 from fedsparse.budgets import Budget
 from fedsparse.clients.fjord.method import OrderedDropout
+from fedsparse.clients.fjord.width_stats import width_key
 from fedsparse.costs import BACKWARD_FACTOR, TrainingCost
 from fedsparse.method import CostContext
 from fedsparse.structured import channels_at
@@ -26,7 +28,8 @@ def test_each_batch_runs_the_width_the_server_replays(monkeypatch):
     masks = method.client_masks(dict(model.named_parameters()), Budget(density=0.3))
     params = {n for n, _ in model.named_parameters()}
     task = make_task(received(model, masks), image_data(n=70), 0.3, partition_id=4,
-                     masks={n: m for n, m in masks.items() if n in params}, **{"server-round": 3})
+                     masks={n: m for n, m in masks.items() if n in params},
+                     inbox=method.client_records(Budget(density=0.3)), **{"server-round": 3})
     method.fit(task)
     ratio = method.ratio(0.3)
     widths = method.candidates(ratio)
@@ -71,3 +74,58 @@ def test_widths_must_lie_in_the_unit_interval():
 
     with pytest.raises((ConfigError, ValueError), match="width"):
         width_method("fjord", "method.fjord.widths=[0.5,1.5]")
+
+
+def _fit_at_full_width_only(method, model, monkeypatch):
+    """One client of width 1.0 whose every batch draws width 1.0 (the last candidate)."""
+    monkeypatch.setattr(type(method), "draws",
+                        lambda self, pid, rnd, batches, count: np.full(batches, count - 1))
+    task = make_task(received(model, None), image_data(n=64), 1.0, partition_id=1,
+                     inbox=method.client_records(Budget(density=1.0)))
+    return method.fit(task), task
+
+
+def test_per_width_statistics_of_a_narrow_width_do_not_move_when_only_the_full_width_trains(
+        monkeypatch):
+    method, model = width_method("fjord", "method.fjord.widths=[0.25]", densities=(1.0,))
+    assert method.options.bn == "per-width"  # the authors' ODBatchNorm is the default
+    before = method.client_records(Budget(density=1.0))
+    assert set(before) == {width_key(0.25), width_key(1.0)}
+    result, task = _fit_at_full_width_only(method, model, monkeypatch)
+    assert set(result.outbox) == {width_key(1.0)}  # only the width it trained
+    assert result.outbox[width_key(1.0)]["samples"][0] == 64
+    # the model's own statistics are not uploaded: they travel per width
+    assert not result.upload["features.1.running_mean"].any()
+    method.begin_round(1)
+    method.check_reply(1, Budget(density=1.0), result.outbox, {})
+    arrays = method.after_aggregate({k: v.numpy().copy() for k, v in model.state_dict().items()}, [1])
+    after = method.client_records(Budget(density=1.0))
+    narrow, full = width_key(0.25), width_key(1.0)
+    for key in before[narrow]:
+        assert np.array_equal(after[narrow][key], before[narrow][key])
+    assert not np.allclose(after[full]["features.1.running_mean"], before[full]["features.1.running_mean"])
+    assert np.array_equal(arrays["features.1.running_mean"], after[full]["features.1.running_mean"])
+    # with one shared set (bn: tracked) the same training moves the narrow prefix too
+    shared, shared_model = width_method("fjord", "method.fjord.widths=[0.25]",
+                                        "method.fjord.bn=tracked", densities=(1.0,))
+    start = shared_model.features[1].running_mean.clone()
+    _, shared_task = _fit_at_full_width_only(shared, shared_model, monkeypatch)
+    k = before[narrow]["features.1.running_mean"].shape[0]
+    assert not torch.allclose(shared_task.model.features[1].running_mean[:k], start[:k])
+
+
+def test_per_width_statistics_that_are_malformed_are_rejected(monkeypatch):
+    from fedsparse.updates import UpdateRejected
+
+    method, model = width_method("fjord", "method.fjord.widths=[0.25]", densities=(0.3, 1.0))
+    result, _ = _fit_at_full_width_only(method, model, monkeypatch)
+    record = result.outbox[width_key(1.0)]
+    bad = {**record, "features.1.running_var": -np.abs(record["features.1.running_var"]) - 1}
+    with pytest.raises(UpdateRejected, match="negative"):
+        method.check_reply(1, Budget(density=1.0), {width_key(1.0): bad}, {})
+    short = {**record, "features.1.running_mean": record["features.1.running_mean"][:2]}
+    with pytest.raises(UpdateRejected, match="shape"):
+        method.check_reply(1, Budget(density=1.0), {width_key(1.0): short}, {})
+    # a narrow client may not report the full width's statistics
+    with pytest.raises(UpdateRejected, match="unexpected record"):
+        method.check_reply(2, Budget(density=0.3), {width_key(1.0): record}, {})

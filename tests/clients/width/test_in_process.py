@@ -22,8 +22,11 @@ def test_a_width_method_runs_and_the_server_counts_its_savings(tmp_path, method)
     cost = summary["cost"]
     # half the clients hold <= 0.2 of the weights: ~0.6x dense in memory and bytes, and less in
     # FLOPs (FjORD's batches also run narrower than the client's width)
-    assert cost["memory_bytes_ratio"] == pytest.approx(cost["density"])
-    assert 0.5 < cost["density"] < 0.62 and 0.5 < cost["upload_bytes_ratio"] < 0.7
+    # (HeteroFL's and FedRolex's label split sends only the rows of labels a client holds, so
+    # the density uploaded can fall below the share of the model held)
+    assert 0.5 < cost["memory_bytes_ratio"] < 0.62
+    assert cost["density"] <= cost["memory_bytes_ratio"] + 1e-9
+    assert 0.5 < cost["upload_bytes_ratio"] < 0.7
     assert cost["train_flops_ratio"] < cost["density"]
     # the papers' counter (Conv2d and Linear weights only) on the networks the batches trained
     assert 0.2 < cost["conv_linear_flops_ratio"] < cost["density"] and cost["conv_linear_flops"] > 0
