@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from fedsparse.budgets import Budget
-from fedsparse.clients.shared_mask import SharedMask
+from fedsparse.clients.shared_mask import Schedule, SharedMask
 from fedsparse.clients.shared_mask.method import adjust_plan, one_batch
 from fedsparse.clients.shared_mask.pruning import (
     prune_and_grow,
@@ -30,6 +30,9 @@ class FedDST(SharedMask):
 
     name = "feddst"
     adjust = "local"
+    #: the authors' timing (bibikar/feddst): readjust after local training, every 10 rounds, the
+    #: adjusted share decaying to 0 at half the run
+    authors = Schedule(end_share=0.5, every=10, readjust="after-training")
 
     def check_upload(self, budget: Budget, sent: Masks | None, update: SparseUpdate,
                      num_examples: int) -> None:
@@ -46,10 +49,17 @@ class FedDST(SharedMask):
                                      f"client was sent (at most {plan.get(name, 0)} may be regrown)")
 
     def fit(self, task: ClientTask) -> FitResult:
+        """Prune and grow in an adjustment round, before local training or (the authors) after
+        it; the upload follows the client's new mask either way."""
         plan = adjust_plan(task.config)
-        if plan and task.masks:
+        if not plan or not task.masks:
+            return super().fit(task)
+        if self.options.readjust == "before-training":
             task.masks = self._readjust(task.model, dict(task.masks), task.data, task.generator, plan)
-        return super().fit(task)
+            return super().fit(task)
+        result = super().fit(task)
+        result.upload = self._readjust(task.model, dict(task.masks), task.data, task.generator, plan)
+        return result
 
     def _readjust(self, model: torch.nn.Module, masks: Masks, data: LocalData,
                   generator: torch.Generator, plan: Mapping[str, int]) -> Masks:

@@ -28,7 +28,7 @@ from fedsparse.clients.fedtiny.algorithm import (
     local_batches,
     mean_losses,
 )
-from fedsparse.clients.shared_mask import PruningOptions, SharedMask
+from fedsparse.clients.shared_mask import PruningOptions, Schedule, SharedMask
 from fedsparse.clients.shared_mask.filter_server import FilterMaskServer
 from fedsparse.clients.shared_mask.filters import (
     candidate_counts,
@@ -65,9 +65,18 @@ class FedTiny(SharedMask):
     name = "fedtiny"
     adjust = "pairs"
 
+    #: the authors' schedule (FedPruning/FedPruning): alpha 0.2, every layer at once, T_end 100
+    #: of 500 rounds, Delta T 10, the clients' gradients averaged by their samples
+    authors = Schedule(alpha=0.2, end_share=0.2, every_share_of_end=0.1, granularity="model",
+                       pair_weights="samples")
+
     def __init__(self, options: PruningOptions, run: Any) -> None:
         super().__init__(options, run)
+        if self.options.pair_weights == "samples" and self.options.granularity == "filter":
+            raise ValueError("method.pruning.pair_weights samples weighs weight-level gradient "
+                             "pairs: use it without granularity filter")
         self._pairs_of: dict[int, Pairs] = {}
+        self._samples_of: dict[int, float] = {}
 
     @classmethod
     def uses_server_data(cls, options: PruningOptions) -> bool:  # type: ignore[override]
@@ -136,7 +145,7 @@ class FedTiny(SharedMask):
 
     # --- server side: adjustment rounds -----------------------------------------------------
     def begin_round(self, server_round: int) -> dict[str, Any]:
-        self._pairs_of = {}
+        self._pairs_of, self._samples_of = {}, {}
         return super().begin_round(server_round)
 
     def client_records(self, budget: Budget) -> Records:
@@ -158,11 +167,16 @@ class FedTiny(SharedMask):
         if pairs is not None and not self.mask_server.plan.k:
             raise UpdateRejected("gradient pairs sent in a round that adjusts nothing")
         self._pairs_of[partition_id] = pairs or {}
+        # the server-checked training samples (validation rejects any other count)
+        self._samples_of[partition_id] = float(metrics.get("num-examples", 0.0))
 
     def after_aggregate(self, arrays: dict[str, np.ndarray],
                         accepted: list[int]) -> dict[str, np.ndarray]:
+        weights = ([self._samples_of.get(p, 0.0) for p in accepted]
+                   if self.options.pair_weights == "samples" else None)
         return self.mask_server.after_aggregate(dict(arrays),
-                                                [self._pairs_of.get(p, {}) for p in accepted])
+                                                [self._pairs_of.get(p, {}) for p in accepted],
+                                                weights)
 
     # --- client side ----------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:

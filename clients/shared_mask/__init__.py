@@ -5,7 +5,7 @@ Its members are separate methods: ``clients/fedtiny``, ``clients/prune_at_init``
 """
 
 from fedsparse.clients.shared_mask.method import SharedMask
-from fedsparse.clients.shared_mask.options import PruningOptions
+from fedsparse.clients.shared_mask.options import PruningOptions, Schedule
 from fedsparse.clients.shared_mask.server import SharedMaskServer
 
-__all__ = ["PruningOptions", "SharedMask", "SharedMaskServer"]
+__all__ = ["PruningOptions", "Schedule", "SharedMask", "SharedMaskServer"]

@@ -209,9 +209,12 @@ class FilterMaskServer:
             if np.isin(index, self.keep[space].numpy()).any():
                 raise PairsRejected(f"{space}: scores for channels that are not pruned")
 
-    def after_aggregate(self, arrays: dict[str, np.ndarray],
-                        reports: Sequence[Pairs]) -> dict[str, np.ndarray]:
-        """Apply the round's adjustment to the aggregated model; return it masked."""
+    def after_aggregate(self, arrays: dict[str, np.ndarray], reports: Sequence[Pairs],
+                        weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+        """Apply the round's adjustment to the aggregated model; return it masked. Channel
+        scores are averaged equally (``weights`` must be None: refused at setup otherwise)."""
+        if weights is not None:
+            raise ValueError("channel scores are averaged equally at granularity filter")
         out = dict(arrays)
         if self.plan.k and self.adjust == "pairs":
             state = {n: torch.from_numpy(np.array(v)) for n, v in out.items()}

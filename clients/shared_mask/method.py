@@ -18,7 +18,7 @@ from torch import nn
 from fedsparse.budgets import Budget
 from fedsparse.clients.shared_mask.filter_server import FilterMaskServer
 from fedsparse.clients.shared_mask.filters import keep_by_importance, random_keep
-from fedsparse.clients.shared_mask.options import PruningOptions
+from fedsparse.clients.shared_mask.options import PruningOptions, Schedule
 from fedsparse.clients.shared_mask.pruning import (
     layer_densities,
     magnitude_masks,
@@ -64,9 +64,13 @@ class SharedMask(Method):
     sparse_updates = True
     #: how the mask changes after the first one
     adjust: ClassVar[AdjustMode] = "fixed"
+    #: what ``preset: authors`` sets (None: the method has no authors' schedule beyond the defaults)
+    authors: ClassVar[Schedule | None] = None
     options: PruningOptions
 
     def __init__(self, options: PruningOptions, run: RunInfo) -> None:
+        if options.preset == "authors" and self.authors is not None:
+            options = self.authors.apply(options, run.rounds)
         super().__init__(options, run)
         self.server: SharedMaskServer | FilterMaskServer | None = None
         self._graph: ChannelGraph | None = None

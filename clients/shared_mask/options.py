@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
@@ -48,6 +49,19 @@ class PruningOptions(MethodOptions):
                             "layer's channels per adjustment, every tier trained as a narrower "
                             "network (fedtiny, prune-at-init)")
 
+    preset: Literal["tuned", "authors"] = Field(
+        "tuned", description="defaults of the options left unset: 'tuned' (chosen by measurement "
+                             "on cnn-bn) or 'authors' (the method's authors' schedule: FedTiny and "
+                             "FedMef alpha 0.2, all layers at once, T_end 1/5 of the rounds, "
+                             "Delta T T_end / 10, sample-weighted gradient pairs; FedDST "
+                             "readjusts after local training every 10 rounds until half the run)")
+    pair_weights: Literal["equal", "samples"] = Field(
+        "equal", description="fedtiny, fedmef: clients' reported gradients averaged equally or by "
+                             "their training samples ('authors' preset: samples)")
+    readjust: Literal["before-training", "after-training"] = Field(
+        "before-training", description="feddst: a client prunes and grows before its local "
+                                       "training or after it ('authors' preset: after)")
+
     activation_keep: float = Field(
         0.5, gt=0.0, le=1.0, description="fedmef: share of each Conv2d / Linear input (but the "
                                          "first layer's) kept for backward, by magnitude (scaled "
@@ -80,3 +94,43 @@ class PruningOptions(MethodOptions):
         if self.adjust_every is not None:
             return self.adjust_every
         return max(1, end_round // (8 * max(1, units)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A method's authors' settings, applied by ``preset: authors`` to the options left at their
+    defaults (a config's method section arrives with every option filled in, so "at its
+    default" is what "not set" can mean).
+    Round counts are shares of the run where the authors' are (FedTiny: T_end 100 of 500 rounds,
+    Delta T 10 = T_end / 10), so the schedule keeps its shape in a short run."""
+
+    alpha: float | None = None
+    end_share: float | None = None
+    every: int | None = None
+    every_share_of_end: float | None = None
+    granularity: str | None = None
+    pair_weights: str | None = None
+    readjust: str | None = None
+
+    def apply(self, options: PruningOptions, rounds: int) -> PruningOptions:
+        """``options`` with the unset ones taken from this schedule."""
+        given = {name for name, field in type(options).model_fields.items()
+                 if getattr(options, name) != field.default}
+        update: dict[str, object] = {}
+        if self.alpha is not None and "alpha" not in given:
+            update["alpha"] = self.alpha
+        end = options.adjust_until
+        if self.end_share is not None and "adjust_until" not in given:
+            end = max(1, round(self.end_share * rounds))
+            update["adjust_until"] = end
+        if "adjust_every" not in given:
+            end = end if end is not None else options.end_round(rounds)
+            if self.every is not None:
+                update["adjust_every"] = self.every
+            elif self.every_share_of_end is not None:
+                update["adjust_every"] = max(1, round(self.every_share_of_end * end))
+        for name in ("granularity", "pair_weights", "readjust"):
+            value = getattr(self, name)
+            if value is not None and name not in given:
+                update[name] = value
+        return options.model_copy(update=update)

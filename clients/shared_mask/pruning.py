@@ -202,20 +202,24 @@ def topk_pruned_gradients(grad: torch.Tensor, mask: torch.Tensor, k: int
 
 
 def prune_and_grow(weight: torch.Tensor, mask: torch.Tensor,
-                   reports: Sequence[tuple[np.ndarray, np.ndarray]], k: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   reports: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
+                   weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's prune-and-grow step; returns the new (weight, mask). Density is unchanged.
 
     Reported gradients are averaged over all reporting clients (entries a client did not send
-    count as 0). The k active weights of smallest magnitude are pruned (set to 0) and the k
-    pruned positions with the largest averaged gradient magnitude are grown, starting at 0.
+    count as 0), equally or by ``weights`` (FedTiny's authors: the clients' samples). The k
+    active weights of smallest magnitude are pruned (set to 0) and the k pruned positions with
+    the largest averaged gradient magnitude are grown, starting at 0.
     """
     flat_mask = mask.flatten().clone()
     flat_weight = weight.detach().flatten().clone()
     avg = torch.zeros(flat_mask.numel(), dtype=torch.float64)
-    for index, values in reports:
-        avg[torch.from_numpy(index)] += torch.from_numpy(values.astype(np.float64))
-    avg /= max(len(reports), 1)
+    shares = list(weights) if weights is not None else [1.0] * len(reports)
+    if len(shares) != len(reports):
+        raise ValueError("one weight per report is required")
+    for (index, values), share in zip(reports, shares, strict=True):
+        avg[torch.from_numpy(index)] += share * torch.from_numpy(values.astype(np.float64))
+    avg /= max(sum(shares), 1e-12) if reports else 1.0
     pruned = torch.nonzero(~flat_mask).flatten()
     active = torch.nonzero(flat_mask).flatten()
     k = min(k, pruned.numel(), active.numel())

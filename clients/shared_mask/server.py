@@ -250,16 +250,18 @@ class SharedMaskServer:
             if self.masks[name].flatten()[torch.from_numpy(index.astype(np.int64))].any():
                 raise PairsRejected(f"{name}: pairs at positions that are not pruned")
 
-    def after_aggregate(self, arrays: dict[str, np.ndarray],
-                        reports: Sequence[Pairs]) -> dict[str, np.ndarray]:
-        """Apply the round's adjustment to the aggregated weights; return the masked weights."""
+    def after_aggregate(self, arrays: dict[str, np.ndarray], reports: Sequence[Pairs],
+                        weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+        """Apply the round's adjustment to the aggregated weights; return the masked weights.
+        ``weights``: each report's share of the gradient average (None: equal)."""
         out = dict(arrays)
         before = {n: m.clone() for n, m in self.masks.items()} if self.plan.k else {}
         if self.plan.k and self.adjust == "pairs":
+            empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
             for name, k in self.plan.k.items():
-                rows = [r[name] for r in reports if name in r]
-                rows += [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * (len(reports) - len(rows))
-                weight, mask = prune_and_grow(torch.from_numpy(out[name]), self.masks[name], rows, k)
+                rows = [r.get(name, empty) for r in reports]
+                weight, mask = prune_and_grow(torch.from_numpy(out[name]), self.masks[name], rows, k,
+                                              weights)
                 out[name] = weight.numpy().astype(arrays[name].dtype)
                 self.masks[name] = mask
             self.adjustments += 1

@@ -59,3 +59,33 @@ def test_pairs_round_trip_through_flower_records_and_malformed_ones_are_refused(
         decode_pairs({"w": np.array([1])})
     with pytest.raises(ValueError, match="integers"):
         decode_pairs({"w#index": np.array([1.0]), "w#value": np.array([1.0])})
+
+
+def test_the_authors_preset_scales_their_schedule_to_the_run():
+    from fedsparse.config import load_config
+    from fedsparse.experiment import build_method
+
+    cfg = load_config(None, ["method.name=fedtiny", "rounds=100", "method.pruning.preset=authors"])
+    options = build_method(cfg).options
+    # T_end 100 of 500 rounds, Delta T 10: 20 and 2 of 100; alpha 0.2, all layers, weighted pairs
+    assert (options.adjust_until, options.adjust_every, options.alpha) == (20, 2, 0.2)
+    assert (options.granularity, options.pair_weights) == ("model", "samples")
+    tuned = build_method(load_config(None, ["method.name=fedtiny", "rounds=100"])).options
+    assert (tuned.alpha, tuned.granularity, tuned.pair_weights) == (None, "auto", "equal")
+    mine = load_config(None, ["method.name=fedmef", "rounds=100", "method.pruning.preset=authors",
+                              "method.pruning.alpha=0.3"])
+    assert build_method(mine).options.alpha == 0.3 and build_method(mine).options.adjust_until == 20
+
+
+def test_sample_weighted_pairs_can_grow_a_different_position():
+    from fedsparse.clients.shared_mask.pruning import prune_and_grow
+
+    weight = torch.tensor([1.0, 2.0, 0.0, 0.0])
+    mask = torch.tensor([True, True, False, False])
+    reports = [(np.array([2]), np.array([1.0], np.float32)),   # 10 samples
+               (np.array([3]), np.array([0.5], np.float32))]   # 30 samples
+    _, equal = prune_and_grow(weight, mask, reports, 1)
+    _, weighted = prune_and_grow(weight, mask, reports, 1, [10.0, 30.0])
+    # equal: position 2 (0.5 vs 0.25); by samples: position 3 (0.375 vs 0.25)
+    assert equal.tolist() == [False, True, True, False]
+    assert weighted.tolist() == [False, True, False, True]

@@ -91,7 +91,7 @@ def test_per_width_statistics_of_a_narrow_width_do_not_move_when_only_the_full_w
     assert method.options.bn == "per-width"  # the authors' ODBatchNorm is the default
     before = method.client_records(Budget(density=1.0))
     assert set(before) == {width_key(0.25), width_key(1.0)}
-    result, task = _fit_at_full_width_only(method, model, monkeypatch)
+    result, _ = _fit_at_full_width_only(method, model, monkeypatch)
     assert set(result.outbox) == {width_key(1.0)}  # only the width it trained
     assert result.outbox[width_key(1.0)]["samples"][0] == 64
     # the model's own statistics are not uploaded: they travel per width
