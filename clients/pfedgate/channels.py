@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fedsparse.clients.pfedgate.gating import clip_gradients
 from fedsparse.structured import ChannelGraph, Keep
 
 CACHED_STRUCTURES = 64  # sliced networks kept per layout (one per distinct set of widths)
@@ -304,8 +305,9 @@ class ChannelStep:
     with it), BatchNorm statistics of the kept channels; no dense gradient is ever formed."""
 
     def __init__(self, gating: ChannelGating, lr: float, momentum: float, weight_decay: float,
-                 train_model: bool, grad_clip: float) -> None:
+                 train_model: bool, grad_clip: float, separate_clips: bool = False) -> None:
         self.gating, self.graph = gating, gating.graph
+        self.separate_clips = separate_clips
         self.params = dict(gating.model.named_parameters())
         self.buffers = dict(gating.model.named_buffers())
         self.lr, self.momentum = lr, momentum
@@ -340,10 +342,9 @@ class ChannelStep:
             objective = loss + 0.5 * self.weight_decay * sum((t ** 2).sum() for t in leaves.values())
         gate_optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        trainable = [p for group in gate_optimizer.param_groups for p in group["params"]]
-        if self.train_model:
-            trainable += list(leaves.values())
-        torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip)
+        gate_params = [p for group in gate_optimizer.param_groups for p in group["params"]]
+        model_params = list(leaves.values()) if self.train_model else []
+        clip_gradients(gate_params, model_params, self.grad_clip, self.separate_clips)
         gate_optimizer.step()
         with torch.no_grad():
             if self.train_model:

@@ -159,17 +159,74 @@ def _knapsack_dp(values: np.ndarray, weights: np.ndarray, capacity: int) -> np.n
     return picked
 
 
-class GateNet(nn.Module):
-    """Client-private gate: x -> pre-norm -> flatten -> Linear -> BN1d -> sigmoid (per sample)."""
+class SwitchNorm(nn.Module):
+    """Switchable normalisation (Luo et al., ICLR 2019), the authors' gate pre-norm: the mean and
+    variance are softmax-weighted mixtures of instance (per sample and channel, over positions;
+    images only), layer (per sample) and batch statistics (per channel; running averages when
+    not training), with learned mixture weights and a per-channel affine."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_blocks: int, weight_head: bool = False) -> None:
+    def __init__(self, channels: int, spatial: bool, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.spatial, self.momentum, self.eps = spatial, momentum, eps
+        kinds = 3 if spatial else 2  # (instance,) layer, batch
+        self.mean_weight = nn.Parameter(torch.ones(kinds))
+        self.var_weight = nn.Parameter(torch.ones(kinds))
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        h = x.reshape(n, c, -1)
+        # per sample and channel: mean and E[x^2] over positions (one position without them)
+        mean_in = h.mean(-1, keepdim=True)
+        square_in = (h * h).mean(-1, keepdim=True)
+        mean_ln = mean_in.mean(1, keepdim=True)
+        var_ln = square_in.mean(1, keepdim=True) - mean_ln ** 2
+        if self.training:
+            mean_bn = mean_in.mean(0, keepdim=True)
+            var_bn = square_in.mean(0, keepdim=True) - mean_bn ** 2
+            with torch.no_grad():
+                self.running_mean.lerp_(mean_bn.reshape(c), self.momentum)
+                self.running_var.lerp_(var_bn.reshape(c), self.momentum)
+        else:
+            mean_bn = self.running_mean.view(1, c, 1)
+            var_bn = self.running_var.view(1, c, 1)
+        mw = torch.softmax(self.mean_weight, 0)
+        vw = torch.softmax(self.var_weight, 0)
+        if self.spatial:
+            var_in = square_in - mean_in ** 2
+            mean = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn
+            var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn
+        else:
+            mean = mw[0] * mean_ln + mw[1] * mean_bn
+            var = vw[0] * var_ln + vw[1] * var_bn
+        out = (h - mean) / torch.sqrt(var.clamp(min=0) + self.eps)
+        out = out * self.weight.view(1, c, 1) + self.bias.view(1, c, 1)
+        return out.reshape(x.shape)
+
+
+class GateNet(nn.Module):
+    """Client-private gate: x -> pre-norm -> flatten -> Linear -> BN1d -> sigmoid (per sample).
+
+    ``norm``: the pre-norm, BatchNorm or the authors' SwitchNorm. ``floor``: the authors' score
+    clip, min(max(1/B, 0.1), s), applied to the batch's block scores before the knapsack (the
+    block weights M stay unclipped, as in their code); 0: none."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_blocks: int, weight_head: bool = False,
+                 norm: str = "batch") -> None:
         super().__init__()
         channels = input_shape[0]
-        self.pre_norm = nn.BatchNorm2d(channels) if len(input_shape) == 3 else nn.BatchNorm1d(channels)
+        if norm == "switch":
+            self.pre_norm: nn.Module = SwitchNorm(channels, spatial=len(input_shape) == 3)
+        else:
+            self.pre_norm = nn.BatchNorm2d(channels) if len(input_shape) == 3 else nn.BatchNorm1d(channels)
         width = math.prod(input_shape)
         self.score = nn.Sequential(nn.Linear(width, num_blocks), nn.BatchNorm1d(num_blocks))
         self.weight = nn.Sequential(nn.Linear(width, num_blocks), nn.BatchNorm1d(num_blocks)) \
             if weight_head else None
+        self.floor = 0.0
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample block scores G and block weights M (M = G without a weight head)."""
@@ -177,6 +234,31 @@ class GateNet(nn.Module):
         g = torch.sigmoid(self.score(h))
         m = torch.sigmoid(self.weight(h)) if self.weight is not None else g
         return g, m
+
+    def floored(self, g: torch.Tensor) -> torch.Tensor:
+        """Scores with the floor applied (no gradient below it, as a clip)."""
+        return g.clamp(min=self.floor) if self.floor > 0 else g
+
+    def pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's block scores (floored) and block weights: means over the batch."""
+        g, m = self(x)
+        return self.floored(g.mean(dim=0)), m.mean(dim=0)
+
+
+def score_floor(split: int, density: float) -> float:
+    """The authors' lower bound on gate scores: min(max(1/B, 0.1), s)."""
+    return min(max(1.0 / split, 0.1), density)
+
+
+def clip_gradients(gate_params: list[torch.Tensor], model_params: list[torch.Tensor],
+                   max_norm: float, separate: bool) -> None:
+    """One clip over gate and model together, or (the authors) one each."""
+    if separate:
+        torch.nn.utils.clip_grad_norm_(gate_params, max_norm)
+        if model_params:
+            torch.nn.utils.clip_grad_norm_(model_params, max_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(gate_params + model_params, max_norm)
 
 
 def rounded_greedy(scores: np.ndarray, sizes: np.ndarray, capacity: int,
@@ -252,8 +334,10 @@ class WeightStep:
     computes with theta * M' at full shape, so its time does not fall with s."""
 
     def __init__(self, model: nn.Module, layout: BlockLayout, lr: float, momentum: float,
-                 weight_decay: float, train_model: bool, grad_clip: float, ste: str) -> None:
+                 weight_decay: float, train_model: bool, grad_clip: float, ste: str,
+                 separate_clips: bool = False) -> None:
         self.model, self.layout, self.ste = model, layout, ste
+        self.separate_clips = separate_clips
         self.params = dict(model.named_parameters())
         self.weight_decay, self.train_model, self.grad_clip = weight_decay, train_model, grad_clip
         self.optimizer = torch.optim.SGD(list(self.params.values()), lr=lr, momentum=momentum) \
@@ -271,12 +355,13 @@ class WeightStep:
             decay = sum(((p * used[name]) ** 2).sum() for name, p in self.params.items())
             objective = loss + 0.5 * self.weight_decay * decay
         gate_optimizer.zero_grad(set_to_none=True)
-        trainable = [p for group in gate_optimizer.param_groups for p in group["params"]]
+        gate_params = [p for group in gate_optimizer.param_groups for p in group["params"]]
+        model_params: list[torch.Tensor] = []
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-            trainable += list(self.params.values())
+            model_params = list(self.params.values())
         objective.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, self.grad_clip)
+        clip_gradients(gate_params, model_params, self.grad_clip, self.separate_clips)
         gate_optimizer.step()
         if self.optimizer is not None:
             self.optimizer.step()

@@ -29,7 +29,13 @@ from torch import nn
 
 from fedsparse.budgets import Budget
 from fedsparse.clients.pfedgate.channels import ChannelGating, ChannelStep, make_channel_blocks
-from fedsparse.clients.pfedgate.gating import BlockLayout, GateNet, WeightStep, make_layout
+from fedsparse.clients.pfedgate.gating import (
+    BlockLayout,
+    GateNet,
+    WeightStep,
+    make_layout,
+    score_floor,
+)
 from fedsparse.costs import CostModel, TrainingCost
 from fedsparse.masks import Masks
 from fedsparse.method import (
@@ -104,6 +110,15 @@ class PFedGateOptions(MethodOptions):
     sub0_scaled: bool = Field(False, description="scale each tensor's sub0 by a gate score of its "
                                                  "own, as the authors' code does (sub0 is never "
                                                  "dropped, but personalised)")
+    score_floor: bool = Field(False, description="clip the batch's gate scores at min(max(1/B, "
+                                                 "0.1), s) before the knapsack, as the authors' "
+                                                 "code (the block weights stay unclipped)")
+    clips: Literal["joint", "separate"] = Field(
+        "joint", description="gradient-norm clip (grad_clip) over gate and model together, or "
+                             "one each as the authors' code")
+    gate_norm: Literal["batch", "switch"] = Field(
+        "batch", description="the gate's input pre-norm: BatchNorm, or the authors' SwitchNorm "
+                             "(instance, layer and batch statistics mixed by learned weights)")
     ste: Literal["full", "kept"] = Field(
         "kept", description="gate gradients from kept blocks only (the authors' code: no dense "
                             "gradient), or from every block (the paper's straight-through "
@@ -273,7 +288,7 @@ class PFedGate(Method):
               partition_id: int, device: torch.device) -> GateNet:
         with torch.random.fork_rng():
             torch.manual_seed(private_init_seed(self.run.seed, partition_id))  # same gate whenever created
-            gate = GateNet(input_shape, outputs, self.options.weight_head)
+            gate = GateNet(input_shape, outputs, self.options.weight_head, self.options.gate_norm)
         if GATE_KEY in state:
             gate.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state[GATE_KEY].items()})
         return gate.to(device)
@@ -316,8 +331,11 @@ class PFedGate(Method):
     def _client_gate(self, task: ClientTask, input_shape: tuple[int, ...]
                      ) -> tuple[BlockLayout | ChannelGating, GateNet]:
         gating = self._gating(task.model, task.budget_density, input_shape)
-        return gating, self._gate(task.state, self._gate_outputs(gating), input_shape, task.partition_id,
-                                   task.device)
+        gate = self._gate(task.state, self._gate_outputs(gating), input_shape, task.partition_id,
+                          task.device)
+        if self.options.score_floor:
+            gate.floor = score_floor(self.options.split, task.budget_density)
+        return gating, gate
 
     # --- training ---------------------------------------------------------------------------
     def fit(self, task: ClientTask) -> FitResult:
@@ -356,9 +374,14 @@ class PFedGate(Method):
               train_model: bool) -> WeightStep | ChannelStep:
         if isinstance(gating, ChannelGating):
             return ChannelStep(gating, settings.lr, settings.momentum, settings.weight_decay,
-                               train_model, self.options.grad_clip)
+                               train_model, self.options.grad_clip, self.separate_clips)
         return WeightStep(model, gating, settings.lr, settings.momentum, settings.weight_decay,
-                          train_model, self.options.grad_clip, self.options.ste)
+                          train_model, self.options.grad_clip, self.options.ste,
+                          self.separate_clips)
+
+    @property
+    def separate_clips(self) -> bool:
+        return self.options.clips == "separate"
 
     def _train(self, model: nn.Module, gate: GateNet, gating: BlockLayout | ChannelGating,
                data: LocalData, generator: torch.Generator, train_model: bool, epochs: int,
@@ -400,7 +423,7 @@ class PFedGate(Method):
                 if len(batch) < 2:
                     continue  # the gate's BatchNorm needs two samples
                 x, y = data.x_train[batch], data.y_train[batch]
-                g, m = (t.mean(dim=0) for t in gate(x))
+                g, m = gate.pooled(x)
                 if channel_mode:
                     loss, keep, where = step(x, y, g, m, gate_optimizer)
                     for name, t in touched.items():
@@ -438,9 +461,9 @@ class PFedGate(Method):
                     x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
         """(summed loss, correct, summed density) over the samples in (x, y)."""
         g_all, m_all = gate(x)
-        groups = [(g_all.mean(0), m_all.mean(0), slice(0, len(y)))] \
+        groups = [(gate.floored(g_all.mean(0)), m_all.mean(0), slice(0, len(y)))] \
             if self.options.eval_gating == "batch" else \
-            [(g_all[i], m_all[i], slice(i, i + 1)) for i in range(len(y))]
+            [(gate.floored(g_all[i]), m_all[i], slice(i, i + 1)) for i in range(len(y))]
         loss_sum = correct = density_sum = 0.0
         for g, m, rows in groups:
             logits, kept = step.logits(x[rows], g, m)

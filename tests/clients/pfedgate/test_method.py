@@ -253,3 +253,15 @@ def test_at_s_0_3_on_cnn_bn_different_clients_train_different_blocks():
     differ = [n for n in touched[0] if not torch.equal(touched[0][n], touched[1][n])]
     assert any("features" in n for n in differ), differ  # convolutions' blocks too
     assert any("classifier" in n for n in differ), differ
+
+
+@pytest.mark.parametrize("blocks", ["weights", "channel"])
+def test_the_authors_gate_options_keep_the_budget_and_learn(blocks):
+    method, model = setup(score_floor="true", clips="separate", gate_norm="switch", blocks=blocks,
+                          eval_after_local_training="false")
+    state, data = {}, make_data(0, n=300)
+    for r in range(6):
+        result = method.fit(make_task(model, data, 0.5, seed=r, state=state))
+        assert result.metrics["compute-density"] <= 0.5 + 1e-12
+    assert any("pre_norm.mean_weight" in k for k in state["pfedgate-gate"])  # the SwitchNorm gate persists
+    assert method.evaluate(make_task(model, data, 0.5, state=state))["accuracy"] > 0.6
