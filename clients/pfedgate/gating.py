@@ -65,6 +65,18 @@ class BlockLayout:
         return np.concatenate([np.diff(np.asarray(b)) for b in self.bounds]).astype(np.int64)
 
 
+def gate_has_choices(layout: BlockLayout) -> bool:
+    """Whether the knapsack ever has to choose: some group's blocks that fit its capacity do
+    not all fit together. Otherwise every batch of every client takes the same blocks (those
+    that fit) and the gate only scales them: a fixed mask."""
+    sizes, groups = layout.block_sizes(), layout.block_groups()
+    for g, capacity in enumerate(layout.capacities):
+        fitting = sizes[(groups == g) & (sizes > 0) & (sizes <= capacity)]
+        if int(fitting.sum()) > capacity:
+            return True
+    return False
+
+
 def make_layout(params: Mapping[str, torch.Tensor], density: float, split: int = 5,
                 sub0_fraction: float = 0.5, groups: Mapping[str, str] | None = None,
                 block_fit: int = 0, solver: str = "exact") -> BlockLayout:

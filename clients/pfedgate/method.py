@@ -33,6 +33,7 @@ from fedsparse.clients.pfedgate.gating import (
     BlockLayout,
     GateNet,
     WeightStep,
+    gate_has_choices,
     make_layout,
     score_floor,
 )
@@ -167,6 +168,7 @@ class PFedGate(Method):
         self._param_sizes = {n: p.numel() for n, p in setup.model.named_parameters()}
         self._server_costs = setup.cost_model
         self._server_model = setup.model
+        self._densities = sorted({b.density for b in setup.budgets})
         self._reachable_cache: dict[float, dict[str, np.ndarray]] = {}
         count = round(self.options.novel_share * self.run.num_clients)
         if count >= self.run.num_clients:
@@ -275,7 +277,20 @@ class PFedGate(Method):
                                  f"samples cost with the sub0s alone at density {budget.density:g}")
 
     def summary(self) -> dict[str, Any]:
-        return {"eval_gating": self.options.eval_gating}
+        """The evaluation gating, and per declared density below 1 whether the gate has blocks
+        to choose among (flat-weight blocks; ``gate_choices``: false is a fixed mask, which the
+        bench's tables label)."""
+        out: dict[str, Any] = {"eval_gating": self.options.eval_gating}
+        if self.options.blocks == "weights" and getattr(self, "_server_model", None) is not None:
+            model = self._server_model
+            groups = linear_or_other(model) if self.options.knapsack == "grouped" else None
+            params = dict(model.named_parameters())
+            out["gate_choices"] = {
+                f"{d:g}": gate_has_choices(make_layout(params, d, self.options.split,
+                                                       self.options.sub0_fraction, groups,
+                                                       self.options.block_fit))
+                for d in self._densities if d < 1.0}
+        return out
 
     def evaluation_protocol(self) -> str:
         trained = ("after one round of local joint training (a copy), "

@@ -68,8 +68,21 @@ class EntryResult:
     method: str
     selected: dict[str, Any]
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    label: str | None = None
     rounds: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def method_cell(self) -> str:
+        """The method, with the suite's label or what its runs say of themselves: pFedGate runs
+        whose gate can pick no block at a budget (every batch the same mask) are a fixed mask."""
+        labels = [self.label] if self.label else []
+        fixed = sorted({density for summary in self.summaries.values()
+                        for density, choices in (summary.get("gate_choices") or {}).items()
+                        if not choices})
+        if fixed and not labels:
+            tiers = {d for summary in self.summaries.values() for d in summary.get("gate_choices") or {}}
+            labels.append("fixed mask" if set(fixed) == tiers else f"fixed mask at s={', '.join(fixed)}")
+        return f"{self.method} ({'; '.join(labels)})" if labels else self.method
 
     def values(self, metric: str) -> dict[int, float]:
         """``metric`` of every seed that has it."""
@@ -123,7 +136,8 @@ def collect(folder: Path) -> SuiteResults:
     entries = []
     for entry in suite.entries:
         result = EntryResult(entry.name, entry.method,
-                             manifest.selection.get(entry.name, {}).get("values", {}))
+                             manifest.selection.get(entry.name, {}).get("values", {}),
+                             label=entry.label)
         for key, status in sorted(manifest.runs.items()):
             if status.entry != entry.name:
                 continue
@@ -191,7 +205,7 @@ def leaderboard_markdown(results: SuiteResults) -> str:
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for e in results.entries:
         acc = e.estimate("accuracy")
-        cells = [e.name, e.method, str(acc.n), _pm(acc), _interval(acc),
+        cells = [e.name, e.method_cell(), str(acc.n), _pm(acc), _interval(acc),
                  _pm(e.estimate("bottom_decile")), _pm(e.estimate("global")), _pm(e.estimate("val")),
                  *(_pm(e.estimate(m), 3) for m in ("train_flops", "eval_flops", "total_flops",
                                                    "memory", "peak_memory", "upload")),
@@ -221,7 +235,7 @@ def headline_markdown(results: SuiteResults) -> str:
     for e in results.entries:
         diff = ("baseline" if e is base else
                 _signed(paired(e.values("accuracy"), base.values("accuracy"))) if base else "-")
-        lines.append(f"| {e.name} | {e.method} | {_pm(e.estimate('accuracy'))} | {diff} | "
+        lines.append(f"| {e.name} | {e.method_cell()} | {_pm(e.estimate('accuracy'))} | {diff} | "
                      f"{_ratio(e.estimate('total_flops'))} | {_ratio(e.estimate('upload'))} |")
     return "\n".join(lines) + "\n"
 

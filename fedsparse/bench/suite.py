@@ -58,6 +58,9 @@ class Entry(_Strict):
     set: dict[str, Any] = Field(default_factory=dict, description="dotted key -> value")
     grid: dict[str, list[Any]] = Field(default_factory=dict,
                                        description="dotted key -> values; points: their product")
+    label: str | None = Field(None, description="words shown beside the method in the tables, "
+                                                "e.g. 'fixed mask' (runs that say so themselves "
+                                                "are labelled without it)")
 
 
     @field_validator("grid")

@@ -34,3 +34,17 @@ def test_widths_average_the_server_scores_over_seeds():
     widths = entry.widths()
     assert list(widths) == ["0.1", "1"]
     assert widths["0.1"].mean == pytest.approx(0.65) and widths["1"].mean == pytest.approx(0.85)
+
+
+def test_a_pfedgate_row_whose_gate_has_no_choice_is_labelled_a_fixed_mask():
+    fixed = {**summary(0.8), "gate_choices": {"0.3": False}}
+    assert EntryResult("e", "pfedgate", {}, {0: fixed, 1: fixed}).method_cell() == \
+        "pfedgate (fixed mask)"
+    mixed = {**summary(0.8), "gate_choices": {"0.1": False, "0.5": True}}
+    assert EntryResult("e", "pfedgate", {}, {0: mixed}).method_cell() == \
+        "pfedgate (fixed mask at s=0.1)"
+    chooses = {**summary(0.8), "gate_choices": {"0.3": True}}
+    assert EntryResult("e", "pfedgate", {}, {0: chooses}).method_cell() == "pfedgate"
+    # a suite's label for runs that predate the field
+    assert EntryResult("e", "pfedgate", {}, {0: summary(0.8)}, label="fixed mask").method_cell() == \
+        "pfedgate (fixed mask)"

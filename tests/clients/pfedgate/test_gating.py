@@ -221,3 +221,18 @@ def test_the_solver_option_reaches_the_training_step():
     assert result.metrics["compute-density"] <= 0.3 + 1e-12
     with pytest.raises(ValueError, match="built for flat-weight blocks"):
         PFedGate.Options(blocks="channel", knapsack_solver="rounded-greedy")
+
+
+def test_the_gate_has_no_choice_when_every_block_that_fits_fits_together():
+    from fedsparse.clients.pfedgate.gating import gate_has_choices
+    from fedsparse.clients.pfedgate.method import linear_or_other
+    from fedsparse.config import ModelConfig
+    from fedsparse.models import build_model
+
+    model = build_model(ModelConfig(name="cnn-bn"), (1, 28, 28), 10)
+    params, groups = dict(model.named_parameters()), linear_or_other(model)
+    # B = 5 at s = 0.3: no block of the large linear layer fits, and the few small blocks that
+    # do fit all fit together, so every batch keeps the same blocks
+    assert not gate_has_choices(make_layout(params, 0.3, 5, 0.5, groups))
+    assert gate_has_choices(make_layout(params, 0.3, 5, 0.5, groups, block_fit=4))
+    assert gate_has_choices(make_layout(params, 0.5, 5, 0.5, groups))
