@@ -29,6 +29,10 @@ def keep_personal(model: nn.Module, state: ClientState) -> None:
 class PersonalModelMethod(Dense):
     """Base of methods whose clients evaluate a personal model (not a method by itself)."""
 
+    compare_with = ("FedAvg-FT on the dense model, the personalised reference: fedsparse "
+                    "simulate --method fedavg-ft --strategy fedavg --budgets 1.0:1, the config "
+                    "otherwise the same")
+
     def setup(self, setup: ServerSetup) -> None:
         super().setup(setup)
         self._cost_model: CostModel = setup.cost_model

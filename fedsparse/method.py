@@ -204,6 +204,11 @@ class Method(ABC):
     #: the aggregation the method's authors run (strategy name, options), used when the config
     #: names no strategy; None: FedAvg (its mask-aware form for sparse updates)
     default_strategy: ClassVar[tuple[str, dict[str, Any]] | None] = None
+    #: the reference a run of this method is read against, and its command (the results table's
+    #: last line); None: the method is itself a reference
+    compare_with: ClassVar[str | None] = ("FedAvg on the dense model: fedsparse simulate "
+                                          "--method dense --strategy fedavg --budgets 1.0:1, "
+                                          "the config otherwise the same")
 
     def __init__(self, options: BaseModel, run: RunInfo) -> None:
         self.options = options

@@ -248,6 +248,8 @@ def results_table(summary: dict[str, Any]) -> Table:
         ]
     for key, value in rows:
         table.add_row(key, value)
+    if summary.get("compare_with"):
+        table.caption = f"compare with {summary['compare_with']}"
     return table
 
 

@@ -130,6 +130,22 @@ def test_results_table_shows_the_clock_when_it_ran():
     assert "simulated" not in console.export_text()
 
 
+def test_the_results_table_ends_with_the_reference_to_compare_with():
+    from fedsparse.clients.registry import resolve
+    from fedsparse.report import results_text
+
+    summary = {"method": "pfedgate", "strategy": "zero-delta-avg", "dataset": "synthetic",
+               "model": "mlp", "num_clients": 4, "clients_per_round": 2, "rounds": 2,
+               "wall_seconds": 1.0, "accuracy": {"mean": 0.5, "bottom_decile": 0.1, "global": 0.4},
+               "failures": {"clients_failed": 0, "updates_rejected": 0}, "cost": {},
+               "compare_with": resolve("pfedgate").compare_with}
+    text = " ".join(results_text(summary, width=200).split())
+    assert text.rstrip().endswith("--method fedavg-ft --strategy fedavg --budgets 1.0:1, the config "
+                                  "otherwise the same")
+    assert resolve("dense").compare_with is None  # a reference has none
+    assert "compare with" not in results_text({**summary, "compare_with": None})
+
+
 def test_the_console_script_turns_numpys_huge_pages_off_unless_told_otherwise():
     """Set before numpy's first import (which reads it once); a user's own setting wins."""
     script = ("import sys, fedsparse.cli as cli\n"

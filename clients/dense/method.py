@@ -11,6 +11,7 @@ class Dense(Method):
 
     name = "dense"
     full_model_only = True
+    compare_with = None  # the reference itself
 
     def setup(self, setup: ServerSetup) -> None:
         low = [b.density for b in setup.budgets if b.density < 1.0]

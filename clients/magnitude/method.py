@@ -17,7 +17,7 @@ import torch
 from fedsparse.budgets import Budget
 from fedsparse.clients.dense import Dense
 from fedsparse.masks import Masks, layerwise_magnitude_masks
-from fedsparse.method import ServerSetup
+from fedsparse.method import Method, ServerSetup
 
 
 class Magnitude(Dense):
@@ -25,6 +25,7 @@ class Magnitude(Dense):
 
     name = "magnitude"
     sparse_updates = True
+    compare_with = Method.compare_with
     full_model_only = False
 
     def setup(self, setup: ServerSetup) -> None:

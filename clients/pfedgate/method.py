@@ -152,6 +152,9 @@ class PFedGate(Method):
     #: the authors' aggregation: whole local models averaged, an untouched coordinate a zero
     #: change (measured: -0.001 [-0.003, +0.001] against masked FedAvg, fmnist-pfedgate-authors)
     default_strategy = ("zero-delta-avg", {})
+    compare_with = ("FedAvg-FT on the dense model, the personalised reference: fedsparse "
+                    "simulate --method fedavg-ft --strategy fedavg --budgets 1.0:1, the config "
+                    "otherwise the same")
     #: only the client sees its per-batch masks: compute density, FLOPs and memory are its word
     client_reported = ("density", "train_flops", "memory_bytes", "conv_linear_flops")
     options: PFedGateOptions

@@ -455,5 +455,6 @@ def build_summary(config: ExperimentConfig, loop: ServerLoop, wall: float,
                    # (within the floors the method's server side computes)
                    "checked_on_client_reported": sorted(method.client_reported)},
         "run_dir": str(run_dir),
+        "compare_with": method.compare_with,
         **method.summary(),
     }

@@ -71,6 +71,7 @@ def test_pfedgate_with_tiers_and_novel_clients(pfedgate_runs):
     assert summary["eval_gating"] == "batch" and summary["novel_clients"] == 2
     # on the MLP both budgets leave the gate blocks to choose among (not a fixed mask)
     assert summary["gate_choices"] == {"0.1": True, "0.5": True}
+    assert "--method fedavg-ft" in summary["compare_with"]
     assert {"seen", "novel"} <= set(summary["accuracy"])
     assert summary["cost"]["train_flops_ratio"] < 0.6
     with (run / "clients.csv").open() as handle:
