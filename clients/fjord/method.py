@@ -6,7 +6,9 @@ The client holds (and is sent) its widest submodel, the first channels as Hetero
 batch runs a prefix view of it (no copies: ``ChannelGraph.narrow_state``), so a narrower batch
 really computes less. The widths are drawn from a seeded stream the server knows (seed, round,
 client), so the server replays them and counts the round's FLOPs exactly. No scaler (FjORD has
-none). Not built: FjORD's optional self-distillation from the widest submodel.
+none). ``distill: true`` is the paper's optional self-distillation, as Flower Baselines' FjORD
+runs it: every batch also trains the client's widest submodel on the labels, and the drawn
+width learns the widest one's softened prediction instead of the labels (both passes counted).
 
 BatchNorm (``bn: per-width``, the default, as the authors' and Flower Baselines' ODBatchNorm):
 one set of running statistics per width, the affine parameters shared. The statistics are not
@@ -46,6 +48,9 @@ class FjORDOptions(WidthOptions):
                                  "parameters (the authors' ODBatchNorm), HeteroFL's static BN, "
                                  "or one set tracked by every width")
 
+    distill: bool = Field(False, description="self-distillation: each batch also trains the "
+                                             "client's widest submodel on the labels, and the "
+                                             "drawn width learns its prediction")
     widths: list[float] = Field([0.2, 0.4, 0.6, 0.8, 1.0], min_length=1,
                                 description="the discrete widths P a batch may draw (a client "
                                             "draws those up to its own width, and its own)")
@@ -63,23 +68,37 @@ class OrderedDropout(nn.Module):
     ``stats`` (per-width BatchNorm) the running statistics of ``width`` replace the shared ones."""
 
     def __init__(self, inner: nn.Module, graph: ChannelGraph,
-                 stats: Mapping[float, dict[str, torch.Tensor]] | None = None) -> None:
+                 stats: Mapping[float, dict[str, torch.Tensor]] | None = None,
+                 teacher_width: float | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.graph = graph
         self.active: dict[str, int] | None = None
         self.width: float | None = None
         self.stats = stats
+        #: self-distillation: the width of the whole submodel, whose output in training is the
+        #: one returned (scored on the labels), the drawn width's loss against it kept apart
+        self.teacher_width = teacher_width
+        self.distill_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.active is None and self.stats is None:
+        if self.teacher_width is not None and self.training:
+            teacher = self._run(x, None, self.teacher_width)
+            student = self._run(x, self.active, self.width)
+            target = teacher.detach().softmax(dim=1)
+            self.distill_loss = nn.functional.cross_entropy(student, target)
+            return teacher
+        return self._run(x, self.active, self.width)
+
+    def _run(self, x: torch.Tensor, active: dict[str, int] | None, width: float | None) -> torch.Tensor:
+        if active is None and self.stats is None:
             return self.inner(x)
         tensors = {**dict(self.inner.named_parameters()), **dict(self.inner.named_buffers())}
-        if self.active is not None:
-            tensors = self.graph.narrow_state(tensors, self.active)
+        if active is not None:
+            tensors = self.graph.narrow_state(tensors, active)
         if self.stats is not None:
-            assert self.width is not None
-            tensors.update(self.stats[self.width])
+            assert width is not None
+            tensors.update(self.stats[width])
         return torch.func.functional_call(self.inner, tensors, (x,))
 
 
@@ -174,7 +193,7 @@ class FjORD(WidthMethod):
               ratio: float) -> tuple[float, int]:
         widths = self.candidates(ratio)
         stats = WidthStats.received(task.inbox, widths) if self.per_width() else None
-        model = OrderedDropout(small, graph, stats)
+        model = OrderedDropout(small, graph, stats, ratio if self.options.distill else None)
         plan = self.batch_plan(len(task.data.y_train), has_batchnorm(small))
         draws = self.draws(task.partition_id, task.server_round, len(plan), len(widths))
         order = iter(draws)
@@ -184,12 +203,21 @@ class FjORD(WidthMethod):
         def sample_width() -> None:
             p = widths[int(next(order))]
             model.width = p
-            trained[p] += next(sizes)
+            size = next(sizes)
+            trained[p] += size
+            if self.options.distill:
+                trained[ratio] += size  # the teacher's pass trains its width's statistics
             model.active = {name: channels_at(p, s.size) for name, s in graph.spaces.items()}
 
+        def distill_loss() -> torch.Tensor:
+            assert model.distill_loss is not None
+            return model.distill_loss
+
+        # with self-distillation the loss train_local reports is the widest submodel's
         loss, seen = train_local(model, task.data.x_train, task.data.y_train,
-                                 self.train_settings(task),
-                                 task.generator, before_batch=sample_width)
+                                 self.train_settings(task), task.generator,
+                                 before_batch=sample_width,
+                                 penalty=distill_loss if self.options.distill else None)
         model.active = None
         if stats is not None:
             self._trained_stats = WidthStats.report(stats, trained)
@@ -240,6 +268,9 @@ class FjORD(WidthMethod):
         pairs = list(zip(plan, draws, strict=True))
         flops = (1 + BACKWARD_FACTOR) * sum(size * per_sample[d] for size, d in pairs)
         conv_linear = (1 + BACKWARD_FACTOR) * sum(size * multiplies[d] for size, d in pairs)
+        if self.options.distill:  # the widest submodel's pass on every batch
+            flops += (1 + BACKWARD_FACTOR) * sum(plan) * per_sample[-1]
+            conv_linear += (1 + BACKWARD_FACTOR) * sum(plan) * multiplies[-1]
         if self.options.bn == "static":
             flops += per_sample[-1] * context.num_examples
         return TrainingCost(float(flops), widest.memory_bytes, widest.activation_bytes,

@@ -160,6 +160,16 @@ class WidthMethod(Method):
     def full_width_is_whole(self) -> bool:
         return True
 
+    def evaluation_cost(self, budget: Budget, num_train: int, novel: bool) -> TrainingCost | None:
+        """Static BN: the forward pass over the client's training data that recomputes its
+        width's statistics before it scores."""
+        if self.options.bn != "static":
+            return None
+        model = self.cost_model(self.ratio(budget.density))
+        counts = model.dense_counts()
+        return TrainingCost(float(model.forward_flops_per_sample(counts) * num_train), 0.0, 0.0,
+                            float(model.multiply_flops_per_sample(counts) * num_train))
+
     def sliced_cost(self, budget: Budget, computed: TrainingCost, density: float,
                     context: CostContext | None) -> tuple[TrainingCost, float]:
         """The round's training counted on the sliced network the server assigned."""

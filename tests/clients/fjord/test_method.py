@@ -129,3 +129,44 @@ def test_per_width_statistics_that_are_malformed_are_rejected(monkeypatch):
     # a narrow client may not report the full width's statistics
     with pytest.raises(UpdateRejected, match="unexpected record"):
         method.check_reply(2, Budget(density=0.3), {width_key(1.0): record}, {})
+
+
+def test_self_distillation_trains_the_widest_submodel_and_teaches_the_drawn_width(monkeypatch):
+    method, model = width_method("fjord", "method.fjord.distill=true", "method.fjord.bn=tracked",
+                                 densities=(1.0,))
+    graph = method.graph(model, (1, 12, 12))
+    small = graph.sliced_module(model, graph.full())
+    wrapped = OrderedDropout(small, graph, teacher_width=1.0)
+    wrapped.width = 0.2
+    wrapped.active = {n: channels_at(0.2, s.size) for n, s in graph.spaces.items()}
+    wrapped.train()
+    x = image_data(n=16).x_train
+    torch.manual_seed(0)
+    out = wrapped(x)
+    # the returned output is the whole submodel's (scored on the labels by train_local); the
+    # drawn width's loss is a cross-entropy against its softened prediction
+    plain = OrderedDropout(small, graph)
+    torch.manual_seed(0)
+    assert torch.allclose(out, plain(x), atol=1e-5)
+    plain.active = wrapped.active
+    student = plain(x)
+    expected = torch.nn.functional.cross_entropy(student, out.detach().softmax(dim=1))
+    assert float(wrapped.distill_loss) == pytest.approx(float(expected), rel=1e-5)
+
+    # the server charges the widest submodel's pass on every batch
+    plain_method, _ = width_method("fjord", "method.fjord.bn=tracked", densities=(0.3, 1.0))
+    distilled, _ = width_method("fjord", "method.fjord.distill=true", "method.fjord.bn=tracked",
+                                densities=(0.3, 1.0))
+    context = CostContext(4, 3, 70, 1, 16, False)
+    base, _ = plain_method.round_cost(Budget(density=0.3), TrainingCost(0, 0, 0), 0.3, {}, context)
+    more, _ = distilled.round_cost(Budget(density=0.3), TrainingCost(0, 0, 0), 0.3, {}, context)
+    widest = distilled.cost_model(distilled.ratio(0.3))
+    assert more.flops - base.flops == pytest.approx(
+        (1 + BACKWARD_FACTOR) * 70 * widest.forward_flops_per_sample(widest.dense_counts()))
+    # and a distilled client trains and uploads as before
+    masks = distilled.client_masks(dict(model.named_parameters()), Budget(density=0.3))
+    params = {n for n, _ in model.named_parameters()}
+    task = make_task(received(model, masks), image_data(n=70), 0.3, partition_id=4,
+                     masks={n: m for n, m in masks.items() if n in params}, **{"server-round": 3})
+    result = distilled.fit(task)
+    assert np.isfinite(result.metrics["train-loss"]) and result.upload is not None

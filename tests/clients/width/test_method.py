@@ -176,3 +176,12 @@ def test_label_split_scoring_masks_the_logits_of_labels_the_client_lacks():
     # with the client's labels {0, 1} only, label 3's logit is fixed at 0
     assert on.evaluate(task)["accuracy"] != train_only.evaluate(task)["accuracy"]
     assert "masked" in on.evaluation_protocol() and "masked" not in train_only.evaluation_protocol()
+
+
+def test_static_bn_charges_the_recomputation_a_client_runs_before_it_scores():
+    method, _ = width_method("heterofl")
+    narrow = method.cost_model(method.ratio(0.3))
+    cost = method.evaluation_cost(Budget(density=0.3), 40, novel=False)
+    assert cost.flops == pytest.approx(40 * narrow.forward_flops_per_sample(narrow.dense_counts()))
+    tracked, _ = width_method("heterofl", "method.heterofl.bn=tracked")
+    assert tracked.evaluation_cost(Budget(density=0.3), 40, novel=False) is None
