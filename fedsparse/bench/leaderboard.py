@@ -57,6 +57,9 @@ METRICS: dict[str, Any] = {
     "upload": lambda s: _cost(s, "upload_bytes_ratio"),
     "time_to_target": lambda s: (s.get("clock") or {}).get("time_to_target"),
     "wall_seconds": lambda s: s.get("wall_seconds"),
+    # width methods: the full-width global model on every client's split (the authors' figure)
+    "full_width": lambda s: ((s.get("server_scores") or {}).get("full-width-accuracy")
+                             or {}).get("mean"),
 }
 
 
@@ -293,15 +296,21 @@ def _width_lines(results: SuiteResults) -> list[str]:
     widths = sorted({w for e in results.entries for w in e.widths()}, key=float)
     if not widths:
         return []
+    full = any(e.values("full_width").values() for e in results.entries)
     lines = ["", "Accuracy at every width (server-scored: each client at every declared width it "
-             "could hold, on its test split; mean ± sd over seeds):", "",
-             "| entry | " + " | ".join(f"width of density {w}" for w in widths) + " |",
-             "|---|" + "---|" * len(widths)]
+             "could hold, on its test split; full width: the whole global model on every "
+             "client's split, the figure the width methods' authors report; mean ± sd over "
+             "seeds):", "",
+             "| entry | " + " | ".join(f"width of density {w}" for w in widths)
+             + (" | full width" if full else "") + " |",
+             "|---|" + "---|" * (len(widths) + full)]
     for e in results.entries:
         mine = e.widths()
         if mine:
-            lines.append(f"| {e.name} | " + " | ".join(_pm(mine[w]) if w in mine else "-"
-                                                      for w in widths) + " |")
+            cells = [_pm(mine[w]) if w in mine else "-" for w in widths]
+            if full:
+                cells.append(_pm(e.estimate("full_width")))
+            lines.append(f"| {e.name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -48,3 +48,18 @@ def test_a_pfedgate_row_whose_gate_has_no_choice_is_labelled_a_fixed_mask():
     # a suite's label for runs that predate the field
     assert EntryResult("e", "pfedgate", {}, {0: summary(0.8)}, label="fixed mask").method_cell() == \
         "pfedgate (fixed mask)"
+
+
+def test_the_width_table_shows_the_full_width_figure_the_authors_report():
+    from fedsparse.bench.leaderboard import _width_lines
+
+    def scored(full):
+        s = summary(0.8, widths={"0.1": 0.6, "1": 0.9})
+        s["server_scores"]["full-width-accuracy"] = {"mean": full, "clients": 5}
+        return s
+
+    entry = EntryResult("e", "heterofl", {}, {0: scored(0.85), 1: scored(0.87)})
+    results = type("R", (), {"entries": [entry]})()
+    lines = _width_lines(results)
+    assert lines[3].endswith("| full width |")
+    assert lines[-1].endswith("| 0.860 ± 0.014 |")
