@@ -77,7 +77,9 @@ class EntryResult:
 
     def method_cell(self) -> str:
         """The method, with the suite's label or what its runs say of themselves: pFedGate runs
-        whose gate can pick no block at a budget (every batch the same mask) are a fixed mask."""
+        whose gate can pick no block at a budget (every batch the same mask) are a fixed mask;
+        width methods that score with the logits of their own labels only say so (a score
+        other methods' rows do not get)."""
         labels = [self.label] if self.label else []
         fixed = sorted({density for summary in self.summaries.values()
                         for density, choices in (summary.get("gate_choices") or {}).items()
@@ -85,6 +87,10 @@ class EntryResult:
         if fixed and not labels:
             tiers = {d for summary in self.summaries.values() for d in summary.get("gate_choices") or {}}
             labels.append("fixed mask" if set(fixed) == tiers else f"fixed mask at s={', '.join(fixed)}")
+        # a width method scored on its own labels' logits only (the authors' local accuracy)
+        if any((summary.get("width") or {}).get("label_split") == "train-eval"
+               for summary in self.summaries.values()):
+            labels.append("label-masked scoring")
         return f"{self.method} ({'; '.join(labels)})" if labels else self.method
 
     def values(self, metric: str) -> dict[int, float]:

@@ -63,3 +63,11 @@ def test_the_width_table_shows_the_full_width_figure_the_authors_report():
     lines = _width_lines(results)
     assert lines[3].endswith("| full width |")
     assert lines[-1].endswith("| 0.860 ± 0.014 |")
+
+
+def test_a_width_row_scored_on_its_own_labels_says_so():
+    masked = {**summary(0.8), "width": {"label_split": "train-eval"}}
+    plain = {**summary(0.8), "width": {"label_split": "train"}}
+    assert EntryResult("e", "heterofl", {}, {0: masked}).method_cell() == \
+        "heterofl (label-masked scoring)"
+    assert EntryResult("e", "heterofl", {}, {0: plain}).method_cell() == "heterofl"
