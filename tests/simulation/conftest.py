@@ -26,7 +26,7 @@ PFEDGATE = ["--clients", "6", "--rounds", "4", "--fraction", "0.5", "--budgets",
             "--set", "eval.every=2", "--set", "eval.fraction=1", "--set", "simulation.checkpoint_every=1",
             # the pinned figures' options (the defaults became grouped / kept)
             "--set", "method.pfedgate.knapsack=joint", "--set", "method.pfedgate.block_fit=0",
-            "--set", "method.pfedgate.ste=full"]
+            "--set", "method.pfedgate.ste=full", "--set", "method.pfedgate.blocks=weights"]
 #: FedTiny with nested tiers; its mask changes in rounds 1 and 2 (T_end = 3 of 4), so a resume
 #: must restore the server's masks and adjustment counter. Its whole run is also the suite's
 #: plain Ray run (``test_end_to_end.py``)

@@ -214,7 +214,8 @@ def test_the_solver_option_reaches_the_training_step():
     from fedsparse.clients.pfedgate.method import PFedGate
     from tests.clients.helpers import make_data, make_method, make_task
 
-    method, model = make_method("pfedgate", "method.pfedgate.knapsack_solver=rounded-greedy",
+    method, model = make_method("pfedgate", "method.pfedgate.blocks=weights",
+                                "method.pfedgate.knapsack_solver=rounded-greedy",
                                 "model.hidden=[16]", "train.batch_size=16")
     assert method._gating(model, 0.3, (12,)).solver == "rounded-greedy"
     result = method.fit(make_task(model, make_data(0), 0.3))

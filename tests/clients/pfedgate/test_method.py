@@ -17,7 +17,9 @@ from tests.clients.helpers import make_data, make_method, make_task
 
 
 def setup(**options):
-    extra = [f"method.pfedgate.{k}={v}" for k, v in options.items()]
+    # flat-weight blocks unless a test asks otherwise (the quickstart config runs channel blocks)
+    extra = ["method.pfedgate.blocks=weights",
+             *(f"method.pfedgate.{k}={v}" for k, v in options.items())]
     method, model = make_method("pfedgate", "train.momentum=0.9", "model.hidden=[16]",
                                 "train.batch_size=16", *extra)
     return method, model
@@ -241,6 +243,7 @@ def test_at_s_0_3_on_cnn_bn_different_clients_train_different_blocks():
     for pid in (0, 1):
         method = build_method(load_config(None, ["method.name=pfedgate", "model.name=cnn-bn",
                                                  "train.batch_size=8", "train.momentum=0.9",
+                                                 "method.pfedgate.blocks=weights",
                                                  "method.pfedgate.block_fit=4"]))
         data = image_data(32)
         if pid:  # other labels: the client's classes differ
